@@ -1,0 +1,1 @@
+//! The BPF object: loading, attaching, pinning (placeholder: being written).

@@ -1,0 +1,1 @@
+//! The clock (placeholder: being written).

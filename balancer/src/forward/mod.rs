@@ -1,0 +1,184 @@
+//! Forwarding engines. Once a client socket and a backend socket are both
+//! established and the handshake bytes have been exchanged exactly, an engine
+//! moves every further byte between them until both directions are finished,
+//! propagates half-close, and accounts the bytes per backend slot.
+//!
+//! Two implementations behind one enum: [`sockmap`] (the kernel forwards; user
+//! space never touches the payload) and [`splice`] (`splice(2)` through pipes,
+//! for kernels or privileges where BPF cannot load, and for sockets the
+//! sockmap cannot take).
+
+pub mod sockmap;
+pub mod splice;
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Which engine the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Sockmap if it loads, attaches and passes a self-test; splice otherwise.
+    Auto,
+    /// Sockmap or fail to start.
+    Sockmap,
+    /// Always splice.
+    Splice,
+}
+
+/// The engine that actually forwards (what `Auto` resolved to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineName {
+    Sockmap,
+    Splice,
+}
+
+impl fmt::Display for EngineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sockmap => "sockmap",
+            Self::Splice => "splice",
+        })
+    }
+}
+
+/// Tuning shared by both engines.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOptions {
+    /// `SO_SNDBUF`/`SO_RCVBUF` for both sockets of a pair; `None` keeps the
+    /// kernel's autotuning.
+    pub socket_buffer: Option<usize>,
+    /// Close a pair after no byte moved either way for this long.
+    pub idle_timeout: Option<Duration>,
+    /// bpffs directory where the sockmap engine pins its maps so that
+    /// `balancer stats` can read them; `None` pins nothing.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// Index of a backend in the per-backend counters (BPF array and user space).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendSlot(pub u32);
+
+/// Two established sockets to be joined.
+#[derive(Debug)]
+pub struct Pair {
+    pub client: TcpStream,
+    pub backend: TcpStream,
+    pub slot: BackendSlot,
+}
+
+/// Bytes forwarded, seen from the client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByteCount {
+    /// Client -> backend.
+    pub up: u64,
+    /// Backend -> client.
+    pub down: u64,
+}
+
+impl std::ops::AddAssign for ByteCount {
+    fn add_assign(&mut self, rhs: Self) {
+        self.up += rhs.up;
+        self.down += rhs.down;
+    }
+}
+
+/// Why a pair ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairEnd {
+    /// Both directions reached EOF and were propagated.
+    Closed,
+    /// One side reset or failed; the other was closed promptly.
+    Reset,
+    /// No byte moved for `idle_timeout`.
+    IdleTimeout,
+    /// The daemon is shutting down and the drain period is over.
+    Cancelled,
+}
+
+/// What one forwarded pair did.
+#[derive(Clone, Debug)]
+pub struct PairSummary {
+    pub bytes: ByteCount,
+    pub duration: Duration,
+    pub end: PairEnd,
+    /// The engine that carried this pair (sockmap pairs the kernel cannot take
+    /// are carried by splice).
+    pub engine: EngineName,
+}
+
+/// A pair could not be forwarded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Sockmap(#[from] sockmap::SockmapError),
+    #[error(transparent)]
+    Splice(#[from] splice::SpliceError),
+}
+
+/// The engine could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("sockmap engine unavailable: {0}")]
+    Sockmap(#[from] sockmap::SockmapError),
+    #[error("splice engine unavailable: {0}")]
+    Splice(#[from] splice::SpliceError),
+}
+
+/// One engine for the whole daemon, shared by every connection.
+#[derive(Debug)]
+pub enum Engine {
+    Sockmap(sockmap::SockmapEngine),
+    Splice(splice::SpliceEngine),
+}
+
+impl Engine {
+    /// Opens the engine `kind` asks for. `Auto` loads, attaches and
+    /// self-tests the sockmap engine and falls back to splice with one log
+    /// line that says why.
+    pub async fn open(kind: EngineKind, options: ForwardOptions) -> Result<Self, OpenError> {
+        match kind {
+            EngineKind::Splice => Ok(Self::Splice(splice::SpliceEngine::new(options)?)),
+            EngineKind::Sockmap => Ok(Self::Sockmap(sockmap::SockmapEngine::open(options).await?)),
+            EngineKind::Auto => match sockmap::SockmapEngine::open(options.clone()).await {
+                Ok(engine) => {
+                    tracing::info!(engine = "sockmap", "forwarding engine: sockmap (BPF loaded, attached and self-tested)");
+                    Ok(Self::Sockmap(engine))
+                }
+                Err(cause) => {
+                    tracing::warn!(engine = "splice", %cause, "forwarding engine: splice, because sockmap is unavailable");
+                    Ok(Self::Splice(splice::SpliceEngine::new(options)?))
+                }
+            },
+        }
+    }
+
+    pub fn name(&self) -> EngineName {
+        match self {
+            Self::Sockmap(_) => EngineName::Sockmap,
+            Self::Splice(_) => EngineName::Splice,
+        }
+    }
+
+    /// Forwards `pair` until both directions are done, it resets, it idles
+    /// out, or `cancel` fires.
+    pub async fn forward(
+        &self,
+        pair: Pair,
+        cancel: &CancellationToken,
+    ) -> Result<PairSummary, ForwardError> {
+        match self {
+            Self::Sockmap(engine) => Ok(engine.forward(pair, cancel).await?),
+            Self::Splice(engine) => Ok(engine.forward(pair, cancel).await?),
+        }
+    }
+
+    /// Bytes forwarded so far for `slot`, all pairs (live and finished).
+    pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
+        match self {
+            Self::Sockmap(engine) => engine.backend_bytes(slot),
+            Self::Splice(engine) => engine.backend_bytes(slot),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! iptables rules (placeholder: being written).

@@ -1,0 +1,3 @@
+//! Wires the command line to the library (placeholder: being written).
+
+fn main() {}

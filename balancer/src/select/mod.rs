@@ -1,0 +1,1 @@
+//! Selection (placeholder: being written).

@@ -1,0 +1,1 @@
+//! Socket options and ioctls for spliced sockets (placeholder: being written).

@@ -1,0 +1,1 @@
+//! splice(2) and pipes (placeholder: being written).
