@@ -1,0 +1,148 @@
+//! The running daemon: opens the forwarding engine, builds the backend
+//! registry, binds every listener, starts the health prober, and on shutdown
+//! stops accepting, lets live connections drain, then closes what is left.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backend::Registry,
+    config::{self, Config},
+    forward::{Engine, EngineKind},
+    health,
+    listener::{Listener, ListenerSpec, Mode},
+    select::Selector,
+    session::Context,
+    socks5::{Credentials, ServerAuth},
+    stats::Counters,
+    upstream::DialOptions,
+};
+
+/// Most connections served at once; each holds two sockets.
+const MAX_CONNECTIONS: usize = 50_000;
+/// How long live connections may finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown` fires, then drains and cleans up. Config is already
+/// validated.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let engine_kind = match config.forwarding.engine {
+        config::Engine::Auto => EngineKind::Auto,
+        config::Engine::Sockmap => EngineKind::Sockmap,
+        config::Engine::Splice => EngineKind::Splice,
+    };
+    let options = config.forwarding.forward_options(Some(config.pin_dir()));
+    let engine = Arc::new(
+        Engine::open(engine_kind, options)
+            .await
+            .context("opening the forwarding engine")?,
+    );
+
+    let registry = Arc::new(Registry::from_config(&config).context("building the backend registry")?);
+    let selector = Selector::from_config(&config.balancing);
+    let dial = DialOptions {
+        connect_timeout: config.forwarding.connect_timeout.0,
+        handshake_timeout: config.forwarding.handshake_timeout.0,
+        mark: (config.forwarding.mark != 0).then_some(config.forwarding.mark),
+    };
+    let counters = Arc::new(Counters::default());
+    let hard_stop = CancellationToken::new();
+    let context = Arc::new(Context::new(
+        engine.clone(),
+        registry.clone(),
+        selector,
+        dial.clone(),
+        config.balancing.max_attempts,
+        config.forwarding.handshake_timeout.0,
+        counters,
+        hard_stop.clone(),
+    ));
+
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let bound = Listener::bind(listener_spec(listener))?;
+        let addr = bound.local_addr().context("reading a bound address")?;
+        tracing::info!(listener = %listener.name, mode = bound.spec.mode.name(), %addr, "listening");
+        listeners.push(bound);
+    }
+    tracing::info!(engine = %engine.name(), backends = registry.len(), "balancer started");
+
+    let accepting = CancellationToken::new();
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    for listener in listeners {
+        tasks.spawn(listener.serve(context.clone(), limit.clone(), accepting.clone()));
+    }
+    if config.health.probe.enabled {
+        tasks.spawn(health::run(
+            registry.clone(),
+            dial,
+            health::ProbeOptions::from_config(&config.health),
+            accepting.clone(),
+        ));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!(drain_timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections, draining live ones");
+    accepting.cancel();
+    let drained = tokio::time::timeout(
+        DRAIN_TIMEOUT,
+        limit.acquire_many(u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX)),
+    )
+    .await;
+    if drained.is_err() {
+        let live = MAX_CONNECTIONS - limit.available_permits();
+        tracing::warn!(live, "drain timeout over: closing the remaining connections");
+    }
+    hard_stop.cancel();
+    // Connections close promptly once cancelled; give them a moment so the
+    // engine's map entries are gone before it is dropped and unpinned.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        limit.acquire_many(u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX)),
+    )
+    .await;
+    drop(context);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn listener_spec(listener: &config::ListenerConfig) -> ListenerSpec {
+    let mode = match listener.mode {
+        config::ListenerMode::Socks5 => Mode::Socks5 {
+            auth: server_auth(listener.auth.as_ref()),
+        },
+        config::ListenerMode::Passthrough => Mode::Passthrough,
+        config::ListenerMode::Redirect => Mode::Redirect,
+        config::ListenerMode::Tproxy => Mode::Tproxy,
+    };
+    ListenerSpec {
+        name: listener.name.clone(),
+        mode,
+        bind: listener.bind,
+        pool: listener.pool.clone(),
+    }
+}
+
+fn server_auth(auth: Option<&config::AuthConfig>) -> ServerAuth {
+    let Some(auth) = auth else {
+        return ServerAuth::NoAuth;
+    };
+    let users = auth
+        .users
+        .iter()
+        .map(|user| Credentials::new(user.username.clone(), user.password.expose().to_owned()))
+        .collect();
+    if auth.required {
+        ServerAuth::Required(users)
+    } else {
+        ServerAuth::Optional(users)
+    }
+}

@@ -1,0 +1,196 @@
+//! The path of one connection, and only that: learn the target, select
+//! candidate backends, connect with failover, answer the client, hand both
+//! sockets to the forwarding engine, account the result.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backend::{FailureCategory, Registry},
+    clock,
+    forward::{Engine, Pair, PairEnd},
+    listener::{ListenerSpec, Mode, original_destination},
+    select::Selector,
+    socks5::{self, ReplyCode, TargetAddr},
+    stats::{Counters, HandshakeFailure},
+    upstream::{self, DialOptions},
+};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Context {
+    pub engine: Arc<Engine>,
+    pub registry: Arc<Registry>,
+    pub selector: Selector,
+    pub dial: DialOptions,
+    pub max_attempts: u32,
+    pub handshake_timeout: std::time::Duration,
+    pub counters: Arc<Counters>,
+    /// Fires when the drain period after SIGTERM is over.
+    pub hard_stop: CancellationToken,
+    connection_ids: AtomicU64,
+}
+
+impl Context {
+    #[expect(clippy::too_many_arguments, reason = "built once, in daemon::run")]
+    pub fn new(
+        engine: Arc<Engine>,
+        registry: Arc<Registry>,
+        selector: Selector,
+        dial: DialOptions,
+        max_attempts: u32,
+        handshake_timeout: std::time::Duration,
+        counters: Arc<Counters>,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            registry,
+            selector,
+            dial,
+            max_attempts,
+            handshake_timeout,
+            counters,
+            hard_stop,
+            connection_ids: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.connection_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves one accepted connection to its end. Never fails: every failure is
+/// answered to the client where the protocol allows, logged at debug and
+/// counted.
+pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStream, peer: SocketAddr) {
+    context.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+
+    // 1. The target.
+    let target = match read_target(context, listener, &mut client).await {
+        Ok(target) => target,
+        Err(failure) => {
+            context.counters.handshake_failed(failure);
+            tracing::debug!(reason = failure.label(), "client handshake failed");
+            return;
+        }
+    };
+    if let Some(target) = &target {
+        tracing::debug!(%target, "target");
+    }
+
+    // 2. Candidates, 3. connect with failover.
+    let now = clock::now();
+    let pool = context.registry.pool(listener.pool.as_deref());
+    let candidates = context.selector.candidates(&pool, peer.ip(), now);
+    let connected = match upstream::connect_with_failover(
+        candidates,
+        context.max_attempts,
+        target.as_ref(),
+        &context.dial,
+    )
+    .await
+    {
+        Ok(connected) => connected,
+        Err(exhausted) => {
+            context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %exhausted, "no backend could take the connection");
+            if matches!(listener.mode, Mode::Socks5 { .. }) {
+                let _ = socks5::server::reply(&mut client, exhausted.reply_code(), unspecified(peer)).await;
+            }
+            return;
+        }
+    };
+    let backend = connected.backend;
+    context.selector.remember(peer.ip(), &backend, now);
+    if connected.attempts > 1 {
+        context
+            .counters
+            .retries
+            .fetch_add(u64::from(connected.attempts - 1), Ordering::Relaxed);
+    }
+    tracing::debug!(backend = %backend.name, attempts = connected.attempts, latency = ?connected.latency, "backend ready");
+
+    // 4. Answer the client before the engine takes over: the reply must
+    // precede every byte the kernel forwards.
+    if matches!(listener.mode, Mode::Socks5 { .. }) {
+        let bound = connected.stream.local_addr().unwrap_or_else(|_| unspecified(peer));
+        if let Err(error) = socks5::server::reply(&mut client, ReplyCode::Succeeded, bound).await {
+            tracing::debug!(%error, "client went away before the reply");
+            return;
+        }
+    }
+
+    // 5. Forward until both directions are done.
+    let _active = backend.connection_started();
+    let pair = Pair {
+        client,
+        backend: connected.stream,
+        slot: backend.slot,
+    };
+    match context.engine.forward(pair, &context.hard_stop).await {
+        Ok(summary) => {
+            if summary.end == PairEnd::Reset && summary.bytes.down == 0 {
+                // The backend accepted the CONNECT but the stream died before
+                // a single byte came back: the backend's fault, not the client's.
+                upstream::record_outcome(&backend, Err(FailureCategory::PostHandshake));
+            }
+            tracing::debug!(
+                backend = %backend.name,
+                engine = %summary.engine,
+                up = summary.bytes.up,
+                down = summary.bytes.down,
+                duration = ?summary.duration,
+                end = ?summary.end,
+                "closed"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(backend = %backend.name, %error, "forwarding failed");
+        }
+    }
+}
+
+async fn read_target(
+    context: &Context,
+    listener: &ListenerSpec,
+    client: &mut TcpStream,
+) -> Result<Option<TargetAddr>, HandshakeFailure> {
+    match &listener.mode {
+        Mode::Passthrough => Ok(None),
+        Mode::Redirect => original_destination(client)
+            .map(Some)
+            .map_err(|_| HandshakeFailure::NoOriginalDestination),
+        Mode::Tproxy => client
+            .local_addr()
+            .map(|addr| Some(TargetAddr::Ip(addr)))
+            .map_err(|_| HandshakeFailure::NoOriginalDestination),
+        Mode::Socks5 { auth } => {
+            match tokio::time::timeout(context.handshake_timeout, socks5::server::accept(client, auth)).await {
+                Err(_) => Err(HandshakeFailure::Timeout),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "SOCKS5 handshake with the client failed");
+                    Err(HandshakeFailure::from(&error))
+                }
+                Ok(Ok(request)) => Ok(Some(request.target)),
+            }
+        }
+    }
+}
+
+fn unspecified(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    }
+}
