@@ -1,1 +1,601 @@
-//! Configuration (placeholder: being written).
+//! The configuration file: its shape, its defaults (one `Default` impl per
+//! section, each field documented with its default), loading, and the
+//! expansion of port ranges into backends.
+//!
+//! Values are checked twice: while deserialising (newtypes in [`values`], so
+//! serde_yaml reports key path, line and column) and then by a semantic pass
+//! ([`validate`]) for rules that span several keys. A [`Config`] that
+//! [`Config::load`] returns has passed both; nothing binds a socket or loads
+//! BPF before that.
+
+mod validate;
+pub mod values;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub use self::{
+    validate::{Problem, ProblemKind},
+    values::{BackendAddress, DurationValue, Host, HostPort, Secret, ValueError},
+};
+use crate::forward::{EngineKind, ForwardOptions};
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax, an unknown key or a malformed value; `line`/`column` are
+    /// 1-based and 0 when serde_yaml gave no location.
+    #[error("{}:{line}:{column}: {source}", origin(path.as_deref()))]
+    Parse {
+        path: Option<PathBuf>,
+        line: usize,
+        column: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config {}:{}", origin(path.as_deref()), list(problems))]
+    Invalid {
+        path: Option<PathBuf>,
+        problems: Vec<Problem>,
+    },
+}
+
+fn origin(path: Option<&Path>) -> String {
+    path.map_or_else(|| "<command line>".to_owned(), |p| p.display().to_string())
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+/// The whole file. Every key is optional except `backends`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `default`. Names this daemon among others on the host: the bpffs pin
+    /// directory `/sys/fs/bpf/balancer/<instance>` and the iptables chain
+    /// `BALANCER-<instance>`. Letters, digits, `_`, `-`; at most 19 bytes
+    /// (iptables chain names are limited to 28).
+    pub instance: String,
+    /// One socks5 listener `socks` on `127.0.0.1:1080`.
+    pub listeners: Vec<ListenerConfig>,
+    /// None; at least one is required.
+    pub backends: Vec<BackendConfig>,
+    pub balancing: BalancingConfig,
+    pub health: HealthConfig,
+    pub forwarding: ForwardingConfig,
+    pub transparent: TransparentConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            instance: "default".to_owned(),
+            listeners: vec![ListenerConfig::socks5(
+                "socks",
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1080)),
+            )],
+            backends: Vec::new(),
+            balancing: BalancingConfig::default(),
+            health: HealthConfig::default(),
+            forwarding: ForwardingConfig::default(),
+            transparent: TransparentConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// How clients reach the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerMode {
+    /// A SOCKS5 server: the client names its target.
+    Socks5,
+    /// Plain TCP relayed to a backend that speaks SOCKS5 to the client itself.
+    Passthrough,
+    /// Connections REDIRECTed by iptables nat; target from `SO_ORIGINAL_DST`.
+    Redirect,
+    /// Connections diverted by iptables TPROXY; target is the local address.
+    Tproxy,
+}
+
+impl fmt::Display for ListenerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Socks5 => "socks5",
+            Self::Passthrough => "passthrough",
+            Self::Redirect => "redirect",
+            Self::Tproxy => "tproxy",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique among listeners; used in logs and metrics labels.
+    pub name: String,
+    pub mode: ListenerMode,
+    /// Address to listen on; unique among listeners.
+    pub bind: SocketAddr,
+    /// Client authentication (socks5 listeners only); none by default.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Restricts the listener to backends whose `scope` equals this; all
+    /// backends by default.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+impl ListenerConfig {
+    /// A socks5 listener without authentication or pool.
+    #[must_use]
+    pub fn socks5(name: &str, bind: SocketAddr) -> Self {
+        Self {
+            name: name.to_owned(),
+            mode: ListenerMode::Socks5,
+            bind,
+            auth: None,
+            pool: None,
+        }
+    }
+}
+
+/// SOCKS5 username/password authentication (RFC 1929) offered to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `true`: clients must authenticate. `false`: clients may also choose
+    /// "no authentication". Writing an `auth` block means you want it, so
+    /// the default is `true`.
+    pub required: bool,
+    /// Accepted credentials; none by default, and must be non-empty when
+    /// `required`.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required: true,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// One `backends:` entry; a port range stands for one backend per port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: BackendAddress,
+    /// Display name; defaults to `host:port`. For a range, `name-1`,
+    /// `name-2`, ... in port order.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// SOCKS5 username for this backend (none by default).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SOCKS5 password; requires `username`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Relative share for `weighted_random`; at least 1. Default 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Pool name that listeners select with `pool:`; none by default.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Free-form labels, shown in stats; empty by default.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Used only when no primary backend is available. Default false.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl BackendConfig {
+    /// A backend with no name, credentials or labels, weight 1.
+    #[must_use]
+    pub fn new(address: BackendAddress) -> Self {
+        Self {
+            address,
+            name: None,
+            username: None,
+            password: None,
+            weight: 1,
+            scope: None,
+            metadata: BTreeMap::new(),
+            backup: false,
+        }
+    }
+}
+
+/// One backend after port-range expansion: what the registry holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpandedBackend {
+    /// Stable and unique: `name`, `name-<i>` (1-based, ranges), or `host:port`.
+    pub name: String,
+    pub host: Host,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub weight: u32,
+    pub scope: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub backup: bool,
+    /// Index of the `backends:` entry it came from.
+    pub source_index: usize,
+}
+
+impl ExpandedBackend {
+    /// `host:port`, IPv6 in brackets.
+    #[must_use]
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    RoundRobin,
+    LeastConnections,
+    LowestLatency,
+    WeightedRandom,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancingConfig {
+    /// `least_connections`.
+    pub strategy: Strategy,
+    /// Backends tried per client connection before giving up; at least 1.
+    /// Default 3.
+    pub max_attempts: u32,
+    /// Only the best N healthy backends take traffic; 0 (default) = all.
+    pub max_active_backends: usize,
+    /// Skip backends whose latency exceeds this (ms); 0 (default) = no filter.
+    pub max_latency_ms: u64,
+    pub sticky_sessions: StickyConfig,
+}
+
+impl Default for BalancingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::LeastConnections,
+            max_attempts: 3,
+            max_active_backends: 0,
+            max_latency_ms: 0,
+            sticky_sessions: StickyConfig::default(),
+        }
+    }
+}
+
+/// Keeps a client IP on the same backend while it stays healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StickyConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// How long a client's choice is remembered after its last connection.
+    /// Default 10m; must be non-zero when enabled.
+    pub ttl: DurationValue,
+}
+
+impl Default for StickyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl: DurationValue::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Consecutive failures that open a backend's circuit; at least 1.
+    /// Default 3.
+    pub circuit_threshold: u32,
+    /// First wait before an open circuit lets a trial through; doubles up to
+    /// `max_recovery_interval`. Default 10s.
+    pub recovery_interval: DurationValue,
+    /// Default 60s; must be >= `recovery_interval`.
+    pub max_recovery_interval: DurationValue,
+    /// Outcomes remembered per backend for success rate and latency; at
+    /// least 1. Default 10.
+    pub metrics_window_size: usize,
+    /// Count real connections' outcomes, not only probes. Default true.
+    pub passive_monitoring: bool,
+    /// When every circuit is open, try all backends instead of failing every
+    /// client. Default true.
+    pub panic_mode: bool,
+    pub probe: ProbeConfig,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            circuit_threshold: 3,
+            recovery_interval: DurationValue::from_secs(10),
+            max_recovery_interval: DurationValue::from_secs(60),
+            metrics_window_size: 10,
+            passive_monitoring: true,
+            panic_mode: true,
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+/// Active health checks: a CONNECT through each backend to `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// Where probes ask each backend to connect. Default `example.com:80`.
+    pub target: HostPort,
+    /// Between probes of one backend; non-zero. Default 30s.
+    pub interval: DurationValue,
+    /// Per probe; non-zero and at most `interval`. Default 5s.
+    pub timeout: DurationValue,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target: HostPort {
+                host: Host::Name("example.com".to_owned()),
+                port: 80,
+            },
+            interval: DurationValue::from_secs(30),
+            timeout: DurationValue::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Auto,
+    Sockmap,
+    Splice,
+}
+
+impl From<Engine> for EngineKind {
+    fn from(engine: Engine) -> Self {
+        match engine {
+            Engine::Auto => Self::Auto,
+            Engine::Sockmap => Self::Sockmap,
+            Engine::Splice => Self::Splice,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// `auto`: sockmap if it loads and passes its self-test, else splice.
+    pub engine: Engine,
+    /// TCP connect to a backend; non-zero. Default 5s.
+    pub connect_timeout: DurationValue,
+    /// The whole SOCKS5 exchange with a backend (and with a client);
+    /// non-zero. Default 10s.
+    pub handshake_timeout: DurationValue,
+    /// Close a connection idle this long in both directions; 0s (default) =
+    /// never.
+    pub idle_timeout: DurationValue,
+    /// SO_SNDBUF/SO_RCVBUF in bytes for both sockets; 0 (default) = kernel
+    /// autotuning.
+    pub socket_buffer: usize,
+    /// SO_MARK on backend connections, 0 (default) = none. The iptables
+    /// rules skip packets with this mark, so it is required by `redirect`
+    /// listeners: the daemon's own connections pass nat OUTPUT too, and
+    /// backends given by host name cannot be excluded by address.
+    pub mark: u32,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Auto,
+            connect_timeout: DurationValue::from_secs(5),
+            handshake_timeout: DurationValue::from_secs(10),
+            idle_timeout: DurationValue::from_secs(0),
+            socket_buffer: 0,
+            mark: 0,
+        }
+    }
+}
+
+impl ForwardingConfig {
+    /// The engine tuning this section describes; `pin_dir` comes from the
+    /// instance name (see [`Config::pin_dir`]).
+    #[must_use]
+    pub fn forward_options(&self, pin_dir: Option<PathBuf>) -> ForwardOptions {
+        ForwardOptions {
+            socket_buffer: (self.socket_buffer != 0).then_some(self.socket_buffer),
+            idle_timeout: self.idle_timeout.non_zero(),
+            pin_dir,
+        }
+    }
+}
+
+/// Policy routing for `tproxy` listeners (`balancer iptables`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// Firewall mark TPROXY puts on diverted packets, routed by `ip rule`
+    /// to `route_table`; non-zero and different from `forwarding.mark`.
+    /// Default 1.
+    pub tproxy_mark: u32,
+    /// Routing table holding `local default dev lo`; 1-252 (the kernel
+    /// reserves 253-255). Default 100.
+    pub route_table: u32,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        Self {
+            tproxy_mark: 1,
+            route_table: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus `/metrics` and the stats API; `null` disables.
+    /// Default `127.0.0.1:9898`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9898))),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] naming the path, [`ConfigError::Parse`] with
+    /// file:line:column, [`ConfigError::Invalid`] with the key paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Parses and validates YAML text that came from no file.
+    ///
+    /// # Errors
+    /// As [`Config::load`], without a path.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml::from_str(text).map_err(|source| {
+            let (line, column) = source.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Parse {
+                path: None,
+                line,
+                column,
+                source,
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The semantic pass: rules that span keys. Every problem is reported,
+    /// not only the first.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] (without a path).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: None,
+                problems,
+            })
+        }
+    }
+
+    /// Every backend after port-range expansion, in file order, with stable
+    /// names (see [`ExpandedBackend::name`]).
+    #[must_use]
+    pub fn expanded_backends(&self) -> Vec<ExpandedBackend> {
+        self.backends
+            .iter()
+            .enumerate()
+            .flat_map(|(source_index, b)| {
+                b.address
+                    .ports()
+                    .enumerate()
+                    .map(move |(i, port)| ExpandedBackend {
+                        name: match (&b.name, b.address.is_range()) {
+                            (Some(name), false) => name.clone(),
+                            (Some(name), true) => format!("{name}-{}", i + 1),
+                            (None, _) => format!("{}:{port}", b.address.host()),
+                        },
+                        host: b.address.host().clone(),
+                        port,
+                        username: b.username.clone(),
+                        password: b.password.clone(),
+                        weight: b.weight,
+                        scope: b.scope.clone(),
+                        metadata: b.metadata.clone(),
+                        backup: b.backup,
+                        source_index,
+                    })
+            })
+            .collect()
+    }
+
+    /// `/sys/fs/bpf/balancer/<instance>`, where the sockmap engine pins its
+    /// maps and `balancer stats` finds them.
+    #[must_use]
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/balancer").join(&self.instance)
+    }
+}
+
+impl ConfigError {
+    /// Attaches the file name to an error from [`Config::parse`].
+    #[must_use]
+    pub fn with_path(self, file: &Path) -> Self {
+        match self {
+            Self::Parse {
+                line,
+                column,
+                source,
+                ..
+            } => Self::Parse {
+                path: Some(file.to_owned()),
+                line,
+                column,
+                source,
+            },
+            Self::Invalid { problems, .. } => Self::Invalid {
+                path: Some(file.to_owned()),
+                problems,
+            },
+            io @ Self::Io { .. } => io,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
