@@ -29,21 +29,21 @@ use crate::forward::{EngineKind, ForwardOptions};
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    // The io and yaml errors are part of the message, not `source()`, so
+    // that printing the error chain shows them once.
+    #[error("cannot read config file {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Syntax, an unknown key or a malformed value; `line`/`column` are
     /// 1-based and 0 when serde_yaml gave no location.
-    #[error("{}:{line}:{column}: {source}", origin(path.as_deref()))]
+    #[error("{}:{line}:{column}: {error}", origin(path.as_deref()))]
     Parse {
         path: Option<PathBuf>,
         line: usize,
         column: usize,
-        #[source]
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     #[error("invalid config {}:{}", origin(path.as_deref()), list(problems))]
     Invalid {
@@ -268,6 +268,18 @@ pub enum Strategy {
     ConsistentHash,
 }
 
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::LowestLatency => "lowest_latency",
+            Self::WeightedRandom => "weighted_random",
+            Self::ConsistentHash => "consistent_hash",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BalancingConfig {
@@ -387,6 +399,16 @@ pub enum Engine {
     Splice,
 }
 
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Sockmap => "sockmap",
+            Self::Splice => "splice",
+        })
+    }
+}
+
 impl From<Engine> for EngineKind {
     fn from(engine: Engine) -> Self {
         match engine {
@@ -491,11 +513,23 @@ impl Config {
     /// [`ConfigError::Io`] naming the path, [`ConfigError::Parse`] with
     /// file:line:column, [`ConfigError::Invalid`] with the key paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let config = Self::load_unvalidated(path)?;
+        config.validate().map_err(|e| e.with_path(path))?;
+        Ok(config)
+    }
+
+    /// Reads and parses `path` without the semantic pass, for callers that
+    /// amend the config (command-line overrides) and then call
+    /// [`Config::validate`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] or [`ConfigError::Parse`].
+    pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        Self::parse(&text).map_err(|e| e.with_path(path))
+        Self::parse_unvalidated(&text).map_err(|e| e.with_path(path))
     }
 
     /// Parses and validates YAML text that came from no file.
@@ -503,17 +537,21 @@ impl Config {
     /// # Errors
     /// As [`Config::load`], without a path.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_yaml::from_str(text).map_err(|source| {
-            let (line, column) = source.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let config = Self::parse_unvalidated(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_unvalidated(text: &str) -> Result<Self, ConfigError> {
+        serde_yaml::from_str(text).map_err(|error| {
+            let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
             ConfigError::Parse {
                 path: None,
                 line,
                 column,
-                source,
+                error,
             }
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// The semantic pass: rules that span keys. Every problem is reported,
@@ -580,13 +618,13 @@ impl ConfigError {
             Self::Parse {
                 line,
                 column,
-                source,
+                error,
                 ..
             } => Self::Parse {
                 path: Some(file.to_owned()),
                 line,
                 column,
-                source,
+                error,
             },
             Self::Invalid { problems, .. } => Self::Invalid {
                 path: Some(file.to_owned()),
