@@ -371,6 +371,91 @@ mod tests {
         assert!(our_lines(&ns.state()).is_empty());
     }
 
+    /// Runs `f` on a thread that has entered the namespace, so its sockets
+    /// live there.
+    fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(format!("/run/netns/{}", ns.name))
+                        .expect("open the namespace file");
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the test namespace");
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+
+    #[test]
+    fn applied_redirect_rules_divert_tcp_except_marked_and_backend_traffic() {
+        use std::{
+            net::{SocketAddr, TcpListener, TcpStream},
+            time::Duration,
+        };
+        let ns = NetNs::new();
+        let runner = ns.runner();
+        for cmd in [
+            &["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+            &["ip", "link", "set", "v0", "up"],
+            &["ip", "addr", "add", "10.9.0.1/24", "dev", "v0"],
+        ] {
+            runner
+                .run(&cmd.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .expect("set up v0");
+        }
+        let listener = in_ns(&ns, || {
+            TcpListener::bind("127.0.0.1:0").expect("bind in namespace")
+        });
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let port = listener.local_addr().expect("listener address").port();
+        let config = Config::parse(&format!(
+            "instance: nsredir\nforwarding: {{ mark: 4919 }}\n\
+             listeners: [{{ name: r, mode: redirect, bind: \"127.0.0.1:{port}\" }}]\n\
+             backends: [{{ address: \"10.9.0.3:1080\" }}]\n"
+        ))
+        .expect("valid config");
+        apply(&Plan::for_config(&config), &runner).expect("apply");
+
+        let timeout = Duration::from_millis(300);
+        let target: SocketAddr = "10.9.0.2:80".parse().expect("address");
+        let backend: SocketAddr = "10.9.0.3:1080".parse().expect("address");
+        let (plain, marked, to_backend) = in_ns(&ns, || {
+            let plain = TcpStream::connect_timeout(&target, timeout).map(drop);
+            let marked = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .and_then(|s| {
+                    s.set_mark(4919)?;
+                    s.connect_timeout(&target.into(), timeout)
+                });
+            let to_backend = TcpStream::connect_timeout(&backend, timeout).map(drop);
+            (plain, marked, to_backend)
+        });
+        // Only the unmarked connection to a non-backend reaches the listener;
+        // the others go out v0, where nothing answers.
+        assert!(
+            plain.is_ok(),
+            "unmarked connection was not redirected: {plain:?}"
+        );
+        assert!(marked.is_err(), "marked connection was redirected");
+        assert!(
+            to_backend.is_err(),
+            "connection to a backend was redirected"
+        );
+        let (_, peer) = listener
+            .accept()
+            .expect("the redirected connection is queued");
+        // REDIRECT rewrites the destination only: the source is still the
+        // address the route to 10.9.0.2 chose.
+        assert_eq!(peer.ip().to_string(), "10.9.0.1");
+        assert!(
+            listener.accept().is_err(),
+            "more than one connection was redirected"
+        );
+    }
+
     #[test]
     fn failing_command_reports_its_stderr() {
         let ns = NetNs::new();
