@@ -397,7 +397,9 @@ mod tests {
         let ns = NetNs::new();
         let runner = ns.runner();
         for cmd in [
-            &["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"][..],
+            &[
+                "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+            ][..],
             &["ip", "link", "set", "v0", "up"],
             &["ip", "addr", "add", "10.9.0.1/24", "dev", "v0"],
         ] {
