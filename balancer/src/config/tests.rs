@@ -4,6 +4,7 @@
 use std::{io::Write, time::Duration};
 
 use super::*;
+use crate::forward::EngineKind;
 
 const EXAMPLE: &str = include_str!("../../../examples/balancer.yaml");
 
