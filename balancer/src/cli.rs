@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// YAML config file.
     #[arg(short, long, value_name = "FILE", env = "BALANCER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Upstream SOCKS5 proxy: HOST:PORT, [V6]:PORT or HOST:FIRST-LAST (one per port).
+    /// Upstream SOCKS5 proxy: HOST:PORT or HOST:FIRST-LAST (one backend per port);
+    /// IPv6 hosts in brackets.
     /// Repeatable.
     #[arg(short, long = "backend", value_name = "ADDR")]
     pub backends: Vec<BackendAddress>,

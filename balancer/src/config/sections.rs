@@ -212,7 +212,7 @@ impl Default for ForwardingConfig {
 
 impl ForwardingConfig {
     /// The engine tuning this section describes; `pin_dir` comes from the
-    /// instance name (see [`Config::pin_dir`]).
+    /// instance name (see [`super::Config::pin_dir`]).
     #[must_use]
     pub fn forward_options(&self, pin_dir: Option<PathBuf>) -> ForwardOptions {
         ForwardOptions {
