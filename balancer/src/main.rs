@@ -1,3 +1,39 @@
-//! Wires the command line to the library (placeholder: being written).
+//! The `balancer` binary: parses the command line, starts tracing,
+//! dispatches to one `cmd` module per subcommand and turns the result into
+//! an exit code (0 ok, 1 runtime failure, 2 usage or invalid config).
 
-fn main() {}
+use std::process::ExitCode;
+
+use balancer::{
+    cli::{Cli, Command},
+    cmd,
+};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits 2 (0 for --help/--version).
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match &cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Check(args) => cmd::check::run(args),
+        Command::Iptables(args) => cmd::iptables::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("balancer: {error:#}");
+            ExitCode::from(cmd::exit_code(&error))
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

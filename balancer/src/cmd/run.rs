@@ -1,0 +1,174 @@
+//! `balancer run`: builds the config (file and/or flags), validates it
+//! before anything is bound or loaded, starts the tokio runtime, turns
+//! SIGINT/SIGTERM into the shared shutdown token, and hands over to the
+//! daemon through [`start_daemon`].
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::RunArgs,
+    cmd::UsageError,
+    config::{BackendConfig, Config, ListenerConfig},
+};
+
+/// # Errors
+/// [`UsageError`] or [`crate::config::ConfigError`] (exit 2) before
+/// starting; whatever the daemon returns (exit 1) after.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let config = config_from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let result = start_daemon(config, shutdown).await;
+        signals.abort();
+        result
+    })
+}
+
+/// The config `run` uses: the file if given, with `--backend` appended,
+/// `--listen` replacing the listeners and `--engine` overriding the engine;
+/// validated as a whole.
+///
+/// # Errors
+/// [`UsageError::NoConfigNoBackends`] when there is neither a file nor a
+/// backend; the file's [`crate::config::ConfigError`] otherwise.
+pub fn config_from_args(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load_unvalidated(path)?,
+        None if args.backends.is_empty() => return Err(UsageError::NoConfigNoBackends.into()),
+        None => Config::default(),
+    };
+    config
+        .backends
+        .extend(args.backends.iter().cloned().map(BackendConfig::new));
+    if let Some(bind) = args.listen {
+        config.listeners = vec![ListenerConfig::socks5("socks", bind)];
+    }
+    if let Some(engine) = args.engine {
+        config.forwarding.engine = engine.into();
+    }
+    let validated = config.validate();
+    match &args.config {
+        Some(path) => validated.map_err(|e| e.with_path(path))?,
+        None => validated?,
+    }
+    Ok(config)
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// The daemon this build would start.
+#[derive(Debug, thiserror::Error)]
+#[error("this build of balancer has no daemon linked in (cmd::run::start_daemon is not wired)")]
+pub struct DaemonNotWired;
+
+/// The single place where `run` connects to the daemon; everything before
+/// it (config, runtime, signals) is set up. Returns when the daemon stops.
+///
+/// # Errors
+/// Whatever the daemon fails with.
+pub async fn start_daemon(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // ==== WIRE THE DAEMON HERE: replace the two lines below with ====
+    //     crate::daemon::run(config, shutdown).await.map_err(Into::into)
+    drop((config, shutdown));
+    Err(DaemonNotWired.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::{
+        cli::EngineArg,
+        cmd::{EXIT_USAGE, exit_code},
+        config::{ConfigError, Engine},
+    };
+
+    fn args(backends: &[&str]) -> RunArgs {
+        RunArgs {
+            config: None,
+            backends: backends
+                .iter()
+                .map(|b| b.parse().expect("valid backend"))
+                .collect(),
+            listen: None,
+            engine: None,
+        }
+    }
+
+    #[test]
+    fn no_config_and_no_backend_is_a_usage_error_naming_both_options() {
+        let err = config_from_args(&args(&[])).expect_err("nothing to run");
+        assert_eq!(exit_code(&err), EXIT_USAGE);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--config") && msg.contains("--backend"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn backend_flags_alone_give_one_socks5_listener_on_port_1080() {
+        let config = config_from_args(&args(&["127.0.0.1:1081-1083"])).expect("valid");
+        assert_eq!(config.expanded_backends().len(), 3);
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(
+            config.listeners[0].bind,
+            SocketAddr::from(([127, 0, 0, 1], 1080))
+        );
+    }
+
+    #[test]
+    fn listen_and_engine_flags_override_the_defaults() {
+        let mut a = args(&["127.0.0.1:1081"]);
+        a.listen = Some(SocketAddr::from(([0, 0, 0, 0], 2080)));
+        a.engine = Some(EngineArg::Splice);
+        let config = config_from_args(&a).expect("valid");
+        assert_eq!(config.listeners[0].bind.port(), 2080);
+        assert_eq!(config.forwarding.engine, Engine::Splice);
+    }
+
+    #[test]
+    fn backend_flags_are_added_to_a_file_that_has_none() {
+        let path =
+            std::env::temp_dir().join(format!("balancer-run-test-{}.yaml", std::process::id()));
+        std::fs::write(&path, "instance: from-file\n").expect("write temp file");
+        let mut a = args(&[]);
+        a.config = Some(path.clone());
+        let without = config_from_args(&a);
+        a.backends = vec!["10.0.0.1:1080".parse().expect("valid")];
+        let with = config_from_args(&a);
+        std::fs::remove_file(&path).expect("remove temp file");
+        let err = without.expect_err("file has no backends");
+        assert!(
+            matches!(err.downcast_ref(), Some(ConfigError::Invalid { path: Some(p), .. }) if *p == path),
+            "{err}"
+        );
+        assert_eq!(
+            with.expect("flags supply the backend").instance,
+            "from-file"
+        );
+    }
+}
