@@ -143,6 +143,19 @@ impl std::fmt::Debug for BackendSpec {
 #[derive(Debug, Default)]
 pub(crate) struct Census {
     admitted: AtomicUsize,
+    // Bumped on every breaker transition and drain, so selection can cache
+    // the admitted set until something changes.
+    version: AtomicU64,
+}
+
+impl Census {
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
 }
 
 /// Live state of a backend. Shared by the successive [`Backend`] values a
@@ -211,6 +224,9 @@ impl Health {
 
     /// Keeps the census in step with a transition.
     fn account(&self, event: Option<TransitionEvent>) -> Option<TransitionEvent> {
+        if event.is_some() {
+            self.census.bump();
+        }
         if let Some(event) = &event
             && !self.draining.load(Ordering::Relaxed)
         {
@@ -415,6 +431,7 @@ impl Backend {
         {
             self.health.census.admitted.fetch_sub(1, Ordering::Relaxed);
         }
+        self.health.census.bump();
     }
 
     /// Whether selection may offer it now (no claim is made).

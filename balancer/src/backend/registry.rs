@@ -43,10 +43,16 @@ pub struct Pool {
     by_id: HashMap<BackendId, usize>,
     generation: u64,
     panic_mode: bool,
+    census: Arc<Census>,
 }
 
 impl Pool {
-    fn new(backends: Vec<Arc<Backend>>, generation: u64, panic_mode: bool) -> Self {
+    fn new(
+        backends: Vec<Arc<Backend>>,
+        generation: u64,
+        panic_mode: bool,
+        census: Arc<Census>,
+    ) -> Self {
         let by_id = backends
             .iter()
             .enumerate()
@@ -57,7 +63,17 @@ impl Pool {
             by_id,
             generation,
             panic_mode,
+            census,
         }
+    }
+
+    /// Changes whenever any breaker of the registry changes state or a
+    /// backend starts draining: an admitted set computed at one version
+    /// stays right until the next (except open intervals that elapse with
+    /// nobody looking, and half-open trial places, which `admit` checks).
+    #[must_use]
+    pub fn health_version(&self) -> u64 {
+        self.census.version()
     }
 
     /// The backends, in registration order.
@@ -156,9 +172,10 @@ impl Registry {
     #[must_use]
     pub fn with_capacity(config: HealthConfig, capacity: u32) -> Self {
         let panic_mode = config.panic_mode;
+        let census = Arc::new(Census::default());
         Self {
             config,
-            pool: ArcSwap::from_pointee(Pool::new(Vec::new(), 0, panic_mode)),
+            pool: ArcSwap::from_pointee(Pool::new(Vec::new(), 0, panic_mode, Arc::clone(&census))),
             writer: Mutex::new(Writer {
                 next_id: 0,
                 next_slot: 0,
@@ -166,7 +183,7 @@ impl Registry {
                 draining: Vec::new(),
                 generation: 0,
             }),
-            census: Arc::new(Census::default()),
+            census,
             capacity,
         }
     }
@@ -193,6 +210,7 @@ impl Registry {
             backends,
             writer.generation,
             self.config.panic_mode,
+            Arc::clone(&self.census),
         )));
     }
 

@@ -52,6 +52,10 @@ pub struct SelectionConfig {
     pub limit: usize,
     /// Only backends of this scope or of none; `None` uses every backend.
     pub scope: Option<String>,
+    /// How long the admitted set may be reused while no breaker changes:
+    /// bounds how late an elapsed open interval or a latency change under
+    /// `max_latency` is noticed.
+    pub scan_cache_ttl: Duration,
 }
 
 impl Default for SelectionConfig {
@@ -67,6 +71,7 @@ impl Default for SelectionConfig {
             sticky_capacity: 65_536,
             limit: 3,
             scope: None,
+            scan_cache_ttl: Duration::from_millis(100),
         }
     }
 }
@@ -148,7 +153,18 @@ struct ActiveSet {
     refreshed: Option<Instant>,
     latency_filtered: bool,
     // Pool indices, ascending.
-    members: Vec<u32>,
+    members: Arc<[u32]>,
+}
+
+#[derive(Debug)]
+struct Scan {
+    generation: u64,
+    version: u64,
+    at: Instant,
+    tier: Tier,
+    latency_filtered: bool,
+    // Pool indices, ascending.
+    set: Arc<[u32]>,
 }
 
 /// Picks backends for one listener. Cheap to share (`&self` everywhere).
@@ -159,6 +175,7 @@ pub struct Selector {
     active: Mutex<ActiveSet>,
     leader: Mutex<Option<BackendId>>,
     sticky: Option<Mutex<StickyMap>>,
+    scan: Mutex<Option<Arc<Scan>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +196,7 @@ impl Selector {
             active: Mutex::new(ActiveSet::default()),
             leader: Mutex::new(None),
             sticky,
+            scan: Mutex::new(None),
         }
     }
 
@@ -255,12 +273,47 @@ impl Selector {
     }
 
     /// The filtered set (pool indices, ascending) and its tier.
-    fn filtered(&self, pool: &Pool, now: Instant) -> (Vec<u32>, Tier) {
+    fn filtered(&self, pool: &Pool, now: Instant) -> (Arc<[u32]>, Tier) {
         if let Some(k) = self.config.max_active_backends
             && let Some(members) = self.cached_active(pool, now, k)
         {
             return (members, Tier::Primary);
         }
+        let scan = self.scan(pool, now);
+        match self.config.max_active_backends {
+            Some(k) if scan.set.len() > k => {
+                let members =
+                    self.refresh_active(pool, &scan.set, k, scan.tier, scan.latency_filtered, now);
+                (members, scan.tier)
+            }
+            _ => (Arc::clone(&scan.set), scan.tier),
+        }
+    }
+
+    /// Admitted, in-scope, fast-enough backends of the first tier that has
+    /// any; reused while the pool, every breaker and the clock (within
+    /// `scan_cache_ttl`) stay put, so a pick need not touch every backend.
+    fn scan(&self, pool: &Pool, now: Instant) -> Arc<Scan> {
+        let version = pool.health_version();
+        {
+            let cache = lock(&self.scan);
+            if let Some(scan) = cache.as_ref()
+                && scan.generation == pool.generation()
+                && scan.version == version
+                && now >= scan.at
+                && now.saturating_duration_since(scan.at) < self.config.scan_cache_ttl
+            {
+                return Arc::clone(scan);
+            }
+        }
+        let mut result = Scan {
+            generation: pool.generation(),
+            version,
+            at: now,
+            tier: Tier::Primary,
+            latency_filtered: false,
+            set: Arc::from(Vec::new()),
+        };
         for (tier, backup) in [(Tier::Primary, false), (Tier::Backup, true)] {
             let admitted: Vec<u32> = (0u32..)
                 .zip(pool.backends())
@@ -282,20 +335,19 @@ impl Selector {
             } else {
                 admitted
             };
-            let set = match self.config.max_active_backends {
-                Some(k) if set.len() > k => {
-                    self.refresh_active(pool, set, k, tier, latency_filtered, now)
-                }
-                _ => set,
-            };
-            return (set, tier);
+            result.tier = tier;
+            result.latency_filtered = latency_filtered;
+            result.set = Arc::from(set);
+            break;
         }
-        (Vec::new(), Tier::Primary)
+        let result = Arc::new(result);
+        *lock(&self.scan) = Some(Arc::clone(&result));
+        result
     }
 
     /// The cached active set, if still valid: same snapshot, fresh, every
     /// member still admitted.
-    fn cached_active(&self, pool: &Pool, now: Instant, k: usize) -> Option<Vec<u32>> {
+    fn cached_active(&self, pool: &Pool, now: Instant, k: usize) -> Option<Arc<[u32]>> {
         let cache = lock(&self.active);
         let fresh = cache
             .refreshed
@@ -309,19 +361,19 @@ impl Selector {
                 && self.passes(backend, now)
                 && (!cache.latency_filtered || self.fast_enough(backend))
         });
-        valid.then(|| cache.members.clone())
+        valid.then(|| Arc::clone(&cache.members))
     }
 
     /// Scores `set` and keeps the best `k`, favouring current members.
     fn refresh_active(
         &self,
         pool: &Pool,
-        set: Vec<u32>,
+        set: &[u32],
         k: usize,
         tier: Tier,
         latency_filtered: bool,
         now: Instant,
-    ) -> Vec<u32> {
+    ) -> Arc<[u32]> {
         let backends = pool.backends();
         let known: Vec<f64> = set
             .iter()
@@ -339,7 +391,7 @@ impl Selector {
         let mut cache = lock(&self.active);
         let same_pool = cache.generation == pool.generation();
         let bonus = 1.0 - self.config.active_set_margin.clamp(0.0, 0.9);
-        let mut members = strategy::smallest_k(&set, k, |_, index| {
+        let mut members = strategy::smallest_k(set, k, |_, index| {
             let backend = &backends[index as usize];
             let latency = backend.latency().map_or(neutral, |l| l.as_secs_f64());
             let rate = backend.success_rate().unwrap_or(1.0).max(0.05);
@@ -348,12 +400,13 @@ impl Selector {
             if member { cost * bonus } else { cost }
         });
         members.sort_unstable();
+        let members: Arc<[u32]> = Arc::from(members);
         if tier == Tier::Primary {
             *cache = ActiveSet {
                 generation: pool.generation(),
                 refreshed: Some(now),
                 latency_filtered,
-                members: members.clone(),
+                members: Arc::clone(&members),
             };
         }
         members

@@ -366,3 +366,32 @@ fn a_scoped_selector_uses_its_scope_and_unscoped_backends() {
     got.sort();
     assert_eq!(got, ["b0", "b2"]);
 }
+
+#[test]
+fn the_cached_admitted_set_notices_a_breaker_opening_at_once() {
+    let now = Instant::now();
+    let registry = registry_with(named(3), now);
+    let pool = registry.pool();
+    let selector = selector(Strategy::RoundRobin);
+    assert_eq!(selector.candidates(&pool, ip(1), now, &mut rng()).len(), 3);
+    open(&pool.backends()[1], now);
+    let got = selector.candidates(&pool, ip(1), now, &mut rng());
+    assert!(!names(&got).contains(&"b1".to_owned()));
+}
+
+#[test]
+fn an_elapsed_open_interval_is_noticed_within_the_scan_cache_ttl() {
+    let now = Instant::now();
+    let registry = registry_with(named(2), now);
+    let pool = registry.pool();
+    open(&pool.backends()[1], now);
+    let selector = selector(Strategy::RoundRobin);
+    assert_eq!(selector.candidates(&pool, ip(1), now, &mut rng()).len(), 1);
+    let recovered = now + Duration::from_secs(12);
+    assert_eq!(
+        selector
+            .candidates(&pool, ip(1), recovered, &mut rng())
+            .len(),
+        2
+    );
+}
