@@ -48,7 +48,7 @@ fn measure(iterations: u32, mut pick: impl FnMut(u32)) -> f64 {
     for i in 0..iterations {
         pick(i);
     }
-    start.elapsed().as_secs_f64() * 1e9 / f64::from(iterations)
+    (clock::now() - start).as_secs_f64() * 1e9 / f64::from(iterations)
 }
 
 fn main() {

@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_new_breaker_is_unknown_and_admits() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         assert_eq!(breaker.state(), BreakerState::Unknown);
         assert_eq!(breaker.allows(now), Admission::Allowed);
@@ -551,7 +551,7 @@ mod tests {
 
     #[test]
     fn first_success_closes_an_unknown_breaker() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         let event = ok(&breaker, now).expect("transition");
         assert_eq!(
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn threshold_consecutive_failures_open_the_breaker_and_a_success_resets_the_count() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         assert!(fail(&breaker, now).is_none());
         assert!(fail(&breaker, now).is_none());
@@ -581,7 +581,7 @@ mod tests {
 
     #[test]
     fn a_low_window_success_rate_opens_with_enough_volume() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(
             BreakerConfig {
                 failure_threshold: 100,
@@ -609,7 +609,7 @@ mod tests {
 
     #[test]
     fn the_pool_can_veto_ejecting_its_last_backend() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         for _ in 0..10 {
             let event = breaker.record(Signal::Failed, Source::Passive, None, now, || false);
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn recovery_elapsed_admits_one_trial_and_a_successful_trial_closes() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let breaker = Breaker::new(config(), t0, 1);
         (0..3).for_each(|_| {
             fail(&breaker, t0);
@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn half_open_admits_the_configured_number_of_trials() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let breaker = Breaker::new(
             BreakerConfig {
                 half_open_trials: 2,
@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn failed_trials_back_off_ten_twenty_forty_sixty_sixty_within_jitter() {
-        let mut now = Instant::now();
+        let mut now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 7);
         let mut intervals = Vec::new();
         let first = (0..3).filter_map(|_| fail(&breaker, now)).next_back();
@@ -709,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_successful_trial_resets_the_backoff_to_the_base_interval() {
-        let mut now = Instant::now();
+        let mut now = crate::clock::now();
         let breaker = Breaker::new(
             BreakerConfig {
                 jitter: 0.0,
@@ -737,7 +737,7 @@ mod tests {
 
     #[test]
     fn open_admits_nothing_before_the_interval_and_ignores_late_successes() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         (0..3).for_each(|_| {
             fail(&breaker, now);
@@ -750,7 +750,7 @@ mod tests {
 
     #[test]
     fn a_probe_success_closes_an_open_breaker() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         (0..3).for_each(|_| {
             fail(&breaker, now);
@@ -764,7 +764,7 @@ mod tests {
 
     #[test]
     fn history_keeps_the_last_eight_transitions() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let breaker = Breaker::new(config(), now, 1);
         for _ in 0..6 {
             breaker.force(BreakerState::Open, now);

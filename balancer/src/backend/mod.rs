@@ -443,11 +443,18 @@ impl Backend {
         self.health.breaker.allows(now)
     }
 
-    /// Claims an attempt right before dialing. With `panic` (the
-    /// candidates came from panic mode) an open breaker is admitted as a
-    /// half-open trial anyway.
+    /// Claims an attempt right before dialing; skip the backend when this
+    /// says `Rejected` (a candidate list is a snapshot: a half-open trial
+    /// place may have been taken since). With `panic` (the candidates came
+    /// from panic mode) an open or full half-open breaker is admitted as a
+    /// trial anyway.
     pub fn admit(&self, now: Instant, panic: bool) -> (Admission, Option<TransitionEvent>) {
-        if panic && self.health.breaker.state() == BreakerState::Open {
+        if panic
+            && matches!(
+                self.health.breaker.state(),
+                BreakerState::Open | BreakerState::HalfOpen
+            )
+        {
             let event = self.health.breaker.admit_in_panic(now);
             return (Admission::Trial, self.health.account(event));
         }

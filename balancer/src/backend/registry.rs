@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn registering_swaps_a_new_snapshot_and_rejects_duplicate_names() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         let before = registry.pool();
         registry
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn slots_are_unique_and_reused_only_after_the_backend_is_gone() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         let a = registry
             .register(spec("a"), Origin::Config, now)
@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_full_registry_reports_exhausted_slots() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = Registry::with_capacity(HealthConfig::default(), 1);
         registry
             .register(spec("a"), Origin::Config, now)
@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn replace_all_keeps_counters_of_unchanged_and_retuned_backends() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         registry
             .replace_all(vec![spec("a"), spec("b"), spec("c")], now)
@@ -526,7 +526,7 @@ mod tests {
 
     #[test]
     fn idle_runtime_backends_are_cleaned_up_but_configured_ones_stay() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         registry
             .register(spec("conf"), Origin::Config, now)
@@ -554,7 +554,7 @@ mod tests {
 
     #[test]
     fn passive_failures_never_eject_the_last_admitted_backend() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         let a = registry
             .register(spec("a"), Origin::Config, now)
@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn failures_are_counted_per_category_and_target_errors_keep_the_backend_healthy() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let registry = registry();
         let a = registry
             .register(spec("a"), Origin::Config, now)

@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_client_stays_stuck_until_the_ttl_expires() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut map = StickyMap::new(Duration::from_secs(60), 10);
         map.remember(ip(1), BackendId(7), now);
         assert_eq!(
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn remembering_again_refreshes_the_ttl() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut map = StickyMap::new(Duration::from_secs(60), 10);
         map.remember(ip(1), BackendId(7), now);
         map.remember(ip(1), BackendId(7), now + Duration::from_secs(50));
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn the_map_is_bounded_and_evicts_the_oldest_client() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut map = StickyMap::new(Duration::from_secs(60), 3);
         for n in 0..5 {
             map.remember(

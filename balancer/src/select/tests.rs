@@ -54,7 +54,7 @@ fn rng() -> StdRng {
 
 #[test]
 fn round_robin_starts_one_further_each_pick_with_distinct_candidates() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let selector = selector(Strategy::RoundRobin);
     let pool = registry.pool();
@@ -68,7 +68,7 @@ fn round_robin_starts_one_further_each_pick_with_distinct_candidates() {
 
 #[test]
 fn candidates_are_capped_at_the_limit() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(10), now);
     let selector = Selector::new(SelectionConfig {
         limit: 4,
@@ -84,7 +84,7 @@ fn candidates_are_capped_at_the_limit() {
 
 #[test]
 fn open_backends_are_filtered_and_half_open_trials_count_as_admitted() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     open(&pool.backends()[1], now);
@@ -99,7 +99,7 @@ fn open_backends_are_filtered_and_half_open_trials_count_as_admitted() {
 
 #[test]
 fn slow_backends_are_skipped_unless_all_are_slow() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     for (backend, ms) in pool.backends().iter().zip([500, 20, 800]) {
@@ -120,7 +120,7 @@ fn slow_backends_are_skipped_unless_all_are_slow() {
 
 #[test]
 fn the_active_set_keeps_the_best_and_does_not_churn_on_small_changes() {
-    let mut now = Instant::now();
+    let mut now = crate::clock::now();
     let registry = registry_with(named(6), now);
     let pool = registry.pool();
     for (backend, ms) in pool.backends().iter().zip([50, 10, 60, 12, 70, 80]) {
@@ -151,7 +151,7 @@ fn the_active_set_keeps_the_best_and_does_not_churn_on_small_changes() {
 
 #[test]
 fn backups_serve_only_while_no_primary_is_available_and_fail_back_by_themselves() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let mut specs = named(2);
     specs[1].backup = true;
     let registry = registry_with(specs, now);
@@ -175,7 +175,7 @@ fn backups_serve_only_while_no_primary_is_available_and_fail_back_by_themselves(
 
 #[test]
 fn least_connections_prefers_the_fewest_connections_per_weight() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let mut specs = named(3);
     specs[2].weight = 4;
     let registry = registry_with(specs, now);
@@ -192,7 +192,7 @@ fn least_connections_prefers_the_fewest_connections_per_weight() {
 
 #[test]
 fn least_connections_spreads_ties() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     let selector = selector(Strategy::LeastConnections);
@@ -204,7 +204,7 @@ fn least_connections_spreads_ties() {
 
 #[test]
 fn lowest_latency_does_not_flap_inside_the_band_but_returns_to_a_clearly_faster_backend() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(2), now);
     let pool = registry.pool();
     let (a, b) = (&pool.backends()[0], &pool.backends()[1]);
@@ -230,7 +230,7 @@ fn lowest_latency_does_not_flap_inside_the_band_but_returns_to_a_clearly_faster_
 
 #[test]
 fn weighted_random_follows_the_weights() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let mut specs = named(2);
     specs[1].weight = 3;
     let registry = registry_with(specs, now);
@@ -248,7 +248,7 @@ fn weighted_random_follows_the_weights() {
 
 #[test]
 fn consistent_hash_keeps_clients_and_moves_only_the_removed_backends_clients() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(5), now);
     let selector = selector(Strategy::ConsistentHash);
     let pick = |pool: &Pool| -> HashMap<u32, String> {
@@ -276,7 +276,7 @@ fn consistent_hash_keeps_clients_and_moves_only_the_removed_backends_clients() {
 
 #[test]
 fn a_sticky_client_returns_to_its_backend_until_the_ttl_expires() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     let selector = Selector::new(SelectionConfig {
@@ -302,7 +302,7 @@ fn a_sticky_client_returns_to_its_backend_until_the_ttl_expires() {
 
 #[test]
 fn stickiness_yields_when_the_backend_is_open() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     let selector = Selector::new(SelectionConfig {
@@ -318,7 +318,7 @@ fn stickiness_yields_when_the_backend_is_open() {
 
 #[test]
 fn panic_mode_offers_the_least_recently_failed_when_every_backend_is_open() {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let registry = registry_with(named(3), t0);
     let pool = registry.pool();
     for (i, backend) in pool.backends().iter().enumerate() {
@@ -337,7 +337,7 @@ fn panic_mode_offers_the_least_recently_failed_when_every_backend_is_open() {
 
 #[test]
 fn without_panic_mode_an_all_open_pool_gives_no_candidate() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = Registry::new(HealthConfig {
         panic_mode: false,
         ..HealthConfig::default()
@@ -353,7 +353,7 @@ fn without_panic_mode_an_all_open_pool_gives_no_candidate() {
 
 #[test]
 fn a_scoped_selector_uses_its_scope_and_unscoped_backends() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let mut specs = named(3);
     specs[0].scope = Some("eu".into());
     specs[1].scope = Some("us".into());
@@ -369,7 +369,7 @@ fn a_scoped_selector_uses_its_scope_and_unscoped_backends() {
 
 #[test]
 fn the_cached_admitted_set_notices_a_breaker_opening_at_once() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(3), now);
     let pool = registry.pool();
     let selector = selector(Strategy::RoundRobin);
@@ -381,7 +381,7 @@ fn the_cached_admitted_set_notices_a_breaker_opening_at_once() {
 
 #[test]
 fn an_elapsed_open_interval_is_noticed_within_the_scan_cache_ttl() {
-    let now = Instant::now();
+    let now = crate::clock::now();
     let registry = registry_with(named(2), now);
     let pool = registry.pool();
     open(&pool.backends()[1], now);
