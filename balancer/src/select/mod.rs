@@ -176,6 +176,15 @@ pub struct Selector {
     leader: Mutex<Option<BackendId>>,
     sticky: Option<Mutex<StickyMap>>,
     scan: Mutex<Option<Arc<Scan>>>,
+    latency_rank: Mutex<Option<LatencyRank>>,
+}
+
+#[derive(Debug)]
+struct LatencyRank {
+    set: Arc<[u32]>,
+    limit: usize,
+    at: Instant,
+    order: Vec<u32>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,6 +206,7 @@ impl Selector {
             leader: Mutex::new(None),
             sticky,
             scan: Mutex::new(None),
+            latency_rank: Mutex::new(None),
         }
     }
 
@@ -237,7 +247,7 @@ impl Selector {
         let mut order = if set.is_empty() {
             return self.panic_candidates(pool, limit);
         } else {
-            self.order(pool, &set, limit, client, rng)
+            self.order(pool, &set, limit, client, now, rng)
         };
         let sticky = self.sticky_index(pool, client, tier, now);
         if let Some(index) = sticky {
@@ -415,9 +425,10 @@ impl Selector {
     fn order<R: Rng + ?Sized>(
         &self,
         pool: &Pool,
-        set: &[u32],
+        set: &Arc<[u32]>,
         limit: usize,
         client: IpAddr,
+        now: Instant,
         rng: &mut R,
     ) -> Vec<u32> {
         match self.config.strategy {
@@ -429,16 +440,45 @@ impl Selector {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 strategy::least_connections(pool, set, limit, start)
             }
-            Strategy::LowestLatency => self.lowest_latency(pool, set, limit),
+            Strategy::LowestLatency => self.lowest_latency(pool, set, limit, now),
             Strategy::WeightedRandom => strategy::weighted_random(pool, set, limit, rng),
             Strategy::ConsistentHash => strategy::consistent_hash(pool, set, limit, client),
         }
     }
 
+    /// The latency ranking of `set`, reused for `scan_cache_ttl` while the
+    /// set is the same one (same `Arc`): every pick in that time would go
+    /// to the same leader anyway, and a fresh set means a fresh ranking.
+    fn latency_order(&self, pool: &Pool, set: &Arc<[u32]>, limit: usize, now: Instant) -> Vec<u32> {
+        let mut cache = lock(&self.latency_rank);
+        if let Some(rank) = cache.as_ref()
+            && Arc::ptr_eq(&rank.set, set)
+            && rank.limit == limit
+            && now >= rank.at
+            && now.saturating_duration_since(rank.at) < self.config.scan_cache_ttl
+        {
+            return rank.order.clone();
+        }
+        let order = strategy::lowest_latency(pool, set, limit);
+        *cache = Some(LatencyRank {
+            set: Arc::clone(set),
+            limit,
+            at: now,
+            order: order.clone(),
+        });
+        order
+    }
+
     /// Lowest latency with a tolerance band: the current leader stays first
     /// until another backend is faster by more than `latency_tolerance`.
-    fn lowest_latency(&self, pool: &Pool, set: &[u32], limit: usize) -> Vec<u32> {
-        let mut order = strategy::lowest_latency(pool, set, limit);
+    fn lowest_latency(
+        &self,
+        pool: &Pool,
+        set: &Arc<[u32]>,
+        limit: usize,
+        now: Instant,
+    ) -> Vec<u32> {
+        let mut order = self.latency_order(pool, set, limit, now);
         let Some(&best) = order.first() else {
             return order;
         };

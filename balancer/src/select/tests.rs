@@ -211,21 +211,42 @@ fn lowest_latency_does_not_flap_inside_the_band_but_returns_to_a_clearly_faster_
     a.record(Ok(Duration::from_millis(10)), now);
     b.record(Ok(Duration::from_millis(20)), now);
     let selector = selector(Strategy::LowestLatency);
-    let first = |s: &Selector| names(&s.candidates(&pool, ip(1), now, &mut rng()))[0].clone();
-    assert_eq!(first(&selector), "b0");
-    // a slows to 25 ms: b (20 ms) is faster, but by less than 20 %.
+    // Each phase is a second later: the ranking is cached for the scan TTL.
+    let first = |phase: u64| {
+        let at = now + Duration::from_secs(phase);
+        names(&selector.candidates(&pool, ip(1), at, &mut rng()))[0].clone()
+    };
+    assert_eq!(first(0), "b0");
+    // a slows to 22 ms: b (20 ms) is faster, but by less than 20 %.
     (0..40).for_each(|_| {
         a.record(Ok(Duration::from_millis(22)), now);
     });
-    assert_eq!(first(&selector), "b0", "inside the tolerance band");
+    assert_eq!(first(1), "b0", "inside the tolerance band");
     (0..40).for_each(|_| {
         a.record(Ok(Duration::from_millis(60)), now);
     });
-    assert_eq!(first(&selector), "b1", "clearly slower: switch");
+    assert_eq!(first(2), "b1", "clearly slower: switch");
     (0..40).for_each(|_| {
         a.record(Ok(Duration::from_millis(5)), now);
     });
-    assert_eq!(first(&selector), "b0", "recovered and clearly faster: back");
+    assert_eq!(first(3), "b0", "recovered and clearly faster: back");
+}
+
+#[test]
+fn the_latency_ranking_is_reused_within_the_scan_cache_ttl() {
+    let now = crate::clock::now();
+    let registry = registry_with(named(2), now);
+    let pool = registry.pool();
+    pool.backends()[0].record(Ok(Duration::from_millis(10)), now);
+    pool.backends()[1].record(Ok(Duration::from_millis(20)), now);
+    let selector = selector(Strategy::LowestLatency);
+    let first = |at| names(&selector.candidates(&pool, ip(1), at, &mut rng()))[0].clone();
+    assert_eq!(first(now), "b0");
+    (0..40).for_each(|_| {
+        pool.backends()[0].record(Ok(Duration::from_millis(90)), now);
+    });
+    assert_eq!(first(now + Duration::from_millis(50)), "b0");
+    assert_eq!(first(now + Duration::from_millis(150)), "b1");
 }
 
 #[test]
