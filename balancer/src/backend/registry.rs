@@ -311,6 +311,24 @@ impl Registry {
         }
         let mut writer = self.lock();
         let current = self.pool.load_full();
+        // Check for slots before creating anything, so a failed reload
+        // changes nothing and leaks no slot.
+        let needed = specs
+            .iter()
+            .filter(|spec| {
+                current
+                    .by_name(&spec.name)
+                    .is_none_or(|old| !old.spec().same_identity(spec))
+            })
+            .count();
+        if needed > self.available_slots(&writer) {
+            self.reap(&mut writer);
+            if needed > self.available_slots(&writer) {
+                return Err(RegistryError::SlotsExhausted {
+                    capacity: self.capacity,
+                });
+            }
+        }
         let mut report = ReplaceReport::default();
         let mut next = Vec::with_capacity(specs.len());
         let mut retired = Vec::new();
@@ -386,6 +404,11 @@ impl Registry {
         drop(current);
         report.reaped = self.reap(&mut writer);
         report
+    }
+
+    fn available_slots(&self, writer: &Writer) -> usize {
+        let unused = self.capacity.saturating_sub(writer.next_slot);
+        writer.free_slots.len() + usize::try_from(unused).unwrap_or(usize::MAX)
     }
 
     fn reap(&self, writer: &mut Writer) -> Vec<BackendSlot> {
@@ -494,6 +517,19 @@ mod tests {
             registry.register(spec("b"), Origin::Config, now).err(),
             Some(RegistryError::SlotsExhausted { capacity: 1 })
         );
+    }
+
+    #[test]
+    fn a_reload_that_needs_too_many_slots_changes_nothing() {
+        let now = crate::clock::now();
+        let registry = Registry::with_capacity(HealthConfig::default(), 2);
+        registry.replace_all(vec![spec("a")], now).expect("loads");
+        let result = registry.replace_all(vec![spec("a"), spec("b"), spec("c")], now);
+        assert_eq!(result, Err(RegistryError::SlotsExhausted { capacity: 2 }));
+        assert_eq!(registry.pool().len(), 1);
+        registry
+            .replace_all(vec![spec("a"), spec("b")], now)
+            .expect("one free slot is enough for one new backend");
     }
 
     #[test]
