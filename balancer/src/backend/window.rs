@@ -140,6 +140,22 @@ mod tests {
         assert_eq!(window.success_rate(), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn the_window_always_matches_the_last_n_outcomes(
+            capacity in 1usize..20,
+            outcomes in proptest::collection::vec(proptest::bool::ANY, 0..100),
+        ) {
+            let window = OutcomeWindow::new(capacity);
+            outcomes.iter().for_each(|ok| window.record(*ok));
+            let last: Vec<bool> = outcomes.iter().rev().take(capacity).copied().collect();
+            let successes = last.iter().filter(|ok| **ok).count() as u64;
+            proptest::prop_assert_eq!(window.successes(), successes);
+            proptest::prop_assert_eq!(window.len(), last.len() as u64);
+            proptest::prop_assert_eq!(window.total(), outcomes.len() as u64);
+        }
+    }
+
     #[test]
     fn concurrent_recording_from_eight_threads_loses_no_count() {
         let window = Arc::new(OutcomeWindow::new(80_000));
