@@ -44,6 +44,10 @@ pub struct Pool {
     generation: u64,
     panic_mode: bool,
     census: Arc<Census>,
+    // Per-backend facts that strategies read for every backend, packed so
+    // an O(n) pass does not chase one pointer per backend.
+    key_hashes: Vec<u64>,
+    weights: Vec<u32>,
 }
 
 impl Pool {
@@ -58,9 +62,13 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| (b.id, i))
             .collect();
+        let key_hashes = backends.iter().map(|b| b.key_hash()).collect();
+        let weights = backends.iter().map(|b| b.weight()).collect();
         Self {
             backends,
             by_id,
+            key_hashes,
+            weights,
             generation,
             panic_mode,
             census,
@@ -80,6 +88,18 @@ impl Pool {
     #[must_use]
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// [`Backend::key_hash`] of every backend, by pool index.
+    #[must_use]
+    pub fn key_hashes(&self) -> &[u64] {
+        &self.key_hashes
+    }
+
+    /// [`Backend::weight`] of every backend, by pool index.
+    #[must_use]
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
     }
 
     /// Number of backends.

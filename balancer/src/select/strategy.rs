@@ -108,9 +108,9 @@ pub(crate) fn weighted_random<R: Rng + ?Sized>(
     limit: usize,
     rng: &mut R,
 ) -> Vec<u32> {
-    let backends = pool.backends();
+    let weights = pool.weights();
     smallest_k(set, limit, |_, index| {
-        let weight = backends[index as usize].weight();
+        let weight = weights[index as usize];
         let u: f64 = 1.0 - rng.random::<f64>();
         if weight == 0 {
             f64::MAX - u
@@ -132,14 +132,13 @@ pub fn hash_ip(client: IpAddr) -> u64 {
 /// Weighted rendezvous: the same key ordering as `-ln(u) / w` with `u`
 /// drawn from hash(client, backend) instead of an RNG.
 pub(crate) fn consistent_hash(pool: &Pool, set: &[u32], limit: usize, client: IpAddr) -> Vec<u32> {
-    let backends = pool.backends();
+    let (keys, weights) = (pool.key_hashes(), pool.weights());
     let client = hash_ip(client);
     smallest_k(set, limit, |_, index| {
-        let backend = &backends[index as usize];
-        let h = mix64(client ^ backend.key_hash());
+        let h = mix64(client ^ keys[index as usize]);
         #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
         let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -u.ln() / f64::from(backend.weight().max(1))
+        -u.ln() / f64::from(weights[index as usize].max(1))
     })
 }
 
