@@ -40,30 +40,51 @@ impl Strategy {
 }
 
 /// The `k` indices of `set` with the smallest keys, smallest first; ties
-/// keep the order of `set`.
+/// keep the order of `set`. One pass with a small sorted buffer when `k` is
+/// small (the usual failover budget), otherwise a partial selection.
 pub(crate) fn smallest_k(
     set: &[u32],
     k: usize,
     mut key: impl FnMut(usize, u32) -> f64,
 ) -> Vec<u32> {
+    let k = k.min(set.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let before =
+        |a: &(f64, usize, u32), b: &(f64, usize, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if k <= SMALL_K {
+        let mut best: Vec<(f64, usize, u32)> = Vec::with_capacity(k + 1);
+        for (pos, &index) in set.iter().enumerate() {
+            let entry = (key(pos, index), pos, index);
+            if best.len() == k
+                && best
+                    .last()
+                    .is_some_and(|worst| before(&entry, worst).is_ge())
+            {
+                continue;
+            }
+            let at = best.partition_point(|held| before(held, &entry).is_lt());
+            best.insert(at, entry);
+            best.truncate(k);
+        }
+        return best.into_iter().map(|(_, _, index)| index).collect();
+    }
     let mut keyed: Vec<(f64, usize, u32)> = set
         .iter()
         .enumerate()
         .map(|(pos, &index)| (key(pos, index), pos, index))
         .collect();
-    let order =
-        |a: &(f64, usize, u32), b: &(f64, usize, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-    let k = k.min(keyed.len());
-    if k == 0 {
-        return Vec::new();
-    }
     if keyed.len() > k {
-        keyed.select_nth_unstable_by(k - 1, order);
+        keyed.select_nth_unstable_by(k - 1, before);
         keyed.truncate(k);
     }
-    keyed.sort_unstable_by(order);
+    keyed.sort_unstable_by(before);
     keyed.into_iter().map(|(_, _, index)| index).collect()
 }
+
+/// Up to this many results, [`smallest_k`] keeps a sorted buffer.
+const SMALL_K: usize = 16;
 
 /// Round robin from `start`.
 pub(crate) fn round_robin(set: &[u32], limit: usize, start: usize) -> Vec<u32> {
@@ -153,6 +174,16 @@ mod tests {
         assert_eq!(smallest_k(&set, 3, |pos, _| keys[pos]), vec![14, 11, 13]);
         assert_eq!(smallest_k(&set, 9, |pos, _| keys[pos]).len(), 5);
         assert!(smallest_k(&set, 0, |pos, _| keys[pos]).is_empty());
+    }
+
+    #[test]
+    fn both_ways_of_taking_the_smallest_k_agree() {
+        let set: Vec<u32> = (0..200).collect();
+        let key = |_: usize, index: u32| f64::from((index * 7919) % 101);
+        let small = smallest_k(&set, SMALL_K, key);
+        let mut large = smallest_k(&set, SMALL_K + 1, key);
+        large.truncate(SMALL_K);
+        assert_eq!(small, large);
     }
 
     #[test]
