@@ -18,7 +18,6 @@ use crate::{
     clock,
     forward::{Engine, Pair, PairEnd},
     listener::{ListenerSpec, Mode, original_destination},
-    select::Selector,
     socks5::{self, ReplyCode, TargetAddr},
     stats::{Counters, HandshakeFailure},
     upstream::{self, DialOptions},
@@ -29,9 +28,7 @@ use crate::{
 pub struct Context {
     pub engine: Arc<Engine>,
     pub registry: Arc<Registry>,
-    pub selector: Selector,
     pub dial: DialOptions,
-    pub max_attempts: u32,
     pub handshake_timeout: std::time::Duration,
     pub counters: Arc<Counters>,
     /// Fires when the drain period after SIGTERM is over.
@@ -40,13 +37,10 @@ pub struct Context {
 }
 
 impl Context {
-    #[expect(clippy::too_many_arguments, reason = "built once, in daemon::run")]
     pub fn new(
         engine: Arc<Engine>,
         registry: Arc<Registry>,
-        selector: Selector,
         dial: DialOptions,
-        max_attempts: u32,
         handshake_timeout: std::time::Duration,
         counters: Arc<Counters>,
         hard_stop: CancellationToken,
@@ -54,9 +48,7 @@ impl Context {
         Self {
             engine,
             registry,
-            selector,
             dial,
-            max_attempts,
             handshake_timeout,
             counters,
             hard_stop,
@@ -91,16 +83,11 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
 
     // 2. Candidates, 3. connect with failover.
     let now = clock::now();
-    let pool = context.registry.pool(listener.pool.as_deref());
-    let candidates = context.selector.candidates(&pool, peer.ip(), now);
-    let connected = match upstream::connect_with_failover(
-        candidates,
-        context.max_attempts,
-        target.as_ref(),
-        &context.dial,
-    )
-    .await
-    {
+    let candidates =
+        listener
+            .selector
+            .candidates(&context.registry.pool(), peer.ip(), now, &mut rand::rng());
+    let connected = match upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await {
         Ok(connected) => connected,
         Err(exhausted) => {
             context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
@@ -112,14 +99,14 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
         }
     };
     let backend = connected.backend;
-    context.selector.remember(peer.ip(), &backend, now);
+    listener.selector.remember(peer.ip(), &backend, clock::now());
     if connected.attempts > 1 {
         context
             .counters
             .retries
             .fetch_add(u64::from(connected.attempts - 1), Ordering::Relaxed);
     }
-    tracing::debug!(backend = %backend.name, attempts = connected.attempts, latency = ?connected.latency, "backend ready");
+    tracing::debug!(backend = backend.name(), attempts = connected.attempts, latency = ?connected.latency, "backend ready");
 
     // 4. Answer the client before the engine takes over: the reply must
     // precede every byte the kernel forwards.
@@ -132,7 +119,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
     }
 
     // 5. Forward until both directions are done.
-    let _active = backend.connection_started();
+    let _active = backend.connection_opened();
     let pair = Pair {
         client,
         backend: connected.stream,
@@ -146,7 +133,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
                 upstream::record_outcome(&backend, Err(FailureCategory::PostHandshake));
             }
             tracing::debug!(
-                backend = %backend.name,
+                backend = backend.name(),
                 engine = %summary.engine,
                 up = summary.bytes.up,
                 down = summary.bytes.down,
@@ -156,7 +143,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
             );
         }
         Err(error) => {
-            tracing::warn!(backend = %backend.name, %error, "forwarding failed");
+            tracing::warn!(backend = backend.name(), %error, "forwarding failed");
         }
     }
 }
