@@ -473,8 +473,7 @@ impl Request {
 
     /// `RSV` is ignored rather than checked: RFC 1928 gives it no meaning.
     pub fn decode(buf: &[u8]) -> Result<Decoded<Self>, CodecError> {
-        decode_header(buf, |byte| Command::try_from(byte))?
-            .map(|command, target| Self { command, target })
+        decode_header(buf, Command::try_from)?.map(|command, target| Self { command, target })
     }
 }
 
