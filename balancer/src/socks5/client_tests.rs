@@ -256,3 +256,41 @@ async fn backend_reset_over_tcp_is_connection_reset() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn client_and_server_drivers_complete_a_handshake_with_each_other() {
+    use crate::socks5::server::{ServerAuth, accept, reply};
+
+    let creds = Credentials::new("carol", "pw");
+    let auth = ServerAuth::Required(vec![creds.clone()]);
+    let (mut ours, mut theirs) = duplex(4096);
+    let server = tokio::spawn(async move {
+        let request = accept(&mut theirs, &auth).await.expect("server accepts");
+        let bound = SocketAddr::from(([127, 0, 0, 1], 4242));
+        reply(&mut theirs, ReplyCode::Succeeded, bound)
+            .await
+            .expect("server replies");
+        theirs.write_all(BANNER).await.expect("banner");
+        (request, theirs)
+    });
+    let bound = connect(&mut ours, &target(), Some(&creds))
+        .await
+        .expect("client connects");
+    assert_eq!(
+        bound,
+        TargetAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 4242)))
+    );
+    ours.write_all(b"hello").await.expect("client payload");
+
+    let (request, mut theirs) = server.await.expect("server task");
+    assert_eq!(request.target, target());
+    let mut banner = vec![0; BANNER.len()];
+    ours.read_exact(&mut banner).await.expect("banner arrives");
+    assert_eq!(banner, BANNER);
+    let mut hello = [0; 5];
+    theirs
+        .read_exact(&mut hello)
+        .await
+        .expect("payload arrives");
+    assert_eq!(&hello, b"hello");
+}
