@@ -8,7 +8,10 @@
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../src/socks5/codec.rs"]
-#[expect(dead_code, reason = "the fuzz target uses only the decoders and encoders")]
+#[expect(
+    dead_code,
+    reason = "the fuzz target uses only the decoders and encoders"
+)]
 mod codec;
 
 use codec::{
