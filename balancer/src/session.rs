@@ -78,7 +78,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
         }
     };
     if let Some(target) = &target {
-        tracing::debug!(%target, "target");
+        tracing::debug!(?target, "target");
     }
 
     // 2. Candidates, 3. connect with failover.
