@@ -70,7 +70,7 @@ fn checks(ws: &Workspace) -> Result<Vec<Command>> {
         bail!("cargo-deny is not installed: run `cargo xtask setup` first");
     }
     let mut deny = ws.cargo();
-    deny.args(["deny", "--offline", "check", "bans", "licenses", "sources"]);
+    deny.args(["deny", "check", "bans", "licenses", "sources"]);
 
     Ok(vec![fmt, clippy, clippy_bpf, deny])
 }

@@ -12,6 +12,8 @@ mod test;
 mod workspace;
 
 use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// Build, check, run and benchmark balancer.
@@ -42,8 +44,20 @@ enum Command {
     Bench(bench::Args),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line per cause, without the backtrace anyhow would print
+            // under RUST_BACKTRACE: the failing command is the useful part.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let ws = workspace::Workspace::locate()?;
     match cli.command {
         Command::Setup => ws.setup(),
