@@ -35,6 +35,9 @@ pub struct Args {
     /// Seconds between two stats prints.
     #[arg(long, default_value_t = 2)]
     interval: u64,
+    /// Run this balancer binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
 }
 
 /// Loopback ports of every listener in the demo.
@@ -105,7 +108,10 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     if !args.no_setup {
         ws.setup()?;
     }
-    let binary = ws.build_balancer_release()?;
+    let binary = match &args.binary {
+        Some(binary) => binary.clone(),
+        None => ws.build_balancer_release()?,
+    };
     children::catch_interrupts()?;
 
     // Declared before the children so it is removed after they are stopped.
@@ -150,12 +156,12 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         daemon.env("RUST_LOG", "info");
     }
     children.spawn("balancer", &mut daemon, &daemon_log)?;
-    wait_listening(&mut children, ports.socks).with_context(|| {
-        format!(
-            "balancer did not start; its config:\n{}",
+    if let Err(error) = wait_listening(&mut children, ports.socks) {
+        bail!(
+            "balancer did not start: {error:#}\nIts config was:\n{}",
             config_yaml(&ports)
-        )
-    })?;
+        );
+    }
 
     println!(
         "\nbalancer is listening on 127.0.0.1:{socks} (SOCKS5) in front of {BACKENDS} microsocks backends.\n\
