@@ -7,6 +7,7 @@ use crate::process;
 use crate::workspace::Workspace;
 
 /// One benchmark binary and where its JSON goes.
+#[derive(Debug)]
 struct Bench {
     /// Name for `--only`.
     name: &'static str,
@@ -73,4 +74,28 @@ fn select(only: &[String]) -> Result<Vec<&'static Bench>> {
             Ok(bench)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_filter_selects_every_benchmark() {
+        let names: Vec<_> = select(&[])
+            .expect("select")
+            .iter()
+            .map(|bench| bench.name)
+            .collect();
+        assert_eq!(
+            names,
+            BENCHES.iter().map(|bench| bench.name).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn unknown_benchmark_is_an_error_listing_the_known_ones() {
+        let error = select(&["nope".to_owned()]).expect_err("an error");
+        assert!(error.to_string().contains("known: engine"), "{error}");
+    }
 }

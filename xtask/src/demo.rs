@@ -351,3 +351,43 @@ impl Stats {
         Ok(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_every_backend_and_the_chosen_ports() {
+        let ports = Ports {
+            backends: vec![40001, 40002, 40003],
+            http: 40004,
+            socks: 40005,
+            metrics: 40006,
+        };
+        let yaml = config_yaml(&ports);
+        assert!(yaml.contains(r#"bind: "127.0.0.1:40005""#), "{yaml}");
+        for port in 40001..=40003 {
+            assert!(
+                yaml.contains(&format!(r#"address: "127.0.0.1:{port}""#)),
+                "{yaml}"
+            );
+        }
+        assert!(yaml.contains(r#"listen: "127.0.0.1:40006""#), "{yaml}");
+        assert!(
+            !yaml.contains("40004"),
+            "the HTTP target is not a backend: {yaml}"
+        );
+    }
+
+    #[test]
+    fn picked_ports_are_distinct() {
+        let ports = Ports::pick().expect("loopback ports");
+        let mut all = ports.backends.clone();
+        all.extend([ports.http, ports.socks, ports.metrics]);
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count);
+        assert_eq!(ports.backends.len(), BACKENDS);
+    }
+}

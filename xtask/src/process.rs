@@ -84,3 +84,24 @@ pub fn available(program: &str, args: &[&str]) -> bool {
         .status()
         .is_ok_and(|status| status.success())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_words_a_shell_would_split() {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-o", "/dev/null", "a b", "it's"]);
+        assert_eq!(display(&cmd), r#"curl -o /dev/null 'a b' 'it'\''s'"#);
+    }
+
+    #[test]
+    fn failing_command_error_names_the_command() {
+        let error = run(Command::new("false").arg("--flag")).expect_err("an error");
+        assert!(
+            error.to_string().contains("`false --flag` failed"),
+            "{error}"
+        );
+    }
+}
