@@ -58,6 +58,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.command, Command::Test(_)) {
+        test::require_root()?;
+    }
     let ws = workspace::Workspace::locate()?;
     match cli.command {
         Command::Setup => ws.setup(),

@@ -19,16 +19,9 @@ pub struct Args {
     cargo_args: Vec<String>,
 }
 
-/// Checks for root, runs setup and (unless `--quick`) lint, then cargo test,
+/// Runs setup and (unless `--quick`) lint, then cargo test,
 /// whose own summary lines end the output.
 pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "cargo xtask test must run as root: the integration tests load BPF programs \
-             (CAP_BPF) and create network namespaces and iptables rules (CAP_NET_ADMIN). \
-             Run it as root, for example `sudo -E cargo xtask test`."
-        );
-    }
     ws.setup()?;
     if !args.quick {
         crate::lint::run(ws)?;
@@ -46,4 +39,16 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
             ])
             .args(&args.cargo_args),
     )
+}
+
+/// Fails unless xtask runs as root; checked before anything else runs.
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "cargo xtask test must run as root: the integration tests load BPF programs \
+             (CAP_BPF) and create network namespaces and iptables rules (CAP_NET_ADMIN). \
+             Run it as root, for example `sudo -E cargo xtask test`."
+        );
+    }
+    Ok(())
 }
