@@ -96,7 +96,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await;
     if drained.is_err() {
         let live = MAX_CONNECTIONS - limit.available_permits();
-        tracing::warn!(live, "drain timeout over: closing the remaining connections");
+        tracing::warn!(
+            live,
+            "drain timeout over: closing the remaining connections"
+        );
     }
     hard_stop.cancel();
     // Connections close promptly once cancelled; give them a moment so the

@@ -64,7 +64,12 @@ impl Context {
 /// Serves one accepted connection to its end. Never fails: every failure is
 /// answered to the client where the protocol allows, logged at debug and
 /// counted.
-pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStream, peer: SocketAddr) {
+pub async fn run(
+    context: &Context,
+    listener: &ListenerSpec,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
     context.counters.accepted.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
 
@@ -87,19 +92,27 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
         listener
             .selector
             .candidates(&context.registry.pool(), peer.ip(), now, &mut rand::rng());
-    let connected = match upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await {
-        Ok(connected) => connected,
-        Err(exhausted) => {
-            context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %exhausted, "no backend could take the connection");
-            if matches!(listener.mode, Mode::Socks5 { .. }) {
-                let _ = socks5::server::reply(&mut client, exhausted.reply_code(), unspecified(peer)).await;
+    let connected =
+        match upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await {
+            Ok(connected) => connected,
+            Err(exhausted) => {
+                context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %exhausted, "no backend could take the connection");
+                if matches!(listener.mode, Mode::Socks5 { .. }) {
+                    let _ = socks5::server::reply(
+                        &mut client,
+                        exhausted.reply_code(),
+                        unspecified(peer),
+                    )
+                    .await;
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let backend = connected.backend;
-    listener.selector.remember(peer.ip(), &backend, clock::now());
+    listener
+        .selector
+        .remember(peer.ip(), &backend, clock::now());
     if connected.attempts > 1 {
         context
             .counters
@@ -111,7 +124,10 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
     // 4. Answer the client before the engine takes over: the reply must
     // precede every byte the kernel forwards.
     if matches!(listener.mode, Mode::Socks5 { .. }) {
-        let bound = connected.stream.local_addr().unwrap_or_else(|_| unspecified(peer));
+        let bound = connected
+            .stream
+            .local_addr()
+            .unwrap_or_else(|_| unspecified(peer));
         if let Err(error) = socks5::server::reply(&mut client, ReplyCode::Succeeded, bound).await {
             tracing::debug!(%error, "client went away before the reply");
             return;
@@ -163,7 +179,12 @@ async fn read_target(
             .map(|addr| Some(TargetAddr::Ip(addr)))
             .map_err(|_| HandshakeFailure::NoOriginalDestination),
         Mode::Socks5 { auth } => {
-            match tokio::time::timeout(context.handshake_timeout, socks5::server::accept(client, auth)).await {
+            match tokio::time::timeout(
+                context.handshake_timeout,
+                socks5::server::accept(client, auth),
+            )
+            .await
+            {
                 Err(_) => Err(HandshakeFailure::Timeout),
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "SOCKS5 handshake with the client failed");

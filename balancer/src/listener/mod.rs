@@ -119,7 +119,12 @@ impl Listener {
     /// Accepts until `stop` fires. Each connection holds a permit of `limit`
     /// for its whole life; accept errors (EMFILE, ENOBUFS) back off instead of
     /// spinning.
-    pub async fn serve(self, context: Arc<Context>, limit: Arc<Semaphore>, stop: CancellationToken) {
+    pub async fn serve(
+        self,
+        context: Arc<Context>,
+        limit: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {

@@ -32,7 +32,10 @@ pub enum DialError {
     #[error("connecting to {addr}: no answer within {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("SOCKS5 handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: ClientError },
+    Handshake {
+        addr: SocketAddr,
+        source: ClientError,
+    },
     #[error("SOCKS5 handshake with {addr}: no answer within {timeout:?}")]
     HandshakeTimeout { addr: SocketAddr, timeout: Duration },
 }

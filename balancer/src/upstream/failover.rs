@@ -36,7 +36,11 @@ pub struct Exhausted {
 impl std::fmt::Display for Exhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.last {
-            Some(last) => write!(f, "all {} attempts failed, the last with: {last}", self.attempts),
+            Some(last) => write!(
+                f,
+                "all {} attempts failed, the last with: {last}",
+                self.attempts
+            ),
             None => f.write_str("no backend available"),
         }
     }
