@@ -223,10 +223,13 @@ async fn proxied(
     let cancel = CancellationToken::new();
     let forward = tokio::spawn(async move { engine.forward(pair, &cancel).await });
     let (client, server) = (blocking(client)?, blocking(server)?);
-    let run = tokio::task::block_in_place(|| transfer(client, server, payload, sink))?;
+    let run = tokio::task::block_in_place(|| transfer(client, server, payload, sink));
     let summary = tokio::time::timeout(Duration::from_secs(10), forward)
         .await
-        .context("pair did not end")???;
+        .context("pair did not end")??
+        // The engine's own error explains a failed transfer better.
+        .context("engine forward")?;
+    let run = run?;
     ensure!(
         summary.end == PairEnd::Closed,
         "pair ended {:?}",
