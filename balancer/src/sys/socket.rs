@@ -125,6 +125,46 @@ pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
     SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the BPF helper
+/// `bpf_ktime_get_ns`, so user space can compare its own time with the
+/// `last_activity_ns` the verdict writes. (Lives here, beside the other
+/// kernel interfaces of spliced sockets, because it needs `libc`.)
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    let _rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or_default();
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or_default();
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// An epoll instance owned by tokio's reactor, so that its readiness can be
+/// awaited (the sockmap engine watches spliced sockets through it).
+#[derive(Debug)]
+pub struct RegisteredEpoll(nix::sys::epoll::Epoll);
+
+impl RegisteredEpoll {
+    /// The epoll itself, to add, delete and drain events.
+    pub fn epoll(&self) -> &nix::sys::epoll::Epoll {
+        &self.0
+    }
+}
+
+impl AsRawFd for RegisteredEpoll {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.0.as_raw_fd()
+    }
+}
+
+/// Creates an epoll instance and registers it with the current tokio runtime.
+pub fn async_epoll() -> io::Result<tokio::io::unix::AsyncFd<RegisteredEpoll>> {
+    let epoll = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)?;
+    // SAFETY: the `AsyncFd` owns the `Epoll`, whose `OwnedFd` stays open and
+    // unchanged until the `AsyncFd` drops; `as_raw_fd` always returns it.
+    unsafe { tokio::io::unix::AsyncFd::register(RegisteredEpoll(epoll)) }.map_err(io::Error::from)
+}
+
 fn set_int(fd: impl AsFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
     let len = libc::socklen_t::try_from(mem::size_of::<i32>()).map_err(io::Error::other)?;
     // SAFETY: `value` is a readable int of `len` bytes for the whole call.
