@@ -54,6 +54,14 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         return Ok(sk_action::SK_PASS);
     };
     let len = u64::from(ctx.len());
+    if len == 0 {
+        // A pure FIN arrives as a 0-byte skb. Redirected, the peer's psock
+        // worker sends 0 bytes, takes that for a hard error and breaks the
+        // peer with EPIPE (sk_psock_backlog); passed, it can land in the same
+        // worker queue. Dropping it loses nothing: the FIN was already
+        // processed, and user space propagates it with shutdown().
+        return Ok(sk_action::SK_DROP);
+    }
     // SAFETY: `peer` points into the PEERS value of this cookie; the kernel
     // keeps it alive for the duration of the program (RCU).
     let (peer_cookie, slot, dir) = unsafe { ((*peer).peer_cookie, (*peer).slot, (*peer).direction) };
