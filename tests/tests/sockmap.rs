@@ -105,6 +105,17 @@ fn spawn_forward(engine: &Arc<SockmapEngine>, s: Sockets, slot: u32) -> Running 
     Running { client: s.client, server: s.server, client_inner, backend_inner, cancel, forward }
 }
 
+/// Waits until the engine has put `pairs` pairs into SOCKETS, so that a
+/// test's FIN or RST reaches a spliced socket (a socket that half-closes
+/// before that is not ESTABLISHED and goes to the fallback engine).
+async fn wait_spliced(engine: &SockmapEngine, pairs: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.map_entries().expect("entries").sockets < 2 * pairs {
+        assert!(tokio::time::Instant::now() < deadline, "pair never spliced");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Writes `len` seeded random bytes and returns their SHA-256.
 async fn send_random(stream: &mut (impl AsyncWriteExt + Unpin), len: u64, seed: u64) -> [u8; 32] {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -217,6 +228,7 @@ async fn early_data_from_both_sides_arrives_first_and_in_order() {
 async fn half_close(client_first: bool) {
     let rig = rig(ForwardOptions::default()).await;
     let mut run = spawn_forward(&rig.engine, sockets().await, 2);
+    wait_spliced(&rig.engine, 1).await;
     let (first, second) = if client_first {
         (&mut run.client, &mut run.server)
     } else {
@@ -225,13 +237,13 @@ async fn half_close(client_first: bool) {
     first.write_all(b"before-fin").await.expect("write");
     first.shutdown().await.expect("shutdown");
     let mut buf = [0u8; 10];
-    second.read_exact(&mut buf).await.expect("read");
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut buf)).await.expect("in time").expect("read");
     assert_eq!(&buf, b"before-fin");
     expect_eof(second).await;
     // The other direction still works after the half-close.
     second.write_all(b"data-after-half-close").await.expect("write after");
     let mut buf = [0u8; 21];
-    first.read_exact(&mut buf).await.expect("read after");
+    tokio::time::timeout(Duration::from_secs(10), first.read_exact(&mut buf)).await.expect("in time").expect("read after");
     assert_eq!(&buf, b"data-after-half-close");
     second.shutdown().await.expect("shutdown");
     expect_eof(first).await;
@@ -256,6 +268,7 @@ async fn sixty_four_mib_then_an_immediate_close_loses_nothing() {
     let rig = rig(ForwardOptions::default()).await;
     let len = 64 * MIB;
     let run = spawn_forward(&rig.engine, sockets().await, 3);
+    wait_spliced(&rig.engine, 1).await;
     let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
     drop((client_inner, backend_inner));
     let sender = tokio::spawn(async move {
@@ -276,9 +289,12 @@ async fn sixty_four_mib_then_an_immediate_close_loses_nothing() {
 async fn a_reset_on_one_side_closes_the_other_within_a_second() {
     let rig = rig(ForwardOptions::default()).await;
     let run = spawn_forward(&rig.engine, sockets().await, 4);
-    let Running { mut client, server, client_inner, backend_inner, forward, .. } = run;
+    wait_spliced(&rig.engine, 1).await;
+    let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
     drop((client_inner, backend_inner));
     client.write_all(b"x").await.expect("write");
+    let mut one = [0u8; 1];
+    server.read_exact(&mut one).await.expect("read");
     let server = server.into_std().expect("std");
     // SO_LINGER 0 then close: the server sends RST.
     socket::set_abortive_close(&server).expect("linger 0");
@@ -298,6 +314,7 @@ async fn an_idle_pair_is_closed_after_the_idle_timeout() {
     let idle = Duration::from_millis(400);
     let rig = rig(ForwardOptions { idle_timeout: Some(idle), ..ForwardOptions::default() }).await;
     let run = spawn_forward(&rig.engine, sockets().await, 5);
+    wait_spliced(&rig.engine, 1).await;
     let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
     drop((client_inner, backend_inner));
     // Activity keeps it open past one timeout period.
@@ -319,6 +336,7 @@ async fn an_idle_pair_is_closed_after_the_idle_timeout() {
 async fn cancelling_closes_the_pair() {
     let rig = rig(ForwardOptions::default()).await;
     let run = spawn_forward(&rig.engine, sockets().await, 6);
+    wait_spliced(&rig.engine, 1).await;
     let Running { mut client, client_inner, backend_inner, forward, cancel, .. } = run;
     drop((client_inner, backend_inner));
     cancel.cancel();
