@@ -10,7 +10,10 @@
 #![no_main]
 // `core::sync::atomic` has no read-modify-write ops for the BPF target; the
 // intrinsic lowers to the BPF atomic add instruction.
-#![expect(internal_features, reason = "atomic_xadd is the only 64-bit atomic add on bpfel")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only 64-bit atomic add on bpfel"
+)]
 #![feature(core_intrinsics)]
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -64,7 +67,8 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
     }
     // SAFETY: `peer` points into the PEERS value of this cookie; the kernel
     // keeps it alive for the duration of the program (RCU).
-    let (peer_cookie, slot, dir) = unsafe { ((*peer).peer_cookie, (*peer).slot, (*peer).direction) };
+    let (peer_cookie, slot, dir) =
+        unsafe { ((*peer).peer_cookie, (*peer).slot, (*peer).direction) };
     let verdict = SOCKETS.redirect_skb(ctx, peer_cookie, 0);
     let Ok(verdict) = u32::try_from(verdict) else {
         return Err(sk_action::SK_DROP);
@@ -100,7 +104,8 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
 fn atomic_add(target: *mut u64, value: u64) {
     // SAFETY: `target` is an aligned u64 inside a live map value; every
     // concurrent writer uses atomics too.
-    let _previous: u64 = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
+    let _previous: u64 =
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
 }
 
 #[inline(always)]

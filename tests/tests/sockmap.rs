@@ -38,7 +38,10 @@ impl PinDir {
     fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self(PathBuf::from(format!("/sys/fs/bpf/balancer-sockmap-test-{}-{n}", std::process::id())))
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/balancer-sockmap-test-{}-{n}",
+            std::process::id()
+        )))
     }
 }
 
@@ -59,11 +62,22 @@ struct Rig {
 }
 
 async fn rig(options: ForwardOptions) -> Rig {
-    assert!(nix::unistd::geteuid().is_root(), "sockmap tests need root (CAP_BPF, CAP_NET_ADMIN)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "sockmap tests need root (CAP_BPF, CAP_NET_ADMIN)"
+    );
     let pins = PinDir::new();
-    let options = ForwardOptions { pin_dir: Some(pins.0.clone()), ..options };
-    let engine = SockmapEngine::open(options).await.expect("open the sockmap engine (load, attach, self-test)");
-    Rig { engine: Arc::new(engine), _pins: pins }
+    let options = ForwardOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..options
+    };
+    let engine = SockmapEngine::open(options)
+        .await
+        .expect("open the sockmap engine (load, attach, self-test)");
+    Rig {
+        engine: Arc::new(engine),
+        _pins: pins,
+    }
 }
 
 /// The four sockets of a pair before the engine takes the inner two.
@@ -81,7 +95,12 @@ async fn sockets() -> Sockets {
     let (client_inner, _) = listener.accept().await.expect("accept client");
     let backend_inner = TcpStream::connect(addr).await.expect("connect backend");
     let (server, _) = listener.accept().await.expect("accept backend");
-    Sockets { client, client_inner, backend_inner, server }
+    Sockets {
+        client,
+        client_inner,
+        backend_inner,
+        server,
+    }
 }
 
 struct Running {
@@ -100,9 +119,20 @@ fn spawn_forward(engine: &Arc<SockmapEngine>, s: Sockets, slot: u32) -> Running 
     let cancel = CancellationToken::new();
     let engine = Arc::clone(engine);
     let token = cancel.clone();
-    let pair = Pair { client: s.client_inner, backend: s.backend_inner, slot: BackendSlot(slot) };
+    let pair = Pair {
+        client: s.client_inner,
+        backend: s.backend_inner,
+        slot: BackendSlot(slot),
+    };
     let forward = tokio::spawn(async move { engine.forward(pair, &token).await.expect("forward") });
-    Running { client: s.client, server: s.server, client_inner, backend_inner, cancel, forward }
+    Running {
+        client: s.client,
+        server: s.server,
+        client_inner,
+        backend_inner,
+        cancel,
+        forward,
+    }
 }
 
 /// Waits until the engine has put `pairs` pairs into SOCKETS, so that a
@@ -163,19 +193,30 @@ async fn finish(mut run: Running) -> PairSummary {
     expect_eof(&mut run.client).await;
     expect_eof(&mut run.server).await;
     drop((run.client_inner, run.backend_inner));
-    let summary = tokio::time::timeout(TIMEOUT, run.forward).await.expect("pair ends").expect("join");
+    let summary = tokio::time::timeout(TIMEOUT, run.forward)
+        .await
+        .expect("pair ends")
+        .expect("join");
     drop(run.cancel);
     summary
 }
 
 fn assert_maps_empty(engine: &SockmapEngine) {
     let entries = engine.map_entries().expect("map entries");
-    assert_eq!((entries.peers, entries.sockets), (0, 0), "PEERS/SOCKETS not empty after every pair ended");
+    assert_eq!(
+        (entries.peers, entries.sockets),
+        (0, 0),
+        "PEERS/SOCKETS not empty after every pair ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_fifty_six_mib_each_way_at_once_arrive_intact_and_are_counted_per_backend() {
-    let rig = rig(ForwardOptions { socket_buffer: Some(4 << 20), ..ForwardOptions::default() }).await;
+    let rig = rig(ForwardOptions {
+        socket_buffer: Some(4 << 20),
+        ..ForwardOptions::default()
+    })
+    .await;
     let len = 256 * MIB;
     let mut run = spawn_forward(&rig.engine, sockets().await, 7);
     let (mut client_rd, mut client_wr) = run.client.split();
@@ -204,12 +245,23 @@ async fn two_hundred_fifty_six_mib_each_way_at_once_arrive_intact_and_are_counte
 async fn early_data_from_both_sides_arrives_first_and_in_order() {
     let rig = rig(ForwardOptions::default()).await;
     let mut s = sockets().await;
-    s.client.write_all(b"early-from-client;").await.expect("write");
-    s.server.write_all(b"early-from-server;").await.expect("write");
+    s.client
+        .write_all(b"early-from-client;")
+        .await
+        .expect("write");
+    s.server
+        .write_all(b"early-from-server;")
+        .await
+        .expect("write");
     // Let the bytes land in the inner sockets' receive queues first.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while socket::inq(&s.client_inner).expect("inq") < 18 || socket::inq(&s.backend_inner).expect("inq") < 18 {
-        assert!(tokio::time::Instant::now() < deadline, "early bytes never queued");
+    while socket::inq(&s.client_inner).expect("inq") < 18
+        || socket::inq(&s.backend_inner).expect("inq") < 18
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "early bytes never queued"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut run = spawn_forward(&rig.engine, s, 1);
@@ -221,7 +273,10 @@ async fn early_data_from_both_sides_arrives_first_and_in_order() {
     run.client.read_exact(&mut buf).await.expect("read down");
     assert_eq!(&buf, b"early-from-server;then-more");
     let summary = finish(run).await;
-    assert_eq!((summary.end, summary.bytes.up, summary.bytes.down), (PairEnd::Closed, 27, 27));
+    assert_eq!(
+        (summary.end, summary.bytes.up, summary.bytes.down),
+        (PairEnd::Closed, 27, 27)
+    );
     assert_maps_empty(&rig.engine);
 }
 
@@ -237,18 +292,30 @@ async fn half_close(client_first: bool) {
     first.write_all(b"before-fin").await.expect("write");
     first.shutdown().await.expect("shutdown");
     let mut buf = [0u8; 10];
-    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut buf)).await.expect("in time").expect("read");
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
     assert_eq!(&buf, b"before-fin");
     expect_eof(second).await;
     // The other direction still works after the half-close.
-    second.write_all(b"data-after-half-close").await.expect("write after");
+    second
+        .write_all(b"data-after-half-close")
+        .await
+        .expect("write after");
     let mut buf = [0u8; 21];
-    tokio::time::timeout(Duration::from_secs(10), first.read_exact(&mut buf)).await.expect("in time").expect("read after");
+    tokio::time::timeout(Duration::from_secs(10), first.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read after");
     assert_eq!(&buf, b"data-after-half-close");
     second.shutdown().await.expect("shutdown");
     expect_eof(first).await;
     drop((run.client_inner, run.backend_inner));
-    let summary = tokio::time::timeout(TIMEOUT, run.forward).await.expect("ends").expect("join");
+    let summary = tokio::time::timeout(TIMEOUT, run.forward)
+        .await
+        .expect("ends")
+        .expect("join");
     assert_eq!(summary.end, PairEnd::Closed);
     assert_maps_empty(&rig.engine);
 }
@@ -269,18 +336,30 @@ async fn sixty_four_mib_then_an_immediate_close_loses_nothing() {
     let len = 64 * MIB;
     let run = spawn_forward(&rig.engine, sockets().await, 3);
     wait_spliced(&rig.engine, 1).await;
-    let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
     drop((client_inner, backend_inner));
     let sender = tokio::spawn(async move {
         let hash = send_random(&mut client, len, 3).await;
         drop(client);
         hash
     });
-    let got = tokio::time::timeout(TIMEOUT, recv_hash(&mut server, len)).await.expect("in time");
+    let got = tokio::time::timeout(TIMEOUT, recv_hash(&mut server, len))
+        .await
+        .expect("in time");
     expect_eof(&mut server).await;
     assert_eq!(sender.await.expect("sender"), got);
     server.shutdown().await.expect("shutdown");
-    let summary = tokio::time::timeout(TIMEOUT, forward).await.expect("ends").expect("join");
+    let summary = tokio::time::timeout(TIMEOUT, forward)
+        .await
+        .expect("ends")
+        .expect("join");
     assert_eq!(summary.bytes.up, len);
     assert_maps_empty(&rig.engine);
 }
@@ -290,7 +369,14 @@ async fn a_reset_on_one_side_closes_the_other_within_a_second() {
     let rig = rig(ForwardOptions::default()).await;
     let run = spawn_forward(&rig.engine, sockets().await, 4);
     wait_spliced(&rig.engine, 1).await;
-    let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
     drop((client_inner, backend_inner));
     client.write_all(b"x").await.expect("write");
     let mut one = [0u8; 1];
@@ -302,9 +388,15 @@ async fn a_reset_on_one_side_closes_the_other_within_a_second() {
     drop(server);
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "client not closed within 1 s: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "client not closed within 1 s: {closed:?}"
+    );
     assert!(started.elapsed() <= Duration::from_secs(1));
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward).await.expect("ends").expect("join");
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
     assert_eq!(summary.end, PairEnd::Reset);
     assert_maps_empty(&rig.engine);
 }
@@ -312,10 +404,21 @@ async fn a_reset_on_one_side_closes_the_other_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_pair_is_closed_after_the_idle_timeout() {
     let idle = Duration::from_millis(400);
-    let rig = rig(ForwardOptions { idle_timeout: Some(idle), ..ForwardOptions::default() }).await;
+    let rig = rig(ForwardOptions {
+        idle_timeout: Some(idle),
+        ..ForwardOptions::default()
+    })
+    .await;
     let run = spawn_forward(&rig.engine, sockets().await, 5);
     wait_spliced(&rig.engine, 1).await;
-    let Running { mut client, mut server, client_inner, backend_inner, forward, .. } = run;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
     drop((client_inner, backend_inner));
     // Activity keeps it open past one timeout period.
     for _ in 0..4 {
@@ -325,9 +428,16 @@ async fn an_idle_pair_is_closed_after_the_idle_timeout() {
         tokio::time::sleep(idle / 4).await;
     }
     let started = tokio::time::Instant::now();
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward).await.expect("ends").expect("join");
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
     assert_eq!(summary.end, PairEnd::IdleTimeout);
-    assert!(started.elapsed() >= idle / 2, "closed too early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= idle / 2,
+        "closed too early: {:?}",
+        started.elapsed()
+    );
     expect_eof(&mut client).await;
     assert_maps_empty(&rig.engine);
 }
@@ -337,10 +447,20 @@ async fn cancelling_closes_the_pair() {
     let rig = rig(ForwardOptions::default()).await;
     let run = spawn_forward(&rig.engine, sockets().await, 6);
     wait_spliced(&rig.engine, 1).await;
-    let Running { mut client, client_inner, backend_inner, forward, cancel, .. } = run;
+    let Running {
+        mut client,
+        client_inner,
+        backend_inner,
+        forward,
+        cancel,
+        ..
+    } = run;
     drop((client_inner, backend_inner));
     cancel.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward).await.expect("ends").expect("join");
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
     assert_eq!(summary.end, PairEnd::Cancelled);
     expect_eof(&mut client).await;
     assert_maps_empty(&rig.engine);
@@ -365,13 +485,29 @@ async fn user_space_reads_no_payload_every_received_byte_went_through_the_verdic
         recv_hash(&mut server_rd, up),
         recv_hash(&mut client_rd, down),
     );
-    assert_ne!(up_sent, up_got, "sanity: the early bytes are part of what arrived");
+    assert_ne!(
+        up_sent, up_got,
+        "sanity: the early bytes are part of what arrived"
+    );
     assert_eq!(down_sent, down_got);
-    for (fd, cookie, wrote) in [(&run.client_inner, client_cookie, up), (&run.backend_inner, backend_cookie, down)] {
+    for (fd, cookie, wrote) in [
+        (&run.client_inner, client_cookie, up),
+        (&run.backend_inner, backend_cookie, down),
+    ] {
         let received = socket::tcp_bytes(fd).expect("tcp_info").received;
-        assert_eq!(received, wrote, "tcpi_bytes_received == bytes the test wrote + 0");
-        let info = rig.engine.peer_info(cookie).expect("peers").expect("entry while live");
-        assert_eq!(info.redirected_bytes, received, "every received byte went through the verdict");
+        assert_eq!(
+            received, wrote,
+            "tcpi_bytes_received == bytes the test wrote + 0"
+        );
+        let info = rig
+            .engine
+            .peer_info(cookie)
+            .expect("peers")
+            .expect("entry while live");
+        assert_eq!(
+            info.redirected_bytes, received,
+            "every received byte went through the verdict"
+        );
         assert_eq!(info.dropped_bytes, 0);
         assert_eq!(socket::inq(fd).expect("inq"), 0, "nothing left unread");
     }
@@ -399,13 +535,19 @@ async fn two_hundred_concurrent_pairs_keep_their_checksums() {
             );
             assert_eq!((a, b), (c, d), "pair {i} corrupted");
             let summary = finish(run).await;
-            assert_eq!((summary.end, summary.bytes.up, summary.bytes.down), (PairEnd::Closed, len, len));
+            assert_eq!(
+                (summary.end, summary.bytes.up, summary.bytes.down),
+                (PairEnd::Closed, len, len)
+            );
             len
         }));
     }
     let mut total = 0;
     for task in tasks {
-        total += tokio::time::timeout(TIMEOUT, task).await.expect("pair in time").expect("pair ok");
+        total += tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("pair in time")
+            .expect("pair ok");
     }
     let counted = rig.engine.backend_bytes(BackendSlot(100));
     assert_eq!((counted.up, counted.down), (total, total));

@@ -26,13 +26,17 @@ const VERIFIER_LOG_LINES: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("missing privilege to {action} (run as root or with CAP_BPF and CAP_NET_ADMIN): {source}")]
+    #[error(
+        "missing privilege to {action} (run as root or with CAP_BPF and CAP_NET_ADMIN): {source}"
+    )]
     Permission {
         action: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("kernel lacks a feature to {action} (sockmap needs Linux >= 5.15 with CONFIG_BPF_STREAM_PARSER): {source}")]
+    #[error(
+        "kernel lacks a feature to {action} (sockmap needs Linux >= 5.15 with CONFIG_BPF_STREAM_PARSER): {source}"
+    )]
     KernelFeature {
         action: &'static str,
         #[source]
@@ -48,7 +52,10 @@ pub enum BpfError {
     #[error("cannot load the BPF object")]
     Load(#[source] EbpfError),
     #[error("the BPF object has no {kind} named {name}")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("cannot {action} {program}")]
     Program {
         action: &'static str,
@@ -97,7 +104,9 @@ pub struct Bpf {
 
 impl std::fmt::Debug for Bpf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bpf").field("pins", &self.pins).finish_non_exhaustive()
+        f.debug_struct("Bpf")
+            .field("pins", &self.pins)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,21 +119,43 @@ impl Bpf {
 
         let program: &mut SkSkb = ebpf
             .program_mut(prog::VERDICT)
-            .ok_or(BpfError::Missing { kind: "program", name: prog::VERDICT })?
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: prog::VERDICT,
+            })?
             .try_into()
-            .map_err(|source| BpfError::Program { action: "use", program: prog::VERDICT, source })?;
+            .map_err(|source| BpfError::Program {
+                action: "use",
+                program: prog::VERDICT,
+                source,
+            })?;
         program.load().map_err(classify_program_load)?;
 
         let sockets: SockHash<MapData, u64> = take_map(&mut ebpf, map::SOCKETS)?;
         let program: &mut SkSkb = ebpf
             .program_mut(prog::VERDICT)
-            .ok_or(BpfError::Missing { kind: "program", name: prog::VERDICT })?
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: prog::VERDICT,
+            })?
             .try_into()
-            .map_err(|source| BpfError::Program { action: "use", program: prog::VERDICT, source })?;
-        program.attach(sockets.fd()).map_err(|source| match source {
-            ProgramError::SyscallError(err) => classify_io("attach the verdict to the sockhash", err.io_error),
-            source => BpfError::Program { action: "attach", program: prog::VERDICT, source },
-        })?;
+            .map_err(|source| BpfError::Program {
+                action: "use",
+                program: prog::VERDICT,
+                source,
+            })?;
+        program
+            .attach(sockets.fd())
+            .map_err(|source| match source {
+                ProgramError::SyscallError(err) => {
+                    classify_io("attach the verdict to the sockhash", err.io_error)
+                }
+                source => BpfError::Program {
+                    action: "attach",
+                    program: prog::VERDICT,
+                    source,
+                },
+            })?;
 
         Ok(Self {
             sockets: Mutex::new(sockets),
@@ -140,7 +171,11 @@ impl Bpf {
     pub fn set_peer(&self, cookie: u64, info: PeerInfo) -> Result<(), BpfError> {
         lock(&self.peers)
             .insert(cookie, info, 0)
-            .map_err(|source| BpfError::MapOp { op: "insert", map: map::PEERS, source })
+            .map_err(|source| BpfError::MapOp {
+                op: "insert",
+                map: map::PEERS,
+                source,
+            })
     }
 
     /// Reads the `PEERS` entry of `cookie`, if there is one.
@@ -148,7 +183,11 @@ impl Bpf {
         match lock(&self.peers).get(&cookie, 0) {
             Ok(info) => Ok(Some(info)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(BpfError::MapOp { op: "look up", map: map::PEERS, source }),
+            Err(source) => Err(BpfError::MapOp {
+                op: "look up",
+                map: map::PEERS,
+                source,
+            }),
         }
     }
 
@@ -159,13 +198,28 @@ impl Bpf {
 
     /// Adds the socket `fd` to `SOCKETS` under `cookie`; from then on the
     /// verdict sees what it receives.
-    pub fn insert_socket(&self, cookie: u64, fd: impl std::os::fd::AsRawFd) -> Result<(), BpfError> {
-        lock(&self.sockets).insert(cookie, fd, 0).map_err(|source| match source {
-            MapError::SyscallError(err) if err.io_error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                BpfError::SocketRejected { cookie, source: err.io_error }
-            }
-            source => BpfError::MapOp { op: "insert", map: map::SOCKETS, source },
-        })
+    pub fn insert_socket(
+        &self,
+        cookie: u64,
+        fd: impl std::os::fd::AsRawFd,
+    ) -> Result<(), BpfError> {
+        lock(&self.sockets)
+            .insert(cookie, fd, 0)
+            .map_err(|source| match source {
+                MapError::SyscallError(err)
+                    if err.io_error.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                {
+                    BpfError::SocketRejected {
+                        cookie,
+                        source: err.io_error,
+                    }
+                }
+                source => BpfError::MapOp {
+                    op: "insert",
+                    map: map::SOCKETS,
+                    source,
+                },
+            })
     }
 
     /// Removes `cookie` from `SOCKETS` (absent is fine: the kernel removes a
@@ -184,21 +238,30 @@ impl Bpf {
     /// `BACKEND_BYTES[slot]` summed over the CPUs; zero for a slot outside.
     pub fn backend_bytes(&self, slot: u32) -> Result<BackendBytes, BpfError> {
         match self.backend_bytes.get(&slot, 0) {
-            Ok(per_cpu) => Ok(per_cpu.iter().fold(BackendBytes::default(), |sum, cpu| BackendBytes {
-                up: sum.up.wrapping_add(cpu.up),
-                down: sum.down.wrapping_add(cpu.down),
-            })),
+            Ok(per_cpu) => {
+                Ok(per_cpu
+                    .iter()
+                    .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
+                        up: sum.up.wrapping_add(cpu.up),
+                        down: sum.down.wrapping_add(cpu.down),
+                    }))
+            }
             Err(MapError::OutOfBounds { .. }) => Ok(BackendBytes::default()),
-            Err(source) => Err(BpfError::MapOp { op: "read", map: map::BACKEND_BYTES, source }),
+            Err(source) => Err(BpfError::MapOp {
+                op: "read",
+                map: map::BACKEND_BYTES,
+                source,
+            }),
         }
     }
 
     /// `GLOBAL` summed over the CPUs.
     pub fn global(&self) -> Result<Global, BpfError> {
-        let per_cpu = self
-            .global
-            .get(&0, 0)
-            .map_err(|source| BpfError::MapOp { op: "read", map: map::GLOBAL, source })?;
+        let per_cpu = self.global.get(&0, 0).map_err(|source| BpfError::MapOp {
+            op: "read",
+            map: map::GLOBAL,
+            source,
+        })?;
         Ok(per_cpu.iter().fold(Global::default(), |sum, cpu| Global {
             redirected_skbs: sum.redirected_skbs.wrapping_add(cpu.redirected_skbs),
             no_peer: sum.no_peer.wrapping_add(cpu.no_peer),
@@ -226,8 +289,15 @@ struct Pins {
 impl Pins {
     fn create(dir: &Path, ebpf: &Ebpf) -> Result<Self, BpfError> {
         let created_dir = !dir.exists();
-        fs::create_dir_all(dir).map_err(|source| BpfError::Pin { action: "create the directory for", path: dir.to_path_buf(), source })?;
-        let pins = Self { dir: dir.to_path_buf(), created_dir };
+        fs::create_dir_all(dir).map_err(|source| BpfError::Pin {
+            action: "create the directory for",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let pins = Self {
+            dir: dir.to_path_buf(),
+            created_dir,
+        };
         for name in map::ALL {
             let path = dir.join(name);
             // A crashed run leaves its pins; a pin keeps its old map alive, so
@@ -235,9 +305,17 @@ impl Pins {
             match fs::remove_file(&path) {
                 Ok(()) => tracing::info!(path = %path.display(), "replaced a stale BPF pin"),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(BpfError::Pin { action: "remove the stale", path, source }),
+                Err(source) => {
+                    return Err(BpfError::Pin {
+                        action: "remove the stale",
+                        path,
+                        source,
+                    });
+                }
             }
-            let map = ebpf.map(name).ok_or(BpfError::Missing { kind: "map", name })?;
+            let map = ebpf
+                .map(name)
+                .ok_or(BpfError::Missing { kind: "map", name })?;
             map.pin(&path).map_err(|err| BpfError::Pin {
                 action: "create",
                 path: path.clone(),
@@ -270,20 +348,30 @@ fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(BpfError::Missing { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
     M::try_from(map).map_err(|source| BpfError::MapType { map: name, source })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the guard cannot leave a map handle inconsistent
     // (the state lives in the kernel), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn ignore_absent(result: Result<(), MapError>, op: &'static str, map: &'static str) -> Result<(), BpfError> {
+fn ignore_absent(
+    result: Result<(), MapError>,
+    op: &'static str,
+    map: &'static str,
+) -> Result<(), BpfError> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
         Err(source) => Err(BpfError::MapOp { op, map, source }),
     }
 }
@@ -297,15 +385,23 @@ fn classify_io(action: &'static str, source: io::Error) -> BpfError {
 
 fn classify_load(err: EbpfError) -> BpfError {
     match err {
-        EbpfError::MapError(MapError::CreateError { io_error, .. }) => classify_io("create the BPF maps", io_error),
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) => {
+            classify_io("create the BPF maps", io_error)
+        }
         err => BpfError::Load(err),
     }
 }
 
 fn classify_program_load(err: ProgramError) -> BpfError {
     match err {
-        ProgramError::LoadError { io_error, verifier_log } => match io_error.raw_os_error() {
-            Some(libc::EPERM) => BpfError::Permission { action: "load the verdict program", source: io_error },
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => match io_error.raw_os_error() {
+            Some(libc::EPERM) => BpfError::Permission {
+                action: "load the verdict program",
+                source: io_error,
+            },
             Some(libc::EINVAL | libc::E2BIG | libc::EACCES) => {
                 let log = verifier_log.to_string();
                 let lines: Vec<&str> = log.lines().collect();
@@ -318,7 +414,11 @@ fn classify_program_load(err: ProgramError) -> BpfError {
             }
             _ => classify_io("load the verdict program", io_error),
         },
-        source => BpfError::Program { action: "load", program: prog::VERDICT, source },
+        source => BpfError::Program {
+            action: "load",
+            program: prog::VERDICT,
+            source,
+        },
     }
 }
 
@@ -332,14 +432,24 @@ mod tests {
     fn the_object_defines_every_map_of_the_contract() {
         let ebpf = Ebpf::load(OBJECT).expect("load the BPF object (needs root/CAP_BPF)");
         for name in map::ALL {
-            assert!(ebpf.map(name).is_some(), "map {name} missing from the object");
+            assert!(
+                ebpf.map(name).is_some(),
+                "map {name} missing from the object"
+            );
         }
-        assert!(ebpf.program(prog::VERDICT).is_some(), "program {} missing", prog::VERDICT);
+        assert!(
+            ebpf.program(prog::VERDICT).is_some(),
+            "program {} missing",
+            prog::VERDICT
+        );
     }
 
     #[test]
     fn pins_are_replaced_when_stale_and_removed_on_drop() {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/balancer-test-pins-{}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/balancer-test-pins-{}",
+            std::process::id()
+        ));
         // The first instance plays a crashed run whose pins are still there.
         let stale = Bpf::load(Some(&dir)).expect("load with pins (needs root and bpffs)");
         let bpf = Bpf::load(Some(&dir)).expect("load over stale pins");

@@ -77,7 +77,11 @@ pub enum SockmapError {
     #[error("self-test: no result within {0:?}")]
     SelfTestTimeout(Duration),
     #[error("self-test: {what} was {got}, expected {expected}")]
-    SelfTestMismatch { what: &'static str, expected: u64, got: u64 },
+    SelfTestMismatch {
+        what: &'static str,
+        expected: u64,
+        got: u64,
+    },
     #[error("self-test: the test pair ended with {0:?}")]
     SelfTestEnd(PairEnd),
     #[error("self-test: loopback I/O failed")]
@@ -95,7 +99,8 @@ fn sock_err(op: &'static str) -> impl FnOnce(io::Error) -> SockmapError {
 /// The sockmap engine: one BPF object and one epoll for all pairs.
 #[derive(Debug)]
 pub struct SockmapEngine {
-    bpf: Bpf,
+    /// Boxed: the loaded object is large and the engine lives in an enum.
+    bpf: Box<Bpf>,
     watcher: Arc<Watcher>,
     dispatcher: JoinHandle<()>,
     fallback: SpliceEngine,
@@ -112,11 +117,17 @@ impl SockmapEngine {
     /// Loads and attaches the BPF object, starts the watcher, and splices one
     /// loopback pair through the maps to prove the kernel forwards.
     pub async fn open(options: ForwardOptions) -> Result<Self, SockmapError> {
-        let bpf = Bpf::load(options.pin_dir.as_deref())?;
+        let bpf = Box::new(Bpf::load(options.pin_dir.as_deref())?);
         let watcher = Arc::new(Watcher::new()?);
         let dispatcher = tokio::spawn(Arc::clone(&watcher).dispatch());
         let fallback = SpliceEngine::new(options.clone())?;
-        let engine = Self { bpf, watcher, dispatcher, fallback, options };
+        let engine = Self {
+            bpf,
+            watcher,
+            dispatcher,
+            fallback,
+            options,
+        };
         match tokio::time::timeout(SELF_TEST_TIMEOUT, engine.self_test()).await {
             Ok(result) => result?,
             Err(_) => return Err(SockmapError::SelfTestTimeout(SELF_TEST_TIMEOUT)),
@@ -126,13 +137,25 @@ impl SockmapEngine {
 
     /// Forwards `pair` in the kernel until both directions are done, a side
     /// resets, it idles out, or `cancel` fires.
-    pub async fn forward(&self, pair: Pair, cancel: &CancellationToken) -> Result<PairSummary, SockmapError> {
+    pub async fn forward(
+        &self,
+        pair: Pair,
+        cancel: &CancellationToken,
+    ) -> Result<PairSummary, SockmapError> {
         let started = Instant::now();
-        let Pair { client, backend, slot } = pair;
+        let Pair {
+            client,
+            backend,
+            slot,
+        } = pair;
         // Out of tokio's reactor: its registration includes EPOLLIN, and every
         // redirected skb would wake it.
-        let client = client.into_std().map_err(sock_err("deregister from tokio"))?;
-        let backend = backend.into_std().map_err(sock_err("deregister from tokio"))?;
+        let client = client
+            .into_std()
+            .map_err(sock_err("deregister from tokio"))?;
+        let backend = backend
+            .into_std()
+            .map_err(sock_err("deregister from tokio"))?;
         if let Some(bytes) = self.options.socket_buffer {
             socket::set_buffers(&client, bytes).map_err(sock_err("set buffer sizes"))?;
             socket::set_buffers(&backend, bytes).map_err(sock_err("set buffer sizes"))?;
@@ -142,7 +165,8 @@ impl SockmapEngine {
             Err((client, backend)) => {
                 let pair = Pair {
                     client: TcpStream::from_std(client).map_err(sock_err("register with tokio"))?,
-                    backend: TcpStream::from_std(backend).map_err(sock_err("register with tokio"))?,
+                    backend: TcpStream::from_std(backend)
+                        .map_err(sock_err("register with tokio"))?,
                     slot,
                 };
                 tracing::debug!("sockhash refused the pair; forwarding it with splice");
@@ -165,7 +189,12 @@ impl SockmapEngine {
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
         let mut total = self.fallback.backend_bytes(slot);
         match self.bpf.backend_bytes(slot.0) {
-            Ok(bytes) => total += ByteCount { up: bytes.up, down: bytes.down },
+            Ok(bytes) => {
+                total += ByteCount {
+                    up: bytes.up,
+                    down: bytes.down,
+                }
+            }
             Err(err) => tracing::warn!(%err, slot = slot.0, "cannot read BACKEND_BYTES"),
         }
         total
@@ -205,20 +234,34 @@ impl SockmapEngine {
         let client_baseline = exact_written(&client)?;
         let backend_baseline = exact_written(&backend)?;
         let mut spliced = Spliced {
-            up: Flow { from_cookie: client_cookie, to_baseline: backend_baseline },
-            down: Flow { from_cookie: backend_cookie, to_baseline: client_baseline },
+            up: Flow {
+                from_cookie: client_cookie,
+                to_baseline: backend_baseline,
+            },
+            down: Flow {
+                from_cookie: backend_cookie,
+                to_baseline: client_baseline,
+            },
             client: Some(client),
             backend: Some(backend),
             bpf: &self.bpf,
             watcher: &self.watcher,
             events: None,
         };
-        self.bpf.set_peer(client_cookie, info(backend_cookie, direction::UP))?;
-        self.bpf.set_peer(backend_cookie, info(client_cookie, direction::DOWN))?;
-        let refused = match self.bpf.insert_socket(backend_cookie, spliced.backend()?.as_raw_fd()) {
+        self.bpf
+            .set_peer(client_cookie, info(backend_cookie, direction::UP))?;
+        self.bpf
+            .set_peer(backend_cookie, info(client_cookie, direction::DOWN))?;
+        let refused = match self
+            .bpf
+            .insert_socket(backend_cookie, spliced.backend()?.as_raw_fd())
+        {
             Err(BpfError::SocketRejected { .. }) => true,
             Err(err) => return Err(err.into()),
-            Ok(()) => match self.bpf.insert_socket(client_cookie, spliced.client()?.as_raw_fd()) {
+            Ok(()) => match self
+                .bpf
+                .insert_socket(client_cookie, spliced.client()?.as_raw_fd())
+            {
                 Err(BpfError::SocketRejected { .. }) => true,
                 Err(err) => return Err(err.into()),
                 Ok(()) => false,
@@ -228,7 +271,11 @@ impl SockmapEngine {
             // Between the two inserts the backend socket was in the map: if
             // the verdict ran on it, those bytes are gone and the pair cannot
             // continue anywhere.
-            let dropped = self.bpf.peer(backend_cookie)?.map(|info| info.dropped_bytes).unwrap_or(0);
+            let dropped = self
+                .bpf
+                .peer(backend_cookie)?
+                .map(|info| info.dropped_bytes)
+                .unwrap_or(0);
             spliced.remove_from_maps()?;
             if dropped > 0 {
                 return Err(SockmapError::Socket {
@@ -258,7 +305,11 @@ impl SockmapEngine {
     }
 
     /// Step 4: waits for the end of the pair.
-    async fn watch(&self, pair: &Spliced<'_>, cancel: &CancellationToken) -> Result<PairEnd, SockmapError> {
+    async fn watch(
+        &self,
+        pair: &Spliced<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<PairEnd, SockmapError> {
         let Some(events) = &pair.events else {
             return Ok(PairEnd::Reset);
         };
@@ -271,8 +322,15 @@ impl SockmapEngine {
         let mut backoff = DRAIN_BACKOFF_MIN;
         loop {
             let mut draining = false;
-            for (index, flow, from, to) in [(0, &pair.up, client, backend), (1, &pair.down, backend, client)] {
-                let eof = if index == 0 { state.client_eof } else { state.backend_eof };
+            for (index, flow, from, to) in [
+                (0, &pair.up, client, backend),
+                (1, &pair.down, backend, client),
+            ] {
+                let eof = if index == 0 {
+                    state.client_eof
+                } else {
+                    state.backend_eof
+                };
                 if !eof || state.shut[index] {
                     continue;
                 }
@@ -292,7 +350,9 @@ impl SockmapEngine {
             if state.shut == [true, true] {
                 return Ok(PairEnd::Closed);
             }
-            let last = pair.last_activity_ns(&self.bpf)?.max(state.last_progress_ns);
+            let last = pair
+                .last_activity_ns(&self.bpf)?
+                .max(state.last_progress_ns);
             let now = socket::monotonic_ns();
             if let Some(idle) = self.options.idle_timeout
                 && idle_expired(last, now, idle)
@@ -303,7 +363,11 @@ impl SockmapEngine {
                 backoff
             } else {
                 backoff = DRAIN_BACKOFF_MIN;
-                self.options.idle_timeout.map_or(Duration::from_secs(3600), |idle| until_idle(last, now, idle))
+                self.options
+                    .idle_timeout
+                    .map_or(Duration::from_secs(3600), |idle| {
+                        until_idle(last, now, idle)
+                    })
             };
             let event = match events.as_mut() {
                 Some(rx) => tokio::select! {
@@ -320,14 +384,21 @@ impl SockmapEngine {
                 backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
             }
             if let Some((cookie, flags)) = event {
-                let sock = if cookie == pair.up.from_cookie { client } else { backend };
+                let sock = if cookie == pair.up.from_cookie {
+                    client
+                } else {
+                    backend
+                };
                 if flags.contains(EpollFlags::EPOLLERR) {
                     return Ok(PairEnd::Reset);
                 }
                 if flags.contains(EpollFlags::EPOLLHUP) {
                     // HUP also comes after a clean FIN both ways; only a
                     // pending error makes it a reset.
-                    if socket::take_error(sock).map_err(sock_err("read SO_ERROR"))?.is_some() {
+                    if socket::take_error(sock)
+                        .map_err(sock_err("read SO_ERROR"))?
+                        .is_some()
+                    {
                         return Ok(PairEnd::Reset);
                     }
                 }
@@ -356,7 +427,10 @@ impl SockmapEngine {
             }
         }
         pair.remove_from_maps()?;
-        Ok(ByteCount { up: up.redirected_bytes, down: down.redirected_bytes })
+        Ok(ByteCount {
+            up: up.redirected_bytes,
+            down: down.redirected_bytes,
+        })
     }
 
     async fn self_test(&self) -> Result<(), SockmapError> {
@@ -368,7 +442,11 @@ impl SockmapEngine {
         let mut server = TcpStream::connect(addr).await.map_err(io)?;
         let (server_inner, _) = listener.accept().await.map_err(io)?;
         let before = self.bpf.global()?.redirected_skbs;
-        let pair = Pair { client: client_inner, backend: server_inner, slot: BackendSlot(NO_SLOT) };
+        let pair = Pair {
+            client: client_inner,
+            backend: server_inner,
+            slot: BackendSlot(NO_SLOT),
+        };
         let cancel = CancellationToken::new();
         let peers = async {
             client.write_all(b"ping").await?;
@@ -389,7 +467,11 @@ impl SockmapEngine {
         let (summary, arrived) = tokio::join!(self.forward(pair, &cancel), peers);
         let summary = summary.map_err(|err| SockmapError::SelfTestForward(Box::new(err)))?;
         if !arrived.map_err(io)? {
-            return Err(SockmapError::SelfTestMismatch { what: "bytes intact", expected: 1, got: 0 });
+            return Err(SockmapError::SelfTestMismatch {
+                what: "bytes intact",
+                expected: 1,
+                got: 0,
+            });
         }
         if summary.end != PairEnd::Closed {
             return Err(SockmapError::SelfTestEnd(summary.end));
@@ -398,14 +480,26 @@ impl SockmapEngine {
         check("bytes redirected down", 5, summary.bytes.down)?;
         let moved = self.bpf.global()?.redirected_skbs.saturating_sub(before);
         if moved < 2 {
-            return Err(SockmapError::SelfTestMismatch { what: "skbs redirected", expected: 2, got: moved });
+            return Err(SockmapError::SelfTestMismatch {
+                what: "skbs redirected",
+                expected: 2,
+                got: moved,
+            });
         }
         Ok(())
     }
 }
 
 fn check(what: &'static str, expected: u64, got: u64) -> Result<(), SockmapError> {
-    if expected == got { Ok(()) } else { Err(SockmapError::SelfTestMismatch { what, expected, got }) }
+    if expected == got {
+        Ok(())
+    } else {
+        Err(SockmapError::SelfTestMismatch {
+            what,
+            expected,
+            got,
+        })
+    }
 }
 
 /// Whether a pair whose last byte moved at `last_ns` has idled out at `now_ns`.
@@ -466,7 +560,9 @@ impl Flow {
             return Ok(Drain::Lost);
         }
         let inq = socket::inq(from).map_err(sock_err("read SIOCINQ"))?;
-        let written = socket::bytes_written(to).map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?.bytes;
+        let written = socket::bytes_written(to)
+            .map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?
+            .bytes;
         if handed_on(inq, written, self.to_baseline, info.redirected_bytes) {
             return Ok(Drain::Done);
         }
@@ -487,7 +583,10 @@ fn exact_written(sock: &StdTcpStream) -> Result<u64, SockmapError> {
             return Ok(written.bytes);
         }
     }
-    Err(SockmapError::Socket { op: "read a stable write count", source: io::Error::from(io::ErrorKind::TimedOut) })
+    Err(SockmapError::Socket {
+        op: "read a stable write count",
+        source: io::Error::from(io::ErrorKind::TimedOut),
+    })
 }
 
 /// A pair in the maps; removes itself from the maps and the epoll on drop.
@@ -499,11 +598,14 @@ struct Spliced<'a> {
     backend: Option<StdTcpStream>,
     bpf: &'a Bpf,
     watcher: &'a Watcher,
-    events: Option<Mutex<Option<mpsc::UnboundedReceiver<(u64, EpollFlags)>>>>,
+    events: Option<EventSlot>,
 }
 
 fn gone() -> SockmapError {
-    SockmapError::Socket { op: "use a socket handed back", source: io::Error::from(io::ErrorKind::NotConnected) }
+    SockmapError::Socket {
+        op: "use a socket handed back",
+        source: io::Error::from(io::ErrorKind::NotConnected),
+    }
 }
 
 impl Spliced<'_> {
@@ -516,8 +618,12 @@ impl Spliced<'_> {
     }
 
     fn last_activity_ns(&self, bpf: &Bpf) -> Result<u64, SockmapError> {
-        let up = bpf.peer(self.up.from_cookie)?.map_or(0, |info| info.last_activity_ns);
-        let down = bpf.peer(self.down.from_cookie)?.map_or(0, |info| info.last_activity_ns);
+        let up = bpf
+            .peer(self.up.from_cookie)?
+            .map_or(0, |info| info.last_activity_ns);
+        let down = bpf
+            .peer(self.down.from_cookie)?
+            .map_or(0, |info| info.last_activity_ns);
         Ok(up.max(down))
     }
 
@@ -536,7 +642,10 @@ impl Drop for Spliced<'_> {
         if let Err(err) = self.remove_from_maps() {
             tracing::warn!(%err, "cannot remove a pair from the BPF maps");
         }
-        for (cookie, sock) in [(self.up.from_cookie, &self.client), (self.down.from_cookie, &self.backend)] {
+        for (cookie, sock) in [
+            (self.up.from_cookie, &self.client),
+            (self.down.from_cookie, &self.backend),
+        ] {
             if let Some(sock) = sock {
                 self.watcher.unwatch(cookie, sock.as_fd());
             }
@@ -552,34 +661,54 @@ struct Watcher {
     routes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, EpollFlags)>>>,
 }
 
+/// Epoll events of one pair: (socket cookie, flags).
+type Events = mpsc::UnboundedReceiver<(u64, EpollFlags)>;
+/// Where a pair's events wait until its watch loop takes them.
+type EventSlot = Mutex<Option<Events>>;
+
 /// How many events one `epoll_wait` takes.
 const EVENT_BATCH: usize = 64;
 
 impl Watcher {
     fn new() -> Result<Self, SockmapError> {
-        let epoll = socket::async_epoll().map_err(|source| SockmapError::Epoll { op: "create", source })?;
-        Ok(Self { epoll, routes: Mutex::new(HashMap::new()) })
+        let epoll = socket::async_epoll().map_err(|source| SockmapError::Epoll {
+            op: "create",
+            source,
+        })?;
+        Ok(Self {
+            epoll,
+            routes: Mutex::new(HashMap::new()),
+        })
     }
 
-    fn watch(
-        &self,
-        sockets: [(u64, BorrowedFd<'_>); 2],
-    ) -> Result<Mutex<Option<mpsc::UnboundedReceiver<(u64, EpollFlags)>>>, SockmapError> {
+    fn watch(&self, sockets: [(u64, BorrowedFd<'_>); 2]) -> Result<EventSlot, SockmapError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let flags = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLET;
+        let flags = EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLHUP
+            | EpollFlags::EPOLLERR
+            | EpollFlags::EPOLLET;
         for (cookie, fd) in sockets {
-            self.routes.lock().unwrap_or_else(PoisonError::into_inner).insert(cookie, tx.clone());
+            self.routes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(cookie, tx.clone());
             self.epoll
                 .get_ref()
                 .epoll()
                 .add(fd, EpollEvent::new(flags, cookie))
-                .map_err(|errno| SockmapError::Epoll { op: "add a socket", source: errno.into() })?;
+                .map_err(|errno| SockmapError::Epoll {
+                    op: "add a socket",
+                    source: errno.into(),
+                })?;
         }
         Ok(Mutex::new(Some(rx)))
     }
 
     fn unwatch(&self, cookie: u64, fd: BorrowedFd<'_>) {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner).remove(&cookie);
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&cookie);
         // ENOENT: never added (the pair failed before watching).
         if let Err(errno) = self.epoll.get_ref().epoll().delete(fd)
             && errno != nix::errno::Errno::ENOENT
@@ -599,16 +728,22 @@ impl Watcher {
                     return;
                 }
             };
-            let drained = guard.try_io(|epoll| loop {
-                let count = epoll.get_ref().epoll().wait(&mut events, EpollTimeout::ZERO).map_err(io::Error::from)?;
-                if count == 0 {
-                    return Err::<(), _>(io::ErrorKind::WouldBlock.into());
-                }
-                let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-                for event in events.iter().take(count) {
-                    if let Some(tx) = routes.get(&event.data()) {
-                        // A closed receiver means the pair is ending anyway.
-                        let _ignored = tx.send((event.data(), event.events()));
+            let drained = guard.try_io(|epoll| {
+                loop {
+                    let count = epoll
+                        .get_ref()
+                        .epoll()
+                        .wait(&mut events, EpollTimeout::ZERO)
+                        .map_err(io::Error::from)?;
+                    if count == 0 {
+                        return Err::<(), _>(io::ErrorKind::WouldBlock.into());
+                    }
+                    let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+                    for event in events.iter().take(count) {
+                        if let Some(tx) = routes.get(&event.data()) {
+                            // A closed receiver means the pair is ending anyway.
+                            let _ignored = tx.send((event.data(), event.events()));
+                        }
                     }
                 }
             });
@@ -635,13 +770,22 @@ mod tests {
     #[test]
     fn a_last_activity_in_the_future_is_not_idle() {
         assert!(!idle_expired(20 * SEC, 10 * SEC, Duration::from_secs(1)));
-        assert_eq!(until_idle(20 * SEC, 10 * SEC, Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(
+            until_idle(20 * SEC, 10 * SEC, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
     fn the_wait_until_idle_shrinks_with_elapsed_time_but_never_to_zero() {
-        assert_eq!(until_idle(10 * SEC, 12 * SEC, Duration::from_secs(5)), Duration::from_secs(3));
-        assert_eq!(until_idle(10 * SEC, 99 * SEC, Duration::from_secs(5)), Duration::from_millis(1));
+        assert_eq!(
+            until_idle(10 * SEC, 12 * SEC, Duration::from_secs(5)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            until_idle(10 * SEC, 99 * SEC, Duration::from_secs(5)),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

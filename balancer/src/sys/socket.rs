@@ -79,7 +79,12 @@ pub fn tcp_bytes(fd: impl AsFd) -> io::Result<TcpBytes> {
             .filter(|_| offset + 8 <= end)
             .and_then(|bytes| bytes.try_into().ok())
             .map(u64::from_ne_bytes)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "TCP_INFO too short for byte counters"))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "TCP_INFO too short for byte counters",
+                )
+            })
     };
     Ok(TcpBytes {
         acked: field(TCPI_BYTES_ACKED)?,
@@ -130,7 +135,10 @@ pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
 /// `last_activity_ns` the verdict writes. (Lives here, beside the other
 /// kernel interfaces of spliced sockets, because it needs `libc`.)
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always
     // exists on Linux, so the call cannot fail.
     let _rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
@@ -169,9 +177,19 @@ fn set_int(fd: impl AsFd, level: libc::c_int, name: libc::c_int, value: i32) -> 
     let len = libc::socklen_t::try_from(mem::size_of::<i32>()).map_err(io::Error::other)?;
     // SAFETY: `value` is a readable int of `len` bytes for the whole call.
     let rc = unsafe {
-        libc::setsockopt(fd.as_fd().as_raw_fd(), level, name, (&raw const value).cast(), len)
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            len,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn ioctl_int(fd: impl AsFd, request: libc::Ioctl) -> io::Result<u64> {
