@@ -27,7 +27,7 @@ use std::{
     net::TcpStream as StdTcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use balancer_common::{NO_SLOT, PeerInfo, direction};
@@ -142,7 +142,7 @@ impl SockmapEngine {
         pair: Pair,
         cancel: &CancellationToken,
     ) -> Result<PairSummary, SockmapError> {
-        let started = Instant::now();
+        let started = crate::clock::now();
         let Pair {
             client,
             backend,

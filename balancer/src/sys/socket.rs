@@ -223,9 +223,9 @@ mod tests {
     fn queue_sizes_and_tcp_counters_follow_the_bytes_sent() {
         let (mut client, mut server) = loopback_pair();
         client.write_all(&[7u8; 1000]).expect("write");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = crate::clock::now() + Duration::from_secs(5);
         while inq(&server).expect("inq") < 1000 {
-            assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+            assert!(crate::clock::now() < deadline, "bytes never arrived");
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(tcp_bytes(&server).expect("tcp_info").received, 1000);
