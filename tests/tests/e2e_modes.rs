@@ -1,0 +1,368 @@
+//! Black-box: every listener mode of the `balancer` binary with real parts.
+//!
+//! Topology: namespace `front` holds the clients and the daemon; namespace
+//! `back` holds the backends (Debian `microsocks`, a port range of them) and
+//! the targets (an HTTP file server for `curl`, a checksum server for raw
+//! clients), all bound on `[::]`. A veth pair joins them with IPv4 from
+//! `Veth` and IPv6 ULA addresses added here. Transparent modes need the
+//! split: REDIRECT rules in `front` catch the client's connection to a
+//! `back` address while the backends' own connections (in `back`) are never
+//! caught.
+
+mod support;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use balancer_tests::{Microsocks, NetNs, Veth, require_command, require_root};
+use sha2::{Digest as _, Sha256};
+use support::{
+    ChecksumTarget, Daemon, HttpTarget, Target, curl_sha256, expected_digest, fetch, ping, sh,
+    socks_connect, unique,
+};
+
+const BIG: u64 = 256 << 20;
+const FRONT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 0, 0, 0, 0, 0, 1);
+const BACK_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 0, 0, 0, 0, 0, 2);
+
+struct World {
+    daemon: Option<Daemon>,
+    http: HttpTarget,
+    http_body: [u8; 32],
+    target: ChecksumTarget,
+    _socks: Vec<Microsocks>,
+    first_port: u16,
+    veth: Veth,
+    _back: NetNs,
+    front: NetNs,
+}
+
+fn veth_name(ns: &NetNs) -> String {
+    let out = ns
+        .command("ip")
+        .args(["-o", "link", "show", "type", "veth"])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|name| name.trim_end_matches(':').split('@').next())
+        .expect("a veth in the namespace")
+        .to_owned()
+}
+
+/// Three consecutive free ports on `ip` in `ns`, for a port-range backend.
+fn free_range(ns: &NetNs, ip: Ipv4Addr) -> u16 {
+    for attempt in 0..50u16 {
+        let first = 20_000 + (std::process::id() as u16 % 20_000) + attempt * 7;
+        let free = ns
+            .run(move || {
+                (first..first + 3).all(|port| std::net::TcpListener::bind((ip, port)).is_ok())
+            })
+            .expect("netns");
+        if free {
+            return first;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+fn world() -> World {
+    require_root("network namespaces, iptables and BPF");
+    require_command("curl", "curl");
+    let front = NetNs::new().expect("front netns");
+    let back = NetNs::new().expect("back netns");
+    let veth = Veth::new(&front, &back).expect("veth");
+    for (ns, addr) in [(&front, FRONT_V6), (&back, BACK_V6)] {
+        let dev = veth_name(ns);
+        sh(
+            ns,
+            "ip",
+            &["addr", "add", &format!("{addr}/64"), "dev", &dev, "nodad"],
+        )
+        .expect("ipv6 address");
+    }
+    let first_port = free_range(&back, veth.b_addr);
+    let socks = (first_port..first_port + 3)
+        .map(|port| Microsocks::start_in(&back, veth.b_addr, port).expect("microsocks"))
+        .collect();
+    let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    let target = ChecksumTarget::start(&back, any).expect("checksum target");
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let http_body = Sha256::digest(&body).into();
+    let http = HttpTarget::start(&back, any, Arc::new(body)).expect("http target");
+    World {
+        daemon: None,
+        http,
+        http_body,
+        target,
+        _socks: socks,
+        first_port,
+        veth,
+        _back: back,
+        front,
+    }
+}
+
+impl World {
+    /// Starts the daemon with the port-range backend, these listeners (YAML
+    /// list items) and this engine.
+    fn start(&mut self, listeners: &str, engine: &str) -> &Daemon {
+        let instance = unique("modes");
+        let yaml = format!(
+            "instance: {instance}\n\
+             listeners:\n{listeners}\
+             backends:\n  - {{ address: \"{}:{}-{}\" }}\n\
+             balancing: {{ strategy: round_robin, max_attempts: 3 }}\n\
+             health: {{ probe: {{ enabled: false }} }}\n\
+             forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n",
+            self.veth.b_addr,
+            self.first_port,
+            self.first_port + 2,
+        );
+        self.daemon = None;
+        self.daemon = Some(Daemon::start(&self.front, &instance, &yaml).expect("daemon"));
+        self.daemon.as_ref().expect("just set")
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon started")
+    }
+
+    fn target_v4(&self) -> SocketAddr {
+        SocketAddr::from((self.veth.b_addr, self.target.addr().port()))
+    }
+
+    fn target_v6(&self) -> SocketAddr {
+        SocketAddr::from((BACK_V6, self.target.addr().port()))
+    }
+
+    /// A 256 MiB download through `connect` with its SHA-256 checked.
+    fn big_transfer<F>(&self, what: &str, connect: F)
+    where
+        F: FnOnce() -> TcpStream + Send,
+    {
+        let seed = 7;
+        let (bytes, sha) = self
+            .front
+            .run(move || {
+                let mut stream = connect();
+                fetch(&mut stream, BIG, seed).expect("transfer")
+            })
+            .expect("netns");
+        assert_eq!(bytes, BIG, "{what}: length");
+        assert_eq!(sha, big_digest(seed), "{what}: SHA-256");
+    }
+}
+
+/// (seed, SHA-256) of big transfers already computed.
+type Digests = Vec<(u64, [u8; 32])>;
+
+fn big_digest(seed: u64) -> [u8; 32] {
+    static CACHE: OnceLock<Mutex<Digests>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    let mut cache = cache.lock().expect("cache lock");
+    if let Some((_, sha)) = cache.iter().find(|(s, _)| *s == seed) {
+        return *sha;
+    }
+    let sha = expected_digest(BIG, seed);
+    cache.push((seed, sha));
+    sha
+}
+
+const SOCKS: &str = "  - { name: socks, mode: socks5, bind: \"127.0.0.1:0\" }\n";
+const AUTH: &str = "  - { name: auth, mode: socks5, bind: \"127.0.0.1:0\", auth: { required: true, users: [{ username: u, password: p }] } }\n";
+const PASS: &str = "  - { name: pass, mode: passthrough, bind: \"127.0.0.1:0\" }\n";
+const REDIR4: &str = "  - { name: redir4, mode: redirect, bind: \"127.0.0.1:0\" }\n";
+const REDIR6: &str = "  - { name: redir6, mode: redirect, bind: \"[::1]:0\" }\n";
+
+#[test]
+fn socks5_listener_serves_curl_by_name_and_by_address_across_a_port_range() {
+    let mut world = world();
+    let proxy = world.start(SOCKS, "auto").listener("socks");
+    let port = world.http.addr().port();
+    let via = format!("{proxy}");
+    // Six fetches, round robin over the three ports of the range.
+    for round in 0..2 {
+        for (flag, url) in [
+            ("--socks5-hostname", format!("http://localhost:{port}/f")),
+            ("--socks5", format!("http://{}:{port}/f", world.veth.b_addr)),
+            ("--socks5-hostname", format!("http://[{BACK_V6}]:{port}/f")),
+        ] {
+            let sha = curl_sha256(&world.front, &[flag, &via, &url]).unwrap_or_else(|e| {
+                panic!(
+                    "round {round} {flag} {url}: {e:#}\n{}",
+                    world.daemon().logs()
+                )
+            });
+            assert_eq!(sha, world.http_body, "{flag} {url}");
+        }
+    }
+    // A raw client with a domain target resolved by the backend.
+    let target = Target::Domain("localhost".into(), world.target.addr().port());
+    world
+        .front
+        .run(move || {
+            let mut stream = socks_connect(proxy, &target, None).expect("domain CONNECT");
+            ping(&mut stream).expect("ping");
+        })
+        .expect("netns");
+    // The range expanded into three backends, all used by round robin above.
+    assert!(
+        world.daemon().log_contains("backends=3"),
+        "port range 3 backends:\n{}",
+        world.daemon().logs()
+    );
+}
+
+#[test]
+fn socks5_listener_with_required_auth_admits_good_credentials_and_rejects_bad_ones() {
+    let mut world = world();
+    let proxy = world.start(AUTH, "auto").listener("auth");
+    let port = world.http.addr().port();
+    let url = format!("http://localhost:{port}/f");
+    let good = format!("socks5h://u:p@{proxy}");
+    let sha = curl_sha256(&world.front, &["-x", &good, &url]).expect("good credentials");
+    assert_eq!(sha, world.http_body);
+    let bad = format!("socks5h://u:wrong@{proxy}");
+    assert!(
+        curl_sha256(&world.front, &["-x", &bad, &url]).is_err(),
+        "bad password passed"
+    );
+
+    let target = Target::Addr(world.target_v4());
+    world
+        .front
+        .run(move || {
+            match socks_connect(proxy, &target, Some(("u", "wrong"))) {
+                Err(support::SocksError::Auth(status)) => assert_eq!(status, 1),
+                other => panic!("bad credentials: {other:?}"),
+            }
+            match socks_connect(proxy, &target, None) {
+                Err(support::SocksError::Method(0xff)) => {}
+                other => panic!("no-auth offered to a required-auth listener: {other:?}"),
+            }
+            let mut stream =
+                socks_connect(proxy, &target, Some(("u", "p"))).expect("good credentials");
+            ping(&mut stream).expect("ping");
+        })
+        .expect("netns");
+}
+
+#[test]
+fn passthrough_listener_relays_a_client_speaking_socks5_to_the_backend() {
+    let mut world = world();
+    let proxy = world.start(PASS, "auto").listener("pass");
+    let url = format!("http://localhost:{}/f", world.http.addr().port());
+    let sha = curl_sha256(
+        &world.front,
+        &["--socks5-hostname", &proxy.to_string(), &url],
+    )
+    .expect("curl through passthrough");
+    assert_eq!(sha, world.http_body);
+}
+
+fn add_redirect(ns: &NetNs, table: &str, dst: IpAddr, dport: u16, to: u16) {
+    sh(
+        ns,
+        table,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &dst.to_string(),
+            "--dport",
+            &dport.to_string(),
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            "1",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &to.to_string(),
+        ],
+    )
+    .expect("REDIRECT rule (rules die with the namespace)");
+}
+
+#[test]
+fn redirect_listener_takes_iptables_redirected_ipv4_and_ipv6_connections() {
+    let mut world = world();
+    let daemon = world.start(&format!("{REDIR4}{REDIR6}"), "auto");
+    let (redir4, redir6) = (daemon.listener("redir4"), daemon.listener("redir6"));
+    let (t4, t6) = (world.target_v4(), world.target_v6());
+    add_redirect(&world.front, "iptables", t4.ip(), t4.port(), redir4.port());
+    add_redirect(&world.front, "ip6tables", t6.ip(), t6.port(), redir6.port());
+    for target in [t4, t6] {
+        world
+            .front
+            .run(move || {
+                let mut stream = TcpStream::connect(target).expect("connect (redirected)");
+                ping(&mut stream).expect("ping through the redirect listener");
+            })
+            .expect("netns");
+    }
+    let url = format!(
+        "http://{}:{}/f",
+        world.veth.b_addr,
+        world.http.addr().port()
+    );
+    add_redirect(
+        &world.front,
+        "iptables",
+        IpAddr::V4(world.veth.b_addr),
+        world.http.addr().port(),
+        redir4.port(),
+    );
+    let sha = curl_sha256(&world.front, &[&url]).expect("plain curl, redirected");
+    assert_eq!(sha, world.http_body);
+    let logs = world.daemon().logs();
+    assert!(
+        logs.lines().filter(|l| l.contains("listening")).count() >= 2,
+        "{logs}"
+    );
+}
+
+fn big_transfers_through_every_mode(engine: &str) {
+    let mut world = world();
+    let daemon = world.start(&format!("{SOCKS}{PASS}{REDIR4}"), engine);
+    let (socks, pass, redir) = (
+        daemon.listener("socks"),
+        daemon.listener("pass"),
+        daemon.listener("redir4"),
+    );
+    assert!(
+        engine == "auto" || daemon.log_contains(&format!("engine={engine}")),
+        "engine {engine} not in use:\n{}",
+        daemon.logs()
+    );
+    let t4 = world.target_v4();
+    add_redirect(&world.front, "iptables", t4.ip(), t4.port(), redir.port());
+    world.big_transfer(&format!("{engine} socks5"), move || {
+        socks_connect(socks, &Target::Addr(t4), None).expect("socks5 CONNECT")
+    });
+    world.big_transfer(&format!("{engine} passthrough"), move || {
+        socks_connect(pass, &Target::Addr(t4), None).expect("CONNECT via passthrough")
+    });
+    world.big_transfer(&format!("{engine} redirect"), move || {
+        TcpStream::connect(t4).expect("redirected connect")
+    });
+}
+
+#[test]
+fn a_256_mib_transfer_arrives_intact_through_every_mode_with_sockmap() {
+    big_transfers_through_every_mode("sockmap");
+}
+
+#[test]
+fn a_256_mib_transfer_arrives_intact_through_every_mode_with_splice() {
+    big_transfers_through_every_mode("splice");
+}
