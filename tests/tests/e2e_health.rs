@@ -278,3 +278,32 @@ fn failover_cost_of_a_refusing_first_backend_is_measured() {
         pct(&slow, 50).saturating_sub(pct(&fast, 50)),
     );
 }
+
+#[test]
+fn fault_backends_misbehave_as_designed() {
+    require_root("network namespaces");
+    let ns = NetNs::new().expect("netns");
+    let target = SocketAddr::from((LO, 9));
+    let check = |fault: Fault| {
+        let backend = FaultBackend::start(&ns, SocketAddr::from((LO, free_port(&ns, LO))), fault)
+            .expect("fault backend");
+        let addr = backend.addr();
+        ns.run(move || {
+            let began = Instant::now();
+            let result = socks_connect(addr, &Target::Addr(target), None);
+            (format!("{result:?}"), began.elapsed())
+        })
+        .expect("netns")
+    };
+    let (closed, _) = check(Fault::CloseMidHandshake);
+    assert!(closed.contains("UnexpectedEof"), "{closed}");
+    let (refused, _) = check(Fault::Refuses05);
+    assert_eq!(refused, "Err(Reply(5))");
+    let (garbage, _) = check(Fault::Garbage);
+    assert!(garbage.starts_with("Err(Method("), "{garbage}");
+    let (slow, waited) = check(Fault::Slow {
+        hold: Duration::from_secs(3),
+    });
+    assert!(slow.contains("UnexpectedEof"), "{slow}");
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+}

@@ -366,3 +366,28 @@ fn a_256_mib_transfer_arrives_intact_through_every_mode_with_sockmap() {
 fn a_256_mib_transfer_arrives_intact_through_every_mode_with_splice() {
     big_transfers_through_every_mode("splice");
 }
+
+/// The same paths without the daemon: curl and a raw client straight to one
+/// microsocks. When this passes and a daemon test fails, the daemon is at
+/// fault, not the topology.
+#[test]
+fn baseline_the_topology_serves_curl_and_a_256_mib_transfer_through_a_bare_microsocks() {
+    let world = world();
+    let socks = SocketAddr::from((world.veth.b_addr, world.first_port));
+    let port = world.http.addr().port();
+    for url in [
+        format!("http://localhost:{port}/f"),
+        format!("http://[{BACK_V6}]:{port}/f"),
+    ] {
+        let sha = curl_sha256(
+            &world.front,
+            &["--socks5-hostname", &socks.to_string(), &url],
+        )
+        .expect("curl via microsocks");
+        assert_eq!(sha, world.http_body, "{url}");
+    }
+    let t4 = world.target_v4();
+    world.big_transfer("bare microsocks", move || {
+        socks_connect(socks, &Target::Addr(t4), None).expect("CONNECT")
+    });
+}

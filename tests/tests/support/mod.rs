@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use balancer_tests::{NetNs, RandomSource};
+use balancer_tests::NetNs;
 use sha2::{Digest as _, Sha256};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -437,10 +437,10 @@ pub fn read_to_close(stream: &mut TcpStream, within: Duration) -> std::io::Resul
     Ok(out)
 }
 
-/// A TCP server in a namespace that answers every connection with a
-/// one-byte length-prefixed request: the client sends `u64` big-endian N and a
-/// `u64` seed; the server sends N seeded pseudo-random bytes and closes. The
-/// client checks the SHA-256 of what arrived against [`expected_digest`].
+/// A TCP server in a namespace. The client sends a big-endian `u64` N and a
+/// `u64` seed; the server sends the first N bytes of that seed's [`Pattern`]
+/// and closes. The client checks the SHA-256 of what arrived against
+/// [`expected_digest`].
 /// With N = 0 it echoes one line instead (a cheap liveness check).
 pub struct ChecksumTarget {
     addr: SocketAddr,
@@ -500,20 +500,102 @@ fn serve(mut stream: TcpStream) {
         let _ = stream.write_all(b"pong\n");
         return;
     }
-    let mut random = RandomSource::new(len, seed);
-    loop {
-        let chunk = random.next_chunk(256 * 1024);
-        if chunk.is_empty() || stream.write_all(chunk).is_err() {
-            break;
+    let _ = Pattern::new(seed).write(&mut stream, len);
+}
+
+/// A deterministic byte stream that costs only a memcpy per chunk: chunk `k`
+/// is a window of a seeded 1 MiB pool at an offset that depends on `k`, so a
+/// reordered, duplicated or lost chunk changes the SHA-256. (The library's
+/// `RandomSource` hashes as it goes, which an unoptimized build does at about
+/// 15 MB/s; 256 MiB transfers need the hash done by `sha256sum`.)
+pub struct Pattern {
+    pool: Vec<u8>,
+}
+
+const PATTERN_POOL: usize = 1 << 20;
+const PATTERN_CHUNK: usize = 64 * 1024;
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        use rand::{RngCore, SeedableRng, rngs::SmallRng};
+        let mut pool = vec![0u8; PATTERN_POOL + PATTERN_CHUNK];
+        SmallRng::seed_from_u64(seed).fill_bytes(&mut pool);
+        Self { pool }
+    }
+
+    /// Writes the first `len` bytes of the stream.
+    pub fn write<W: Write>(&self, out: &mut W, len: u64) -> std::io::Result<()> {
+        let mut left = len;
+        let mut k: usize = 0;
+        while left > 0 {
+            let offset = k.wrapping_mul(7919) % PATTERN_POOL;
+            let n = usize::try_from(left)
+                .unwrap_or(PATTERN_CHUNK)
+                .min(PATTERN_CHUNK);
+            out.write_all(&self.pool[offset..offset + n])?;
+            left -= n as u64;
+            k += 1;
         }
+        Ok(())
+    }
+}
+
+/// coreutils `sha256sum` fed through a pipe: real SHA-256 at native speed.
+pub struct Sha256Sum {
+    child: Child,
+}
+
+impl Sha256Sum {
+    pub fn start() -> std::io::Result<Self> {
+        let child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("sha256sum stdin"))?
+            .write_all(bytes)
+    }
+
+    pub fn finish(mut self) -> std::io::Result<[u8; 32]> {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output()?;
+        let hex = String::from_utf8_lossy(&out.stdout);
+        let hex = hex.split_whitespace().next().unwrap_or_default();
+        let mut sha = [0u8; 32];
+        for (i, byte) in sha.iter_mut().enumerate() {
+            *byte = hex
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| std::io::Error::other(format!("sha256sum said {hex:?}")))?;
+        }
+        Ok(sha)
+    }
+}
+
+impl Write for Sha256Sum {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// SHA-256 the checksum target sends for (`len`, `seed`).
 pub fn expected_digest(len: u64, seed: u64) -> [u8; 32] {
-    let mut random = RandomSource::new(len, seed);
-    while !random.next_chunk(1 << 20).is_empty() {}
-    random.digest().sha256
+    let mut sum = Sha256Sum::start().expect("run sha256sum (coreutils)");
+    Pattern::new(seed)
+        .write(&mut sum, len)
+        .expect("feed sha256sum");
+    sum.finish().expect("sha256sum output")
 }
 
 /// Asks the checksum target on `stream` for `len` bytes and returns
@@ -524,7 +606,7 @@ pub fn fetch(stream: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<(u6
     request[8..].copy_from_slice(&seed.to_be_bytes());
     stream.write_all(&request)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut hasher = Sha256::new();
+    let mut sum = Sha256Sum::start()?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -532,10 +614,10 @@ pub fn fetch(stream: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<(u6
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        sum.update(&buf[..n])?;
         total += n as u64;
     }
-    Ok((total, hasher.finalize().into()))
+    Ok((total, sum.finish()?))
 }
 
 /// One ping through an established stream to the checksum target.
