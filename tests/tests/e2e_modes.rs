@@ -110,17 +110,24 @@ impl World {
     /// Starts the daemon with the port-range backend, these listeners (YAML
     /// list items) and this engine.
     fn start(&mut self, listeners: &str, engine: &str) -> &Daemon {
+        let backends = format!(
+            "  - {{ address: \"{}:{}-{}\" }}\n",
+            self.veth.b_addr,
+            self.first_port,
+            self.first_port + 2,
+        );
+        self.start_with(listeners, &backends, engine)
+    }
+
+    fn start_with(&mut self, listeners: &str, backends: &str, engine: &str) -> &Daemon {
         let instance = unique("modes");
         let yaml = format!(
             "instance: {instance}\n\
              listeners:\n{listeners}\
-             backends:\n  - {{ address: \"{}:{}-{}\" }}\n\
+             backends:\n{backends}\
              balancing: {{ strategy: round_robin, max_attempts: 3 }}\n\
              health: {{ probe: {{ enabled: false }} }}\n\
-             forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n",
-            self.veth.b_addr,
-            self.first_port,
-            self.first_port + 2,
+             forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n"
         );
         self.daemon = None;
         self.daemon = Some(Daemon::start(&self.front, &instance, &yaml).expect("daemon"));
@@ -371,7 +378,7 @@ fn a_256_mib_transfer_arrives_intact_through_every_mode_with_splice() {
 /// microsocks. When this passes and a daemon test fails, the daemon is at
 /// fault, not the topology.
 #[test]
-fn baseline_the_topology_serves_curl_and_a_256_mib_transfer_through_a_bare_microsocks() {
+fn baseline_the_topology_serves_curl_through_bare_microsocks_and_danted_and_256_mib_intact() {
     let world = world();
     let socks = SocketAddr::from((world.veth.b_addr, world.first_port));
     let port = world.http.addr().port();
@@ -386,8 +393,69 @@ fn baseline_the_topology_serves_curl_and_a_256_mib_transfer_through_a_bare_micro
         .expect("curl via microsocks");
         assert_eq!(sha, world.http_body, "{url}");
     }
+    let port = support::free_port(&world._back, world.veth.b_addr);
+    let dante = support::Dante::start_in(&world._back, world.veth.b_addr, port).expect("danted");
+    let url = format!("http://localhost:{port}/f", port = world.http.addr().port());
+    let good = format!(
+        "socks5h://{}:{}@{}",
+        dante.user(),
+        dante.password(),
+        dante.addr()
+    );
+    let sha = curl_sha256(&world.front, &["-x", &good, &url]).expect("curl via danted");
+    assert_eq!(sha, world.http_body);
+    let bad = format!("socks5h://{}:wrong@{}", dante.user(), dante.addr());
+    assert!(curl_sha256(&world.front, &["-x", &bad, &url]).is_err());
+    let user = dante.user().to_owned();
+    drop(dante);
+    let gone = std::process::Command::new("id")
+        .arg(&user)
+        .output()
+        .expect("id");
+    assert!(!gone.status.success(), "user {user} deleted on drop");
     let t4 = world.target_v4();
     world.big_transfer("bare microsocks", move || {
         socks_connect(socks, &Target::Addr(t4), None).expect("CONNECT")
     });
+}
+
+#[test]
+fn dante_backend_with_username_password_auth_serves_clients_and_a_wrong_password_fails() {
+    let mut world = world();
+    let port = support::free_port(&world._back, world.veth.b_addr);
+    let dante = support::Dante::start_in(&world._back, world.veth.b_addr, port).expect("danted");
+    let backend = |password: &str| {
+        format!(
+            "  - {{ address: \"{}\", username: {}, password: \"{password}\" }}\n",
+            dante.addr(),
+            dante.user()
+        )
+    };
+    let proxy = world
+        .start_with(SOCKS, &backend(dante.password()), "auto")
+        .listener("socks");
+    let url = format!("http://localhost:{}/f", world.http.addr().port());
+    let sha = curl_sha256(
+        &world.front,
+        &["--socks5-hostname", &proxy.to_string(), &url],
+    )
+    .unwrap_or_else(|e| panic!("curl via dante: {e:#}\n{}", world.daemon().logs()));
+    assert_eq!(sha, world.http_body);
+    let t4 = world.target_v4();
+    world.big_transfer("dante", move || {
+        socks_connect(proxy, &Target::Addr(t4), None).expect("CONNECT via dante")
+    });
+
+    let proxy = world
+        .start_with(SOCKS, &backend("not-the-password"), "auto")
+        .listener("socks");
+    let answer = world
+        .front
+        .run(move || socks_connect(proxy, &Target::Addr(t4), None).map(drop))
+        .expect("netns");
+    match answer {
+        Err(support::SocksError::Reply(code)) => assert_ne!(code, 0),
+        other => panic!("backend auth failure must reach the client as a reply code: {other:?}"),
+    }
+    drop(dante);
 }

@@ -723,3 +723,107 @@ pub fn sh(ns: &NetNs, program: &str, args: &[&str]) -> Result<()> {
     );
     Ok(())
 }
+
+/// Debian's `danted` (dante-server) requiring RFC 1929 username/password,
+/// checked against a throw-away system user this guard creates. Drop kills
+/// the server, deletes the user and the config file.
+pub struct Dante {
+    child: Child,
+    addr: SocketAddr,
+    user: String,
+    password: String,
+    config: PathBuf,
+}
+
+/// `useradd`/`userdel` lock /etc/passwd: one at a time in this process.
+static USERS: Mutex<()> = Mutex::new(());
+
+impl Dante {
+    pub fn start_in(ns: &NetNs, ip: Ipv4Addr, port: u16) -> Result<Self> {
+        balancer_tests::require_command("danted", "dante-server");
+        let user = unique("e2ed");
+        let password = format!("pw-{}", rand::random::<u32>());
+        {
+            let _lock = USERS.lock().map_err(|_| anyhow::anyhow!("users lock"))?;
+            let out = Command::new("useradd")
+                .args(["-M", "-s", "/usr/sbin/nologin", &user])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "useradd {user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let config = std::env::temp_dir().join(format!("{user}.conf"));
+        let mut dante = Self {
+            child: Command::new("true").spawn()?,
+            addr: SocketAddr::from((ip, port)),
+            user,
+            password,
+            config,
+        };
+        let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn()?;
+        chpasswd
+            .stdin
+            .take()
+            .context("chpasswd stdin")?
+            .write_all(format!("{}:{}\n", dante.user, dante.password).as_bytes())?;
+        ensure!(chpasswd.wait()?.success(), "chpasswd failed");
+        std::fs::write(
+            &dante.config,
+            format!(
+                "logoutput: stderr\n\
+                 internal: {ip} port = {port}\n\
+                 external: {ip}\n\
+                 socksmethod: username\n\
+                 user.privileged: root\n\
+                 user.unprivileged: nobody\n\
+                 client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+                 socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n"
+            ),
+        )?;
+        let _ = dante.child.wait();
+        dante.child = ns
+            .command("danted")
+            .args(["-N", "1", "-f"])
+            .arg(&dante.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn danted")?;
+        let addr = dante.addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ns.run(move || TcpStream::connect(addr).is_ok())? {
+                return Ok(dante);
+            }
+            if dante.child.try_wait()?.is_some() {
+                bail!("danted exited; config {}", dante.config.display());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("danted did not accept on {addr} within 10 s")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl Drop for Dante {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+        let _lock = USERS.lock();
+        let _ = Command::new("userdel").arg(&self.user).output();
+    }
+}
