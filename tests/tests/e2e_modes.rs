@@ -39,17 +39,17 @@ struct World {
     front: NetNs,
 }
 
-fn veth_name(ns: &NetNs) -> String {
+/// The interface of `ns` that carries `ip`.
+fn dev_of(ns: &NetNs, ip: Ipv4Addr) -> String {
     let out = ns
         .command("ip")
-        .args(["-o", "link", "show", "type", "veth"])
+        .args(["-o", "-4", "addr", "show", "to", &format!("{ip}/32")])
         .output()
-        .expect("ip link");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
+        .expect("ip addr");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
         .nth(1)
-        .and_then(|name| name.trim_end_matches(':').split('@').next())
-        .expect("a veth in the namespace")
+        .unwrap_or_else(|| panic!("no interface with {ip} in {}", ns.name()))
         .to_owned()
 }
 
@@ -75,8 +75,11 @@ fn world() -> World {
     let front = NetNs::new().expect("front netns");
     let back = NetNs::new().expect("back netns");
     let veth = Veth::new(&front, &back).expect("veth");
-    for (ns, addr) in [(&front, FRONT_V6), (&back, BACK_V6)] {
-        let dev = veth_name(ns);
+    for (ns, v4, addr) in [
+        (&front, veth.a_addr, FRONT_V6),
+        (&back, veth.b_addr, BACK_V6),
+    ] {
+        let dev = dev_of(ns, v4);
         sh(
             ns,
             "ip",
@@ -458,4 +461,154 @@ fn dante_backend_with_username_password_auth_serves_clients_and_a_wrong_password
         other => panic!("backend auth failure must reach the client as a reply code: {other:?}"),
     }
     drop(dante);
+}
+
+const TPROXY: &str = "  - { name: tp4, mode: tproxy, bind: \"0.0.0.0:0\" }\n  - { name: tp6, mode: tproxy, bind: \"[::]:0\" }\n";
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 1, 0, 0, 0, 0, 1);
+const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 1, 0, 0, 0, 0, 2);
+
+/// TPROXY needs the client outside the daemon's namespace (mangle PREROUTING
+/// sees only arriving packets): `client` -> `front` (router + daemon) ->
+/// `back`, with the rules, `ip rule fwmark` and `local` route of DESIGN.md.
+#[test]
+fn tproxy_listener_takes_routed_ipv4_and_ipv6_connections() {
+    let mut world = world();
+    let client = NetNs::new().expect("client netns");
+    let link = Veth::new(&client, &world.front).expect("client veth");
+    for (ns, v4, v6) in [
+        (&client, link.a_addr, CLIENT_V6),
+        (&world.front, link.b_addr, ROUTER_V6),
+    ] {
+        let dev = dev_of(ns, v4);
+        sh(
+            ns,
+            "ip",
+            &["addr", "add", &format!("{v6}/64"), "dev", &dev, "nodad"],
+        )
+        .expect("v6");
+    }
+    let b4 = world.veth.b_addr.to_string();
+    sh(
+        &client,
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{b4}/32"),
+            "via",
+            &link.b_addr.to_string(),
+        ],
+    )
+    .expect("client v4 route");
+    sh(
+        &client,
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{BACK_V6}/128"),
+            "via",
+            &ROUTER_V6.to_string(),
+        ],
+    )
+    .expect("client v6 route");
+    let back = &world._back;
+    sh(
+        back,
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{}/32", link.a_addr),
+            "via",
+            &world.veth.a_addr.to_string(),
+        ],
+    )
+    .expect("back v4 route");
+    sh(
+        back,
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{CLIENT_V6}/128"),
+            "via",
+            &FRONT_V6.to_string(),
+        ],
+    )
+    .expect("back v6 route");
+    let front = &world.front;
+    sh(front, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]).expect("forwarding");
+    sh(front, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]).expect("v6 forwarding");
+    for family in ["-4", "-6"] {
+        sh(
+            front,
+            "ip",
+            &[family, "rule", "add", "fwmark", "0x2/0x2", "lookup", "100"],
+        )
+        .expect("ip rule");
+        let all = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        sh(
+            front,
+            "ip",
+            &[
+                family, "route", "add", "local", all, "dev", "lo", "table", "100",
+            ],
+        )
+        .expect("local route");
+    }
+
+    let daemon = world.start(TPROXY, "auto");
+    let (tp4, tp6) = (daemon.listener("tp4"), daemon.listener("tp6"));
+    let (t4, t6) = (world.target_v4(), world.target_v6());
+    for (table, target, on) in [("iptables", t4, tp4), ("ip6tables", t6, tp6)] {
+        sh(
+            &world.front,
+            table,
+            &[
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-d",
+                &target.ip().to_string(),
+                "--dport",
+                &target.port().to_string(),
+                "-j",
+                "TPROXY",
+                "--on-port",
+                &on.port().to_string(),
+                "--tproxy-mark",
+                "0x2/0x2",
+            ],
+        )
+        .expect("TPROXY rule (dies with the namespace)");
+    }
+    for target in [t4, t6] {
+        client
+            .run(move || {
+                let mut stream = TcpStream::connect(target).expect("connect (tproxied)");
+                ping(&mut stream).expect("ping through the tproxy listener");
+            })
+            .expect("netns");
+    }
+    let seed = 11;
+    let (bytes, sha) = client
+        .run(move || {
+            let mut stream = TcpStream::connect(t4).expect("connect");
+            fetch(&mut stream, BIG, seed).expect("transfer")
+        })
+        .expect("netns");
+    assert_eq!(
+        (bytes, sha),
+        (BIG, big_digest(seed)),
+        "256 MiB through tproxy"
+    );
+    world.daemon = None;
+    drop(link);
+    drop(client);
 }
