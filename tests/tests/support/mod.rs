@@ -100,8 +100,11 @@ impl Daemon {
     pub fn start(ns: &NetNs, instance: &str, config: &str) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!("{instance}.yaml"));
         std::fs::write(&config_path, config)?;
-        let child = ns
-            .command(balancer_binary().to_str().context("utf-8 binary path")?)
+        // nsenter, not `ip netns exec`: the latter remounts /sys in a new
+        // mount namespace, which hides bpffs (/sys/fs/bpf) from the daemon.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(balancer_binary())
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
