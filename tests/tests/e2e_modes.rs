@@ -122,7 +122,14 @@ impl World {
         self.start_with(listeners, &backends, engine)
     }
 
+    /// Listener binds ending in `:0` get a free port each: the config
+    /// rejects two listeners on the same `IP:0`.
     fn start_with(&mut self, listeners: &str, backends: &str, engine: &str) -> &Daemon {
+        let mut listeners = listeners.to_owned();
+        while let Some(at) = listeners.find(":0\"") {
+            let port = support::free_port(&self.front, Ipv4Addr::LOCALHOST);
+            listeners.replace_range(at..at + 3, &format!(":{port}\""));
+        }
         let instance = unique("modes");
         let yaml = format!(
             "instance: {instance}\n\
@@ -130,7 +137,8 @@ impl World {
              backends:\n{backends}\
              balancing: {{ strategy: round_robin, max_attempts: 3 }}\n\
              health: {{ probe: {{ enabled: false }} }}\n\
-             forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n"
+             forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n\
+             transparent: {{ tproxy_mark: 2, route_table: 100 }}\n"
         );
         self.daemon = None;
         self.daemon = Some(Daemon::start(&self.front, &instance, &yaml).expect("daemon"));
@@ -463,7 +471,8 @@ fn dante_backend_with_username_password_auth_serves_clients_and_a_wrong_password
     drop(dante);
 }
 
-const TPROXY: &str = "  - { name: tp4, mode: tproxy, bind: \"0.0.0.0:0\" }\n  - { name: tp6, mode: tproxy, bind: \"[::]:0\" }\n";
+/// One listener per family: a `[::]` wildcard would take both.
+const TPROXY: &str = "  - { name: tp4, mode: tproxy, bind: \"0.0.0.0:0\" }\n  - { name: tp6, mode: tproxy, bind: \"[fd00:e2e:1::2]:0\" }\n";
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 1, 0, 0, 0, 0, 1);
 const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 1, 0, 0, 0, 0, 2);
 
@@ -580,6 +589,8 @@ fn tproxy_listener_takes_routed_ipv4_and_ipv6_connections() {
                 &target.port().to_string(),
                 "-j",
                 "TPROXY",
+                "--on-ip",
+                &on.ip().to_string(),
                 "--on-port",
                 &on.port().to_string(),
                 "--tproxy-mark",
