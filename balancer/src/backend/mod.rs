@@ -1,1 +1,627 @@
-//! Backends (placeholder: being written).
+//! Backends: who they are, what they did lately and whether they may take
+//! traffic. Pure bookkeeping: no sockets, no clock (every call takes `now`).
+//!
+//! - [`outcome`]: the one classification of an attempt.
+//! - [`window`]: the last N outcomes and the success rate.
+//! - [`latency`]: latency EMA and histogram.
+//! - [`breaker`]: the circuit breaker.
+//! - [`registry`]: the set of backends, swapped as immutable snapshots.
+
+pub mod breaker;
+pub mod latency;
+pub mod outcome;
+pub mod registry;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use breaker::{
+    Admission, Breaker, BreakerConfig, BreakerSnapshot, BreakerState, TransitionEvent,
+    TransitionReason,
+};
+pub use latency::{HistogramSnapshot, LATENCY_BUCKETS_SECONDS};
+pub use outcome::{FAILURE_LABELS, FailureCategory, Outcome};
+pub use registry::{CleanupReport, Pool, Registry, RegistryError, ReplaceReport};
+
+use crate::forward::BackendSlot;
+use breaker::{Signal, Source};
+use latency::{LatencyEma, LatencyHistogram};
+use window::OutcomeWindow;
+
+/// Health tuning shared by every backend of a registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    /// Outcomes kept per backend for the success rate (`metrics_window_size`).
+    pub window_size: usize,
+    /// Weight of the newest latency sample, see [`latency::DEFAULT_EMA_ALPHA`].
+    pub ema_alpha: f64,
+    /// The circuit breaker.
+    pub breaker: BreakerConfig,
+    /// When every backend of a pool is open, admit the least recently
+    /// failed ones as if half-open instead of failing every client.
+    pub panic_mode: bool,
+    /// Backends registered at run time (not from the config file) that saw
+    /// no attempt for this long are removed by [`Registry::cleanup`].
+    pub runtime_idle_timeout: Duration,
+    /// Seed of the per-backend jitter RNGs (each backend mixes in its id).
+    pub seed: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            window_size: 100,
+            ema_alpha: latency::DEFAULT_EMA_ALPHA,
+            breaker: BreakerConfig::default(),
+            panic_mode: true,
+            runtime_idle_timeout: Duration::from_secs(600),
+            seed: 0x5eed_ba1a_11ce_0001,
+        }
+    }
+}
+
+/// Unique id of a backend for the registry's lifetime, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u64);
+
+/// Where a backend came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration file; removed only by a reload.
+    Config,
+    /// Registered at run time (API); removed when idle too long.
+    Runtime,
+}
+
+/// What a backend is, as configured.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Unique name.
+    pub name: String,
+    /// `host:port`, resolved when dialing.
+    pub address: String,
+    /// SOCKS5 username.
+    pub username: Option<String>,
+    /// SOCKS5 password.
+    pub password: Option<String>,
+    /// Relative weight for weighted strategies; 0 takes no weighted traffic.
+    pub weight: u32,
+    /// Only listeners of this scope use the backend; `None` serves all.
+    pub scope: Option<String>,
+    /// Used only while no primary backend is available.
+    pub backup: bool,
+    /// Free-form labels.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl BackendSpec {
+    /// A primary backend of weight 1 with no credentials.
+    #[must_use]
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+            username: None,
+            password: None,
+            weight: 1,
+            scope: None,
+            backup: false,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Whether dialing `other` reaches the same proxy with the same identity.
+    fn same_identity(&self, other: &Self) -> bool {
+        self.address == other.address
+            && self.username == other.username
+            && self.password == other.password
+    }
+}
+
+impl std::fmt::Debug for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSpec")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("weight", &self.weight)
+            .field("scope", &self.scope)
+            .field("backup", &self.backup)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+/// Counts the backends of a registry that are not open, so passive
+/// outcomes never eject the last one. Approximate under races by design:
+/// two last backends failing at once can both open, and panic mode covers
+/// that case.
+#[derive(Debug, Default)]
+pub(crate) struct Census {
+    admitted: AtomicUsize,
+    // Bumped on every breaker transition and drain, so selection can cache
+    // the admitted set until something changes.
+    version: AtomicU64,
+}
+
+impl Census {
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// Live state of a backend. Shared by the successive [`Backend`] values a
+/// reload creates when only tunables (weight, scope...) change, so its
+/// counters survive.
+#[derive(Debug)]
+pub struct Health {
+    created: Instant,
+    breaker: Breaker,
+    window: OutcomeWindow,
+    ema: LatencyEma,
+    histogram: LatencyHistogram,
+    active: AtomicU64,
+    attempts: AtomicU64,
+    successes: AtomicU64,
+    failures: [AtomicU64; FAILURE_LABELS.len()],
+    retries: AtomicU64,
+    probes_ok: AtomicU64,
+    probes_failed: AtomicU64,
+    // Nanoseconds since `created` plus one; 0 is "never".
+    last_attempt: AtomicU64,
+    last_success: AtomicU64,
+    last_failure: AtomicU64,
+    draining: AtomicBool,
+    census: Arc<Census>,
+}
+
+impl Health {
+    fn new(config: &HealthConfig, now: Instant, seed: u64, census: Arc<Census>) -> Self {
+        census.admitted.fetch_add(1, Ordering::Relaxed);
+        Self {
+            created: now,
+            breaker: Breaker::new(config.breaker.clone(), now, seed),
+            window: OutcomeWindow::new(config.window_size),
+            ema: LatencyEma::new(config.ema_alpha),
+            histogram: LatencyHistogram::default(),
+            active: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            retries: AtomicU64::new(0),
+            probes_ok: AtomicU64::new(0),
+            probes_failed: AtomicU64::new(0),
+            last_attempt: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            census,
+        }
+    }
+
+    fn stamp(&self, cell: &AtomicU64, now: Instant) {
+        let nanos = now.saturating_duration_since(self.created).as_nanos();
+        cell.fetch_max(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn read_stamp(&self, cell: &AtomicU64) -> Option<Instant> {
+        match cell.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.created + Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// Keeps the census in step with a transition.
+    fn account(&self, event: Option<TransitionEvent>) -> Option<TransitionEvent> {
+        if event.is_some() {
+            self.census.bump();
+        }
+        if let Some(event) = &event
+            && !self.draining.load(Ordering::Relaxed)
+        {
+            let was_open = event.from == BreakerState::Open;
+            let is_open = event.to == BreakerState::Open;
+            if is_open && !was_open {
+                self.census.admitted.fetch_sub(1, Ordering::Relaxed);
+            } else if was_open && !is_open {
+                self.census.admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        event
+    }
+
+    fn feed(&self, healthy: bool, source: Source, now: Instant) -> Option<TransitionEvent> {
+        self.window.record(healthy);
+        let window = self
+            .window
+            .success_rate()
+            .map(|rate| (rate, self.window.len()));
+        let signal = if healthy {
+            Signal::Healthy
+        } else {
+            Signal::Failed
+        };
+        let census = &self.census;
+        let event = self.breaker.record(signal, source, window, now, || {
+            census.admitted.load(Ordering::Relaxed) > 1
+        });
+        self.account(event)
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        if !self.draining.load(Ordering::Relaxed) && self.breaker.state() != BreakerState::Open {
+            self.census.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One upstream SOCKS5 proxy.
+#[derive(Debug)]
+pub struct Backend {
+    /// Unique for the registry's lifetime.
+    pub id: BackendId,
+    /// Index of its byte counters in the forwarding engine.
+    pub slot: BackendSlot,
+    /// Where it came from.
+    pub origin: Origin,
+    spec: BackendSpec,
+    key_hash: u64,
+    health: Arc<Health>,
+}
+
+/// Decrements a backend's active connections when dropped.
+#[derive(Debug)]
+pub struct ActiveConnection {
+    health: Arc<Health>,
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.health.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A status line for one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendStatus {
+    /// Id.
+    pub id: BackendId,
+    /// Name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Engine counter slot.
+    pub slot: BackendSlot,
+    /// Removed, waiting for its connections to finish.
+    pub draining: bool,
+    /// Breaker state, failures in a row, time in state, transitions.
+    pub breaker: BreakerSnapshot,
+    /// Success rate over the window, `None` when the window is empty.
+    pub success_rate: Option<f64>,
+    /// Latency EMA.
+    pub latency: Option<Duration>,
+    /// Connections now open through it.
+    pub active: u64,
+    /// Attempts ever.
+    pub attempts: u64,
+    /// Successful attempts ever.
+    pub successes: u64,
+    /// Failures per label of [`FAILURE_LABELS`], same order.
+    pub failures: [u64; FAILURE_LABELS.len()],
+    /// Attempts that were failovers from another backend.
+    pub retries: u64,
+    /// Active probes that succeeded.
+    pub probes_ok: u64,
+    /// Active probes that failed.
+    pub probes_failed: u64,
+    /// Time since the last attempt, success and failure.
+    pub since_attempt: Option<Duration>,
+    /// Time since the last success.
+    pub since_success: Option<Duration>,
+    /// Time since the last failure.
+    pub since_failure: Option<Duration>,
+}
+
+impl Backend {
+    pub(crate) fn new(
+        id: BackendId,
+        slot: BackendSlot,
+        origin: Origin,
+        spec: BackendSpec,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            id,
+            slot,
+            origin,
+            key_hash: hash_bytes(spec.name.as_bytes()),
+            spec,
+            health,
+        }
+    }
+
+    /// Unique name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// `host:port`, unresolved.
+    #[must_use]
+    pub fn address(&self) -> &str {
+        &self.spec.address
+    }
+
+    /// SOCKS5 username.
+    #[must_use]
+    pub fn username(&self) -> Option<&str> {
+        self.spec.username.as_deref()
+    }
+
+    /// SOCKS5 password.
+    #[must_use]
+    pub fn password(&self) -> Option<&str> {
+        self.spec.password.as_deref()
+    }
+
+    /// Relative weight.
+    #[must_use]
+    pub fn weight(&self) -> u32 {
+        self.spec.weight
+    }
+
+    /// Scope, `None` for every listener.
+    #[must_use]
+    pub fn scope(&self) -> Option<&str> {
+        self.spec.scope.as_deref()
+    }
+
+    /// Whether it is a backup.
+    #[must_use]
+    pub fn backup(&self) -> bool {
+        self.spec.backup
+    }
+
+    /// Free-form labels.
+    #[must_use]
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.spec.metadata
+    }
+
+    /// The whole configured description.
+    #[must_use]
+    pub fn spec(&self) -> &BackendSpec {
+        &self.spec
+    }
+
+    /// Stable hash of the name, for consistent hashing across restarts.
+    #[must_use]
+    pub fn key_hash(&self) -> u64 {
+        self.key_hash
+    }
+
+    /// The live state (shared with a reloaded copy of this backend).
+    #[must_use]
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Whether it was removed and only finishes its connections.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.health.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_draining(&self) {
+        if !self.health.draining.swap(true, Ordering::Relaxed)
+            && self.health.breaker.state() != BreakerState::Open
+        {
+            self.health.census.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.health.census.bump();
+    }
+
+    /// Whether selection may offer it now (no claim is made).
+    #[must_use]
+    pub fn allows(&self, now: Instant) -> Admission {
+        if self.is_draining() {
+            return Admission::Rejected;
+        }
+        self.health.breaker.allows(now)
+    }
+
+    /// Claims an attempt right before dialing; skip the backend when this
+    /// says `Rejected` (a candidate list is a snapshot: a half-open trial
+    /// place may have been taken since). With `panic` (the candidates came
+    /// from panic mode) an open or full half-open breaker is admitted as a
+    /// trial anyway.
+    pub fn admit(&self, now: Instant, panic: bool) -> (Admission, Option<TransitionEvent>) {
+        if panic
+            && matches!(
+                self.health.breaker.state(),
+                BreakerState::Open | BreakerState::HalfOpen
+            )
+        {
+            let event = self.health.breaker.admit_in_panic(now);
+            return (Admission::Trial, self.health.account(event));
+        }
+        let (admission, event) = self.health.breaker.admit(now);
+        (admission, self.health.account(event))
+    }
+
+    /// Records the outcome of one attempt. Failures that are not the
+    /// backend's fault ([`FailureCategory::is_backend_fault`]) are counted
+    /// under their label but tell the window and breaker the backend works.
+    pub fn record(&self, outcome: Outcome, now: Instant) -> Option<TransitionEvent> {
+        let health = &self.health;
+        health.attempts.fetch_add(1, Ordering::Relaxed);
+        health.stamp(&health.last_attempt, now);
+        let healthy = match outcome {
+            Ok(latency) => {
+                health.successes.fetch_add(1, Ordering::Relaxed);
+                health.stamp(&health.last_success, now);
+                health.ema.record(latency);
+                health.histogram.record(latency);
+                true
+            }
+            Err(category) => {
+                health.failures[category.index()].fetch_add(1, Ordering::Relaxed);
+                health.stamp(&health.last_failure, now);
+                !category.is_backend_fault()
+            }
+        };
+        health.feed(healthy, Source::Passive, now)
+    }
+
+    /// Records an active probe's result; a probe's latency feeds the EMA
+    /// so lowest-latency selection learns about backends it never picks.
+    pub fn record_probe(&self, outcome: Outcome, now: Instant) -> Option<TransitionEvent> {
+        let health = &self.health;
+        let healthy = match outcome {
+            Ok(latency) => {
+                health.probes_ok.fetch_add(1, Ordering::Relaxed);
+                health.ema.record(latency);
+                true
+            }
+            Err(category) => {
+                health.probes_failed.fetch_add(1, Ordering::Relaxed);
+                !category.is_backend_fault()
+            }
+        };
+        health.feed(healthy, Source::Probe, now)
+    }
+
+    /// Counts an attempt that is a failover from another backend.
+    pub fn record_retry(&self) {
+        self.health.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Materialises an elapsed open interval (for a periodic task).
+    pub fn poll(&self, now: Instant) -> Option<TransitionEvent> {
+        let event = self.health.breaker.poll(now);
+        self.health.account(event)
+    }
+
+    /// Forces the breaker (operator action).
+    pub fn force(&self, to: BreakerState, now: Instant) -> Option<TransitionEvent> {
+        let event = self.health.breaker.force(to, now);
+        self.health.account(event)
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    #[must_use]
+    pub fn connection_opened(&self) -> ActiveConnection {
+        self.health.active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection {
+            health: Arc::clone(&self.health),
+        }
+    }
+
+    /// Connections now open through it.
+    #[must_use]
+    pub fn active(&self) -> u64 {
+        self.health.active.load(Ordering::Relaxed)
+    }
+
+    /// Breaker state.
+    #[must_use]
+    pub fn state(&self) -> BreakerState {
+        self.health.breaker.state()
+    }
+
+    /// Latency EMA, `None` before the first sample.
+    #[must_use]
+    pub fn latency(&self) -> Option<Duration> {
+        self.health.ema.get()
+    }
+
+    /// Latency histogram.
+    #[must_use]
+    pub fn latency_histogram(&self) -> HistogramSnapshot {
+        self.health.histogram.snapshot()
+    }
+
+    /// Success rate over the window, `None` when empty.
+    #[must_use]
+    pub fn success_rate(&self) -> Option<f64> {
+        self.health.window.success_rate()
+    }
+
+    /// When it last failed.
+    #[must_use]
+    pub fn last_failure(&self) -> Option<Instant> {
+        self.health.read_stamp(&self.health.last_failure)
+    }
+
+    /// When it was last tried, or registered if never.
+    #[must_use]
+    pub fn last_activity(&self) -> Instant {
+        self.health
+            .read_stamp(&self.health.last_attempt)
+            .unwrap_or(self.health.created)
+    }
+
+    /// A status line.
+    #[must_use]
+    pub fn status(&self, now: Instant) -> BackendStatus {
+        let health = &self.health;
+        let since = |cell: &AtomicU64| {
+            health
+                .read_stamp(cell)
+                .map(|at| now.saturating_duration_since(at))
+        };
+        BackendStatus {
+            id: self.id,
+            name: self.spec.name.clone(),
+            address: self.spec.address.clone(),
+            slot: self.slot,
+            draining: self.is_draining(),
+            breaker: health.breaker.snapshot(now),
+            success_rate: self.success_rate(),
+            latency: self.latency(),
+            active: self.active(),
+            attempts: health.attempts.load(Ordering::Relaxed),
+            successes: health.successes.load(Ordering::Relaxed),
+            failures: std::array::from_fn(|i| health.failures[i].load(Ordering::Relaxed)),
+            retries: health.retries.load(Ordering::Relaxed),
+            probes_ok: health.probes_ok.load(Ordering::Relaxed),
+            probes_failed: health.probes_failed.load(Ordering::Relaxed),
+            since_attempt: since(&health.last_attempt),
+            since_success: since(&health.last_success),
+            since_failure: since(&health.last_failure),
+        }
+    }
+}
+
+/// FNV-1a then a SplitMix64 finaliser: stable across runs and builds,
+/// unlike `std`'s randomly keyed hasher.
+#[must_use]
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix64(hash)
+}
+
+/// SplitMix64 finaliser: spreads every input bit over the output.
+#[must_use]
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

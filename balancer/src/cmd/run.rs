@@ -78,21 +78,13 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// The daemon this build would start.
-#[derive(Debug, thiserror::Error)]
-#[error("this build of balancer has no daemon linked in (cmd::run::start_daemon is not wired)")]
-pub struct DaemonNotWired;
-
 /// The single place where `run` connects to the daemon; everything before
 /// it (config, runtime, signals) is set up. Returns when the daemon stops.
 ///
 /// # Errors
 /// Whatever the daemon fails with.
 pub async fn start_daemon(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // ==== WIRE THE DAEMON HERE: replace the two lines below with ====
-    //     crate::daemon::run(config, shutdown).await.map_err(Into::into)
-    drop((config, shutdown));
-    Err(DaemonNotWired.into())
+    crate::daemon::run(config, shutdown).await
 }
 
 #[cfg(test)]
