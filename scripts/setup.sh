@@ -14,8 +14,12 @@ APT_PACKAGES=(
   # bpf-linker against LLVM 22 (see DESIGN.md, "Toolchain")
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev
   # real peers for tests, the demo and benchmarks
-  microsocks dante-server curl iptables iproute2 nginx-light
-  # benchmarks: CPU accounting, charts
+  microsocks dante-server curl proxychains4 iptables iproute2 nginx-light
+  # what users run today instead of us (comparison benchmarks), load tools
+  haproxy redsocks iperf3 wrk
+  # `promtool check metrics` validates our Prometheus exposition
+  prometheus
+  # the demo's HTTP target; benchmarks: CPU accounting, charts
   python3
 )
 
@@ -32,7 +36,7 @@ else
 fi
 
 # Debian starts these services on install; the project starts its own copies.
-for svc in danted nginx; do
+for svc in danted nginx haproxy redsocks prometheus prometheus-node-exporter iperf3; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
 done
 
@@ -44,6 +48,11 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
   log "rustup: adding rust-src to nightly"
   rustup component add rust-src --toolchain nightly
 fi
+# `cargo xtask lint` runs clippy on the BPF crate with the nightly toolchain.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^clippy'; then
+  log "rustup: adding clippy to nightly"
+  rustup component add clippy --toolchain nightly
+fi
 
 if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
   log "cargo: building bpf-linker 0.13 against LLVM 22 (takes a few minutes, once)"
@@ -53,6 +62,17 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
     --version '~0.13' --no-default-features --features llvm-22
 else
   log "bpf-linker present"
+fi
+
+# cargo-deny for `cargo xtask lint` (bans, licenses, sources). 0.20.2 declares
+# rust-version 1.88, so it builds with the pinned stable 1.95; the advisory
+# database is unreachable here, so `advisories` is never checked.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo-deny --version 2>/dev/null | grep -q " ${CARGO_DENY_VERSION}\$"; then
+  log "cargo: building cargo-deny ${CARGO_DENY_VERSION} (a few minutes, once)"
+  cargo +stable install --locked cargo-deny --version "=${CARGO_DENY_VERSION}"
+else
+  log "cargo-deny ${CARGO_DENY_VERSION} present"
 fi
 
 # bpffs for pinned maps (the daemon pins its counters there for `balancer stats`)

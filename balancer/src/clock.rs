@@ -1,5 +1,9 @@
 //! The only place that reads time: pure code takes `now: Instant` as an
 //! argument, and whoever owns the loop asks a [`Clock`] for it.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the clock module is the one place allowed to read time"
+)]
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

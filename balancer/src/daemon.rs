@@ -9,12 +9,13 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backend::Registry,
+    backend::{BackendSpec, BreakerConfig, HealthConfig, Registry},
+    clock,
     config::{self, Config},
     forward::{Engine, EngineKind},
     health,
     listener::{Listener, ListenerSpec, Mode},
-    select::Selector,
+    select::{SelectionConfig, Selector, Strategy},
     session::Context,
     socks5::{Credentials, ServerAuth},
     stats::Counters,
@@ -41,8 +42,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .context("opening the forwarding engine")?,
     );
 
-    let registry = Arc::new(Registry::from_config(&config).context("building the backend registry")?);
-    let selector = Selector::from_config(&config.balancing);
+    let registry = Arc::new(Registry::new(health_config(&config.health)));
+    registry
+        .replace_all(backend_specs(&config), clock::now())
+        .context("building the backend registry")?;
     let dial = DialOptions {
         connect_timeout: config.forwarding.connect_timeout.0,
         handshake_timeout: config.forwarding.handshake_timeout.0,
@@ -53,9 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let context = Arc::new(Context::new(
         engine.clone(),
         registry.clone(),
-        selector,
         dial.clone(),
-        config.balancing.max_attempts,
         config.forwarding.handshake_timeout.0,
         counters,
         hard_stop.clone(),
@@ -63,12 +64,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let bound = Listener::bind(listener_spec(listener))?;
+        let bound = Listener::bind(listener_spec(listener, &config.balancing))?;
         let addr = bound.local_addr().context("reading a bound address")?;
         tracing::info!(listener = %listener.name, mode = bound.spec.mode.name(), %addr, "listening");
         listeners.push(bound);
     }
-    tracing::info!(engine = %engine.name(), backends = registry.len(), "balancer started");
+    tracing::info!(engine = %engine.name(), backends = registry.pool().len(), "balancer started");
 
     let accepting = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -95,7 +96,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await;
     if drained.is_err() {
         let live = MAX_CONNECTIONS - limit.available_permits();
-        tracing::warn!(live, "drain timeout over: closing the remaining connections");
+        tracing::warn!(
+            live,
+            "drain timeout over: closing the remaining connections"
+        );
     }
     hard_stop.cancel();
     // Connections close promptly once cancelled; give them a moment so the
@@ -114,7 +118,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-fn listener_spec(listener: &config::ListenerConfig) -> ListenerSpec {
+fn listener_spec(
+    listener: &config::ListenerConfig,
+    balancing: &config::BalancingConfig,
+) -> ListenerSpec {
     let mode = match listener.mode {
         config::ListenerMode::Socks5 => Mode::Socks5 {
             auth: server_auth(listener.auth.as_ref()),
@@ -127,8 +134,62 @@ fn listener_spec(listener: &config::ListenerConfig) -> ListenerSpec {
         name: listener.name.clone(),
         mode,
         bind: listener.bind,
-        pool: listener.pool.clone(),
+        selector: Selector::new(selection_config(balancing, listener.pool.clone())),
     }
+}
+
+fn selection_config(balancing: &config::BalancingConfig, scope: Option<String>) -> SelectionConfig {
+    let strategy = match balancing.strategy {
+        config::Strategy::RoundRobin => Strategy::RoundRobin,
+        config::Strategy::LeastConnections => Strategy::LeastConnections,
+        config::Strategy::LowestLatency => Strategy::LowestLatency,
+        config::Strategy::WeightedRandom => Strategy::WeightedRandom,
+        config::Strategy::ConsistentHash => Strategy::ConsistentHash,
+    };
+    let sticky = &balancing.sticky_sessions;
+    SelectionConfig {
+        strategy,
+        max_latency: (balancing.max_latency_ms > 0)
+            .then(|| Duration::from_millis(balancing.max_latency_ms)),
+        max_active_backends: (balancing.max_active_backends > 0)
+            .then_some(balancing.max_active_backends),
+        sticky_ttl: sticky.enabled.then_some(sticky.ttl.0),
+        limit: usize::try_from(balancing.max_attempts).unwrap_or(usize::MAX),
+        scope,
+        ..SelectionConfig::default()
+    }
+}
+
+fn health_config(health: &config::HealthConfig) -> HealthConfig {
+    HealthConfig {
+        window_size: health.metrics_window_size,
+        breaker: BreakerConfig {
+            failure_threshold: health.circuit_threshold,
+            recovery_interval: health.recovery_interval.0,
+            max_recovery_interval: health.max_recovery_interval.0,
+            ..BreakerConfig::default()
+        },
+        panic_mode: health.panic_mode,
+        seed: rand::random(),
+        ..HealthConfig::default()
+    }
+}
+
+fn backend_specs(config: &Config) -> Vec<BackendSpec> {
+    config
+        .expanded_backends()
+        .into_iter()
+        .map(|backend| BackendSpec {
+            address: backend.address(),
+            name: backend.name,
+            username: backend.username,
+            password: backend.password.map(|secret| secret.expose().to_owned()),
+            weight: backend.weight,
+            scope: backend.scope,
+            backup: backend.backup,
+            metadata: backend.metadata,
+        })
+        .collect()
 }
 
 fn server_auth(auth: Option<&config::AuthConfig>) -> ServerAuth {

@@ -18,7 +18,6 @@ use crate::{
     clock,
     forward::{Engine, Pair, PairEnd},
     listener::{ListenerSpec, Mode, original_destination},
-    select::Selector,
     socks5::{self, ReplyCode, TargetAddr},
     stats::{Counters, HandshakeFailure},
     upstream::{self, DialOptions},
@@ -29,9 +28,7 @@ use crate::{
 pub struct Context {
     pub engine: Arc<Engine>,
     pub registry: Arc<Registry>,
-    pub selector: Selector,
     pub dial: DialOptions,
-    pub max_attempts: u32,
     pub handshake_timeout: std::time::Duration,
     pub counters: Arc<Counters>,
     /// Fires when the drain period after SIGTERM is over.
@@ -40,13 +37,10 @@ pub struct Context {
 }
 
 impl Context {
-    #[expect(clippy::too_many_arguments, reason = "built once, in daemon::run")]
     pub fn new(
         engine: Arc<Engine>,
         registry: Arc<Registry>,
-        selector: Selector,
         dial: DialOptions,
-        max_attempts: u32,
         handshake_timeout: std::time::Duration,
         counters: Arc<Counters>,
         hard_stop: CancellationToken,
@@ -54,9 +48,7 @@ impl Context {
         Self {
             engine,
             registry,
-            selector,
             dial,
-            max_attempts,
             handshake_timeout,
             counters,
             hard_stop,
@@ -72,7 +64,12 @@ impl Context {
 /// Serves one accepted connection to its end. Never fails: every failure is
 /// answered to the client where the protocol allows, logged at debug and
 /// counted.
-pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStream, peer: SocketAddr) {
+pub async fn run(
+    context: &Context,
+    listener: &ListenerSpec,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
     context.counters.accepted.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
 
@@ -86,45 +83,51 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
         }
     };
     if let Some(target) = &target {
-        tracing::debug!(%target, "target");
+        tracing::debug!(?target, "target");
     }
 
     // 2. Candidates, 3. connect with failover.
     let now = clock::now();
-    let pool = context.registry.pool(listener.pool.as_deref());
-    let candidates = context.selector.candidates(&pool, peer.ip(), now);
-    let connected = match upstream::connect_with_failover(
-        candidates,
-        context.max_attempts,
-        target.as_ref(),
-        &context.dial,
-    )
-    .await
-    {
-        Ok(connected) => connected,
-        Err(exhausted) => {
-            context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %exhausted, "no backend could take the connection");
-            if matches!(listener.mode, Mode::Socks5 { .. }) {
-                let _ = socks5::server::reply(&mut client, exhausted.reply_code(), unspecified(peer)).await;
+    let candidates =
+        listener
+            .selector
+            .candidates(&context.registry.pool(), peer.ip(), now, &mut rand::rng());
+    let connected =
+        match upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await {
+            Ok(connected) => connected,
+            Err(exhausted) => {
+                context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %exhausted, "no backend could take the connection");
+                if matches!(listener.mode, Mode::Socks5 { .. }) {
+                    let _ = socks5::server::reply(
+                        &mut client,
+                        exhausted.reply_code(),
+                        unspecified(peer),
+                    )
+                    .await;
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let backend = connected.backend;
-    context.selector.remember(peer.ip(), &backend, now);
+    listener
+        .selector
+        .remember(peer.ip(), &backend, clock::now());
     if connected.attempts > 1 {
         context
             .counters
             .retries
             .fetch_add(u64::from(connected.attempts - 1), Ordering::Relaxed);
     }
-    tracing::debug!(backend = %backend.name, attempts = connected.attempts, latency = ?connected.latency, "backend ready");
+    tracing::debug!(backend = backend.name(), attempts = connected.attempts, latency = ?connected.latency, "backend ready");
 
     // 4. Answer the client before the engine takes over: the reply must
     // precede every byte the kernel forwards.
     if matches!(listener.mode, Mode::Socks5 { .. }) {
-        let bound = connected.stream.local_addr().unwrap_or_else(|_| unspecified(peer));
+        let bound = connected
+            .stream
+            .local_addr()
+            .unwrap_or_else(|_| unspecified(peer));
         if let Err(error) = socks5::server::reply(&mut client, ReplyCode::Succeeded, bound).await {
             tracing::debug!(%error, "client went away before the reply");
             return;
@@ -132,7 +135,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
     }
 
     // 5. Forward until both directions are done.
-    let _active = backend.connection_started();
+    let _active = backend.connection_opened();
     let pair = Pair {
         client,
         backend: connected.stream,
@@ -146,7 +149,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
                 upstream::record_outcome(&backend, Err(FailureCategory::PostHandshake));
             }
             tracing::debug!(
-                backend = %backend.name,
+                backend = backend.name(),
                 engine = %summary.engine,
                 up = summary.bytes.up,
                 down = summary.bytes.down,
@@ -156,7 +159,7 @@ pub async fn run(context: &Context, listener: &ListenerSpec, mut client: TcpStre
             );
         }
         Err(error) => {
-            tracing::warn!(backend = %backend.name, %error, "forwarding failed");
+            tracing::warn!(backend = backend.name(), %error, "forwarding failed");
         }
     }
 }
@@ -176,7 +179,12 @@ async fn read_target(
             .map(|addr| Some(TargetAddr::Ip(addr)))
             .map_err(|_| HandshakeFailure::NoOriginalDestination),
         Mode::Socks5 { auth } => {
-            match tokio::time::timeout(context.handshake_timeout, socks5::server::accept(client, auth)).await {
+            match tokio::time::timeout(
+                context.handshake_timeout,
+                socks5::server::accept(client, auth),
+            )
+            .await
+            {
                 Err(_) => Err(HandshakeFailure::Timeout),
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "SOCKS5 handshake with the client failed");

@@ -5,19 +5,19 @@
 //!
 //! # Layout
 //!
-//! - [`privilege`]: [`require_root`], [`require_command`], [`raise_nofile_limit`]:
+//! - [`privilege`] — `require_root`, `require_command`, `raise_nofile_limit`:
 //!   fail loudly (never skip) when the machine cannot run a test.
-//! - [`wait`]: [`eventually!`] and [`eventually_async!`], bounded polls.
-//! - [`netns`]: [`NetNs`] (a throw-away network namespace; run code inside it)
+//! - [`wait`] — `eventually!` and `eventually_async!`, bounded polls.
+//! - [`netns`] — [`NetNs`] (a throw-away network namespace; run code inside it)
 //!   and [`Veth`] (a veth pair between two namespaces, addresses in the
 //!   RFC 2544 benchmarking range 198.18.0.0/15, never routed anywhere).
-//! - [`checksum`]: a seeded pseudo-random byte source and a sink, both
+//! - [`checksum`] — a seeded pseudo-random byte source and a sink, both
 //!   returning length and SHA-256, so the two ends of a stream can be compared.
-//! - [`topology`]: [`Topology`] (loopback, or client/server and proxy in two
+//! - [`topology`] — [`Topology`] (loopback, or client/server and proxy in two
 //!   namespaces joined by veth) and [`PairSockets`], the four sockets of one
-//!   proxied connection (`client <-> [accepted | connected] <-> server`) ready
+//!   proxied connection (`client <-> (accepted | connected) <-> server`) ready
 //!   to hand to a forwarding `Engine`.
-//! - [`microsocks`]: [`Microsocks`], Debian's `microsocks` on an ephemeral
+//! - [`microsocks`] — [`Microsocks`], Debian's `microsocks` on an ephemeral
 //!   loopback port, killed on drop.
 
 pub mod checksum;

@@ -1,5 +1,5 @@
 //! Where the four sockets of a proxied connection live, and how to make
-//! them: `client <-> [accepted | connected] <-> server`. The middle two are
+//! them: `client <-> (accepted | connected) <-> server`. The middle two are
 //! what a forwarding `Engine` takes as a `Pair`.
 //!
 //! - [`TopologyKind::Loopback`]: everything on 127.0.0.1 in the host

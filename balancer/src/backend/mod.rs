@@ -462,9 +462,8 @@ impl Backend {
         (admission, self.health.account(event))
     }
 
-    /// Records the outcome of one attempt. Failures that are not the
-    /// backend's fault ([`FailureCategory::is_backend_fault`]) are counted
-    /// under their label but tell the window and breaker the backend works.
+    /// Records the outcome of one client attempt: counted under its label,
+    /// fed to the window and the breaker.
     pub fn record(&self, outcome: Outcome, now: Instant) -> Option<TransitionEvent> {
         let health = &self.health;
         health.attempts.fetch_add(1, Ordering::Relaxed);
@@ -480,7 +479,7 @@ impl Backend {
             Err(category) => {
                 health.failures[category.index()].fetch_add(1, Ordering::Relaxed);
                 health.stamp(&health.last_failure, now);
-                !category.is_backend_fault()
+                false
             }
         };
         health.feed(healthy, Source::Passive, now)
@@ -496,9 +495,9 @@ impl Backend {
                 health.ema.record(latency);
                 true
             }
-            Err(category) => {
+            Err(_) => {
                 health.probes_failed.fetch_add(1, Ordering::Relaxed);
-                !category.is_backend_fault()
+                false
             }
         };
         health.feed(healthy, Source::Probe, now)
@@ -564,6 +563,12 @@ impl Backend {
     #[must_use]
     pub fn last_failure(&self) -> Option<Instant> {
         self.health.read_stamp(&self.health.last_failure)
+    }
+
+    /// When a client connection last tried it (probes do not count).
+    #[must_use]
+    pub fn last_client_attempt(&self) -> Option<Instant> {
+        self.health.read_stamp(&self.health.last_attempt)
     }
 
     /// When it was last tried, or registered if never.

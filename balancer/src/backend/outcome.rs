@@ -68,42 +68,19 @@ impl FailureCategory {
         }
     }
 
-    /// Whether this failure says the backend itself is unhealthy, so that it
-    /// counts toward its circuit breaker.
+    /// Whether the attempt should fail over to the next candidate: every
+    /// failure before the client's reply does, so the client sees an error
+    /// only when no backend could take it. After the handshake the reply is
+    /// written: never fail over.
     ///
-    /// Refused, timeout, handshake, auth and a reset right after the
-    /// handshake are the backend's fault. A reply code is the backend's
-    /// fault only when it says the proxy is broken (general failure,
-    /// command not supported, or a code outside RFC 1928); the others
-    /// (ruleset, network/host unreachable, target refused, TTL, address
-    /// type) describe the *target* or a policy, and one client dialing a
-    /// dead host must not eject a healthy proxy for everyone.
-    #[must_use]
-    pub fn is_backend_fault(&self) -> bool {
-        match self {
-            Self::ConnectRefused
-            | Self::ConnectTimeout
-            | Self::Handshake
-            | Self::Auth
-            | Self::PostHandshake => true,
-            Self::BackendReply(code) => !matches!(code, 0x02..=0x06 | 0x08),
-        }
-    }
-
-    /// Whether the attempt should fail over to the next candidate.
-    ///
-    /// Backend faults do; so do "not allowed" and "address type not
-    /// supported", which another proxy may well accept. Unreachable,
-    /// refused and TTL replies describe the target, and every other proxy
-    /// would most likely say the same, so the client gets the answer now.
-    /// After the handshake the client's reply is written: never fail over.
+    /// Every failure also counts against the backend's breaker, reply codes
+    /// included: a proxy answering "refused" or "unreachable" for targets
+    /// other proxies reach is the broken part. A target down for every proxy
+    /// fails them all; the last-backend guard and panic mode keep the pool
+    /// serving, and probes of `probe.target` close the breakers again.
     #[must_use]
     pub fn retry_elsewhere(&self) -> bool {
-        match self {
-            Self::PostHandshake => false,
-            Self::BackendReply(0x02 | 0x08) => true,
-            other => other.is_backend_fault(),
-        }
+        !matches!(self, Self::PostHandshake)
     }
 
     /// The SOCKS5 reply code to send the client when this is the last
@@ -156,19 +133,10 @@ mod tests {
     }
 
     #[test]
-    fn target_side_replies_are_not_the_backends_fault() {
-        assert!(!FailureCategory::BackendReply(0x04).is_backend_fault());
-        assert!(!FailureCategory::BackendReply(0x05).is_backend_fault());
-        assert!(FailureCategory::BackendReply(0x01).is_backend_fault());
-        assert!(FailureCategory::BackendReply(0x07).is_backend_fault());
-        assert!(FailureCategory::ConnectTimeout.is_backend_fault());
-    }
-
-    #[test]
-    fn host_unreachable_is_passed_to_the_client_without_failover() {
-        let category = FailureCategory::BackendReply(0x04);
-        assert!(!category.retry_elsewhere());
-        assert_eq!(category.client_reply(), 0x04);
+    fn a_backend_reply_fails_over_and_is_passed_to_the_client_when_last() {
+        let category = FailureCategory::BackendReply(0x05);
+        assert!(category.retry_elsewhere());
+        assert_eq!(category.client_reply(), 0x05);
     }
 
     #[test]

@@ -630,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_counted_per_category_and_target_errors_keep_the_backend_healthy() {
+    fn failures_are_counted_per_category_and_backend_replies_open_the_breaker() {
         let now = crate::clock::now();
         let registry = registry();
         let a = registry
@@ -647,7 +647,7 @@ mod tests {
             status.failures[FailureCategory::BackendReply(0x04).index()],
             10
         );
-        assert_eq!(status.success_rate, Some(1.0));
-        assert_eq!(status.breaker.state, BreakerState::Closed);
+        assert_eq!(status.success_rate, Some(0.0));
+        assert_eq!(status.breaker.state, BreakerState::Open);
     }
 }

@@ -143,7 +143,10 @@ impl Engine {
             EngineKind::Sockmap => Ok(Self::Sockmap(sockmap::SockmapEngine::open(options).await?)),
             EngineKind::Auto => match sockmap::SockmapEngine::open(options.clone()).await {
                 Ok(engine) => {
-                    tracing::info!(engine = "sockmap", "forwarding engine: sockmap (BPF loaded, attached and self-tested)");
+                    tracing::info!(
+                        engine = "sockmap",
+                        "forwarding engine: sockmap (BPF loaded, attached and self-tested)"
+                    );
                     Ok(Self::Sockmap(engine))
                 }
                 Err(cause) => {

@@ -28,11 +28,10 @@ use tokio_util::sync::CancellationToken;
 use super::{BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary};
 use crate::sys::splice::Pipe;
 
-/// Bytes each pipe asks for. Measured with `bench_engine` on loopback (one
-/// 1 GiB stream): 64 KiB (the kernel default) reaches about 75% of the
-/// throughput of 256 KiB, and 1 MiB buys nothing over 256 KiB while costing
-/// four times the pinned pages per idle pair and exhausting
-/// `fs.pipe-user-pages-soft` four times sooner for unprivileged daemons.
+/// Bytes each pipe asks for (see the measurement in the engine's report;
+/// `bench_engine` sweeps it). Larger pipes move more per syscall; the cost is
+/// pinned pages per busy pair and reaching `fs.pipe-user-pages-soft` sooner
+/// for unprivileged daemons (then [`Pipe::new`] keeps the default size).
 pub const PIPE_CAPACITY: usize = 256 * 1024;
 
 /// A pair could not be set up for forwarding.

@@ -85,13 +85,12 @@ pub async fn run(
             }
         }
         let now = clock::now();
-        let backends = registry.backends();
-        probed.retain(|id, _| backends.iter().any(|b| b.id() == *id));
-        for backend in backends {
-            if let Some(event) = backend.poll(now) {
-                tracing::info!(backend = backend.name(), from = ?event.from, to = ?event.to, reason = ?event.reason, "breaker state changed");
-            }
-            let entry = probed.entry(backend.id()).or_default();
+        let pool = registry.pool();
+        let backends = pool.backends();
+        probed.retain(|id, _| backends.iter().any(|b| b.id == *id));
+        for backend in backends.iter().cloned() {
+            upstream::log_transition(&backend, backend.poll(now));
+            let entry = probed.entry(backend.id).or_default();
             let view = ProbeView {
                 state: backend.state(),
                 last_traffic: backend.last_client_attempt(),
@@ -107,7 +106,7 @@ pub async fn run(
             let (dial, options) = (dial.clone(), options.clone());
             running.spawn(async move {
                 probe(&backend, &dial, &options).await;
-                backend.id()
+                backend.id
             });
         }
     }
@@ -128,7 +127,5 @@ async fn probe(backend: &Backend, dial: &DialOptions, options: &ProbeOptions) {
         }
         Err(_) => Err(FailureCategory::ConnectTimeout),
     };
-    if let Some(event) = backend.record_probe(outcome, clock::now()) {
-        tracing::info!(backend = backend.name(), from = ?event.from, to = ?event.to, reason = ?event.reason, "breaker state changed");
-    }
+    upstream::log_transition(backend, backend.record_probe(outcome, clock::now()));
 }

@@ -65,6 +65,7 @@ pub fn probe_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock as _;
 
     const INTERVAL: Duration = Duration::from_secs(30);
 
@@ -79,35 +80,71 @@ mod tests {
 
     #[test]
     fn an_unknown_backend_is_probed_at_once_then_once_per_interval() {
-        let now = Instant::now();
-        assert_eq!(probe_due(view(BreakerState::Unknown), now, INTERVAL, true), Some(ProbeReason::Unknown));
-        let probed = ProbeView { last_probe: Some(now), ..view(BreakerState::Unknown) };
-        assert_eq!(probe_due(probed, now + Duration::from_secs(29), INTERVAL, true), None);
-        assert_eq!(probe_due(probed, now + INTERVAL, INTERVAL, true), Some(ProbeReason::Unknown));
+        let now = crate::clock::ManualClock::new().now();
+        assert_eq!(
+            probe_due(view(BreakerState::Unknown), now, INTERVAL, true),
+            Some(ProbeReason::Unknown)
+        );
+        let probed = ProbeView {
+            last_probe: Some(now),
+            ..view(BreakerState::Unknown)
+        };
+        assert_eq!(
+            probe_due(probed, now + Duration::from_secs(29), INTERVAL, true),
+            None
+        );
+        assert_eq!(
+            probe_due(probed, now + INTERVAL, INTERVAL, true),
+            Some(ProbeReason::Unknown)
+        );
     }
 
     #[test]
     fn a_closed_backend_with_recent_traffic_is_not_probed_in_passive_mode() {
-        let now = Instant::now();
-        let busy = ProbeView { last_traffic: Some(now), ..view(BreakerState::Closed) };
-        assert_eq!(probe_due(busy, now + Duration::from_secs(1), INTERVAL, true), None);
-        assert_eq!(probe_due(busy, now + Duration::from_secs(1), INTERVAL, false), Some(ProbeReason::Idle));
-        assert_eq!(probe_due(busy, now + INTERVAL, INTERVAL, true), Some(ProbeReason::Idle));
+        let now = crate::clock::ManualClock::new().now();
+        let busy = ProbeView {
+            last_traffic: Some(now),
+            ..view(BreakerState::Closed)
+        };
+        assert_eq!(
+            probe_due(busy, now + Duration::from_secs(1), INTERVAL, true),
+            None
+        );
+        assert_eq!(
+            probe_due(busy, now + Duration::from_secs(1), INTERVAL, false),
+            Some(ProbeReason::Idle)
+        );
+        assert_eq!(
+            probe_due(busy, now + INTERVAL, INTERVAL, true),
+            Some(ProbeReason::Idle)
+        );
     }
 
     #[test]
     fn an_open_backend_waits_and_a_half_open_one_is_probed_immediately() {
-        let now = Instant::now();
+        let now = crate::clock::ManualClock::new().now();
         let just_probed = Some(now);
-        assert_eq!(probe_due(view(BreakerState::Open), now, INTERVAL, true), None);
-        let half = ProbeView { last_probe: just_probed, ..view(BreakerState::HalfOpen) };
-        assert_eq!(probe_due(half, now, INTERVAL, true), Some(ProbeReason::HalfOpen));
+        assert_eq!(
+            probe_due(view(BreakerState::Open), now, INTERVAL, true),
+            None
+        );
+        let half = ProbeView {
+            last_probe: just_probed,
+            ..view(BreakerState::HalfOpen)
+        };
+        assert_eq!(
+            probe_due(half, now, INTERVAL, true),
+            Some(ProbeReason::HalfOpen)
+        );
     }
 
     #[test]
     fn a_backend_with_a_probe_in_flight_is_not_probed_twice() {
-        let now = Instant::now();
-        let busy = ProbeView { in_flight: true, ..view(BreakerState::HalfOpen) };
+        let now = crate::clock::ManualClock::new().now();
+        let busy = ProbeView {
+            in_flight: true,
+            ..view(BreakerState::HalfOpen)
+        };
         assert_eq!(probe_due(busy, now, INTERVAL, true), None);
     }
 }

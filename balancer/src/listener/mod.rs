@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
+    select::Selector,
     session::{self, Context},
     socks5::{ServerAuth, TargetAddr},
 };
@@ -37,13 +38,13 @@ impl Mode {
 }
 
 /// A listener as the daemon runs it (built from the config).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ListenerSpec {
     pub name: String,
     pub mode: Mode,
     pub bind: SocketAddr,
-    /// The backend scope this listener draws from; `None` = every backend.
-    pub pool: Option<String>,
+    /// Orders this listener's candidates (its scope says which backends).
+    pub selector: Selector,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +119,12 @@ impl Listener {
     /// Accepts until `stop` fires. Each connection holds a permit of `limit`
     /// for its whole life; accept errors (EMFILE, ENOBUFS) back off instead of
     /// spinning.
-    pub async fn serve(self, context: Arc<Context>, limit: Arc<Semaphore>, stop: CancellationToken) {
+    pub async fn serve(
+        self,
+        context: Arc<Context>,
+        limit: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {

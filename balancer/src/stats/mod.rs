@@ -53,8 +53,8 @@ impl From<&ServerError> for HandshakeFailure {
     fn from(error: &ServerError) -> Self {
         match error {
             ServerError::Io(_) => Self::ClientClosed,
-            ServerError::Codec(_) => Self::Malformed,
-            ServerError::NoAcceptableMethod => Self::NoAcceptableMethod,
+            ServerError::Codec(_) | ServerError::BadRequest(_) => Self::Malformed,
+            ServerError::NoAcceptableMethod { .. } => Self::NoAcceptableMethod,
             ServerError::AuthFailed { .. } => Self::AuthFailed,
             ServerError::CommandNotSupported(_) => Self::CommandNotSupported,
         }

@@ -10,7 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::{
     backend::{Backend, FailureCategory},
     clock,
-    socks5::{self, ClientError, TargetAddr},
+    socks5::{self, ClientError, Credentials, TargetAddr},
 };
 
 /// How the daemon dials backends.
@@ -32,7 +32,10 @@ pub enum DialError {
     #[error("connecting to {addr}: no answer within {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("SOCKS5 handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: ClientError },
+    Handshake {
+        addr: SocketAddr,
+        source: ClientError,
+    },
     #[error("SOCKS5 handshake with {addr}: no answer within {timeout:?}")]
     HandshakeTimeout { addr: SocketAddr, timeout: Duration },
 }
@@ -49,10 +52,8 @@ impl DialError {
             Self::ConnectTimeout { .. } => FailureCategory::ConnectTimeout,
             Self::HandshakeTimeout { .. } => FailureCategory::Handshake,
             Self::Handshake { source, .. } => match source {
-                ClientError::AuthRejected | ClientError::NoAcceptableMethod => {
-                    FailureCategory::Auth
-                }
                 ClientError::Reply(code) => FailureCategory::BackendReply(u8::from(*code)),
+                error if error.is_auth() => FailureCategory::Auth,
                 _ => FailureCategory::Handshake,
             },
         }
@@ -68,7 +69,7 @@ pub async fn dial(
     options: &DialOptions,
 ) -> Result<(TcpStream, Duration), DialError> {
     let started = clock::now();
-    let addr = resolve(&backend.address).await?;
+    let addr = resolve(backend.address()).await?;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -92,7 +93,9 @@ pub async fn dial(
         .map_err(|source| DialError::Connect { addr, source })?;
 
     if let Some(target) = target {
-        let credentials = backend.credentials();
+        let credentials = backend
+            .username()
+            .map(|user| Credentials::new(user, backend.password().unwrap_or_default()));
         tokio::time::timeout(
             options.handshake_timeout,
             socks5::client::connect(&mut stream, target, credentials.as_ref()),

@@ -1,6 +1,7 @@
-//! Failover: pull candidates in order until one backend completes the
-//! handshake or `max_attempts` are spent. Runs entirely before the client
-//! gets any reply, so a failure another backend can absorb is never seen.
+//! Failover: try the candidates selection ordered, one after another, until
+//! one backend completes the handshake or the candidates (the failover
+//! budget, `max_attempts`) run out. Runs entirely before the client gets any
+//! reply, so a failure another backend can absorb is never seen.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,8 +9,9 @@ use tokio::net::TcpStream;
 
 use super::dial::{DialError, DialOptions, dial};
 use crate::{
-    backend::{Backend, Outcome},
+    backend::{Backend, Outcome, TransitionEvent},
     clock,
+    select::Candidates,
     socks5::{ReplyCode, TargetAddr},
 };
 
@@ -24,51 +26,69 @@ pub struct Connected {
     pub latency: Duration,
 }
 
-/// Every attempt failed, or there was no candidate at all.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", match .last { Some(last) => format!("all {} attempts failed, the last with: {last}", .attempts), None => "no backend available".to_owned() })]
+/// Every attempt failed, or no candidate was admitted at all.
+#[derive(Debug)]
 pub struct Exhausted {
     pub attempts: u32,
     pub last: Option<DialError>,
 }
 
-impl Exhausted {
-    /// The reply the client gets: the backend's own reply code when the last
-    /// backend answered one, a general failure otherwise.
-    pub fn reply_code(&self) -> ReplyCode {
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.last {
-            Some(DialError::Handshake {
-                source: crate::socks5::ClientError::Reply(code),
-                ..
-            }) => *code,
-            Some(DialError::Connect { .. } | DialError::ConnectTimeout { .. }) => {
-                ReplyCode::GeneralFailure
-            }
-            _ => ReplyCode::GeneralFailure,
+            Some(last) => write!(
+                f,
+                "all {} attempts failed, the last with: {last}",
+                self.attempts
+            ),
+            None => f.write_str("no backend available"),
         }
     }
 }
 
-/// Tries `candidates` in order, at most `max_attempts` of them, recording
-/// every attempt's outcome on its backend.
+impl std::error::Error for Exhausted {}
+
+impl Exhausted {
+    /// The reply the client gets: the last backend's own reply code when it
+    /// answered one, a general failure otherwise.
+    pub fn reply_code(&self) -> ReplyCode {
+        self.last
+            .as_ref()
+            .map_or(ReplyCode::GeneralFailure, |last| {
+                ReplyCode::from(last.category().client_reply())
+            })
+    }
+}
+
+/// Tries `candidates` in order, recording every attempt's outcome on its
+/// backend. A candidate whose breaker no longer admits it (its half-open
+/// trial was taken meanwhile) is skipped without costing an attempt.
 pub async fn connect_with_failover(
-    candidates: impl IntoIterator<Item = Arc<Backend>>,
-    max_attempts: u32,
+    candidates: &Candidates,
     target: Option<&TargetAddr>,
     options: &DialOptions,
 ) -> Result<Connected, Exhausted> {
+    let panic = candidates.panic();
+    if panic {
+        tracing::warn!("every backend's breaker is open: panic mode admits them as if half-open");
+    }
     let mut attempts = 0;
     let mut last = None;
-    for backend in candidates.into_iter().take(max_attempts as usize) {
+    for backend in candidates.iter() {
+        let (admission, event) = backend.admit(clock::now(), panic);
+        log_transition(backend, event);
+        if !admission.admitted() {
+            continue;
+        }
         attempts += 1;
-        match dial(&backend, target, options).await {
+        match dial(backend, target, options).await {
             Ok((stream, latency)) => {
-                record_outcome(&backend, Ok(latency));
+                record_outcome(backend, Ok(latency));
                 if attempts > 1 {
-                    tracing::debug!(backend = %backend.name, attempts, "connected after failover");
+                    backend.record_retry();
                 }
                 return Ok(Connected {
-                    backend,
+                    backend: backend.clone(),
                     stream,
                     attempts,
                     latency,
@@ -76,18 +96,34 @@ pub async fn connect_with_failover(
             }
             Err(error) => {
                 let category = error.category();
-                tracing::debug!(backend = %backend.name, attempt = attempts, category = category.label(), %error, "attempt failed");
-                record_outcome(&backend, Err(category));
+                tracing::debug!(backend = backend.name(), attempt = attempts, category = category.label(), %error, "attempt failed");
+                record_outcome(backend, Err(category));
+                let retry = category.retry_elsewhere();
                 last = Some(error);
+                if !retry {
+                    break;
+                }
             }
         }
     }
     Err(Exhausted { attempts, last })
 }
 
-/// Records one outcome and logs the breaker transition it caused, if any.
+/// Records one client outcome and logs the breaker transition it caused.
 pub fn record_outcome(backend: &Backend, outcome: Outcome) {
-    if let Some(event) = backend.record(outcome, clock::now()) {
-        tracing::info!(backend = %backend.name, from = ?event.from, to = ?event.to, reason = ?event.reason, "breaker state changed");
+    log_transition(backend, backend.record(outcome, clock::now()));
+}
+
+/// Logs a breaker state change: operators grep for these.
+pub fn log_transition(backend: &Backend, event: Option<TransitionEvent>) {
+    if let Some(event) = event {
+        tracing::info!(
+            backend = backend.name(),
+            from = event.from.label(),
+            to = event.to.label(),
+            reason = ?event.reason,
+            open_for = ?event.open_for,
+            "breaker state changed"
+        );
     }
 }

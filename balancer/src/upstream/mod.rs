@@ -7,4 +7,4 @@ mod dial;
 mod failover;
 
 pub use dial::{DialError, DialOptions, dial};
-pub use failover::{Connected, Exhausted, connect_with_failover, record_outcome};
+pub use failover::{Connected, Exhausted, connect_with_failover, log_transition, record_outcome};
