@@ -99,6 +99,12 @@ impl Daemon {
     /// daemon in `ns` and waits until it says "balancer started".
     pub fn start(ns: &NetNs, instance: &str, config: &str) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!("{instance}.yaml"));
+        // `E2E_ENGINE=splice` (or sockmap) pins what `auto` would choose, to
+        // tell an engine's failure from the rest of the daemon's.
+        let config = match std::env::var("E2E_ENGINE") {
+            Ok(engine) => config.replace("engine: auto", &format!("engine: {engine}")),
+            Err(_) => config.to_owned(),
+        };
         std::fs::write(&config_path, config)?;
         // nsenter, not `ip netns exec`: the latter remounts /sys in a new
         // mount namespace, which hides bpffs (/sys/fs/bpf) from the daemon.
@@ -178,6 +184,26 @@ impl Daemon {
             .filter(|line| needles.iter().all(|needle| line.contains(needle)))
             .cloned()
             .collect()
+    }
+
+    /// Whether the daemon logged a breaker transition of `backend` into
+    /// state `to` (case-insensitive; values may be quoted or not).
+    pub fn breaker_changed(&self, backend: SocketAddr, to: &str) -> bool {
+        let field = |line: &str, key: &str| -> Option<String> {
+            let value = line
+                .split(&format!(" {key}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            Some(value.trim_matches('"').to_owned())
+        };
+        let backend = backend.to_string();
+        self.log_lines(&["breaker state changed"])
+            .iter()
+            .any(|line| {
+                field(line, "backend").as_deref() == Some(backend.as_str())
+                    && field(line, "to").is_some_and(|state| state.eq_ignore_ascii_case(to))
+            })
     }
 
     /// Whether the process is still alive (it must not crash on bad input).
