@@ -458,12 +458,17 @@ pub fn read_reply(stream: &mut TcpStream) -> Result<(), SocksError> {
     Ok(())
 }
 
-/// Reads until EOF or error within `within`: `Ok(bytes)` on a clean close.
+/// Reads until the peer closes, within `within`: `Ok(bytes)` on FIN or on
+/// RST (a server that closes with our unread bytes in its queue resets; the
+/// bytes it sent before still arrived). A timeout is an error.
 pub fn read_to_close(stream: &mut TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
     stream.set_read_timeout(Some(within))?;
     let mut out = Vec::new();
-    stream.read_to_end(&mut out)?;
-    Ok(out)
+    match stream.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => Ok(out),
+        Err(error) => Err(error),
+    }
 }
 
 /// A TCP server in a namespace. The client sends a big-endian `u64` N and a
