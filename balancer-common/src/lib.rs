@@ -20,6 +20,8 @@ pub mod map {
     pub const BACKEND_BYTES: &str = "BACKEND_BYTES";
     /// `PERCPU_ARRAY`: [`crate::Global`] counters, index 0.
     pub const GLOBAL: &str = "GLOBAL";
+    /// Every map above (tests check that the object defines each).
+    pub const ALL: [&str; 4] = [SOCKETS, PEERS, BACKEND_BYTES, GLOBAL];
 }
 
 /// Program names as they appear in the BPF object.
@@ -32,6 +34,9 @@ pub mod prog {
 pub const MAX_SOCKETS: u32 = 1 << 17;
 /// How many backend slots the per-backend counters have.
 pub const MAX_BACKENDS: u32 = 16384;
+/// A [`PeerInfo::slot`] outside the counters: the pair's bytes count in its
+/// own [`PeerInfo`] and in [`Global`] only (the engine's self-test uses it).
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// Direction of the bytes a socket receives, seen from the client.
 pub mod direction {
@@ -43,9 +48,10 @@ pub mod direction {
 
 /// Per-socket state, keyed by the socket's cookie in [`map::PEERS`].
 ///
-/// User space writes `peer_cookie`, `slot` and `direction` before the socket
-/// joins [`map::SOCKETS`]; the verdict program updates `redirected_bytes` and
-/// `last_activity_ns` in place.
+/// User space writes `peer_cookie`, `slot`, `direction` and a starting
+/// `last_activity_ns` before the socket joins [`map::SOCKETS`]; the verdict
+/// program updates `redirected_bytes`, `dropped_bytes` and `last_activity_ns`
+/// in place.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PeerInfo {
@@ -60,8 +66,12 @@ pub struct PeerInfo {
     pub slot: u32,
     /// One of [`direction`].
     pub direction: u32,
+    /// Bytes received on this socket whose redirect failed because the peer
+    /// was not (or no longer) in [`map::SOCKETS`]: the kernel dropped them, so
+    /// user space must reset the pair instead of ending it cleanly.
+    pub dropped_bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<PeerInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<PeerInfo>() == 40);
 
 /// Bytes forwarded for one backend, per CPU (user space sums the CPUs).
 #[repr(C)]

@@ -1,1 +1,466 @@
-//! The BPF object: loading, attaching, pinning (placeholder: being written).
+//! The BPF object of the sockmap engine: loads the verdict program embedded at
+//! build time, attaches it to the `SOCKETS` sockhash, pins the maps for
+//! `balancer stats`, and offers typed access to the maps. The only module
+//! that imports aya.
+//!
+//! Minimum kernel: Linux 5.15 (`stream_verdict` without a stream parser).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    programs::{ProgramError, SkSkb},
+};
+use balancer_common::{BackendBytes, Global, PeerInfo, map, prog};
+
+/// The object built from `balancer-ebpf` (aya-build names it after the bin).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+
+/// How many verifier log lines an error keeps (the end says what failed).
+const VERIFIER_LOG_LINES: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(
+        "missing privilege to {action} (run as root or with CAP_BPF and CAP_NET_ADMIN): {source}"
+    )]
+    Permission {
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "kernel lacks a feature to {action} (sockmap needs Linux >= 5.15 with CONFIG_BPF_STREAM_PARSER): {source}"
+    )]
+    KernelFeature {
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the verifier rejected {program} ({source}); log ends with:\n{log_excerpt}")]
+    Verifier {
+        program: &'static str,
+        log_excerpt: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the BPF object")]
+    Load(#[source] EbpfError),
+    #[error("the BPF object has no {kind} named {name}")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("cannot {action} {program}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map} has an unexpected type or layout")]
+    MapType {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot {action} pin {path}")]
+    Pin {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot {op} in map {map}")]
+    MapOp {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the kernel refused socket {cookie} for the sockhash (not an established TCP socket)")]
+    SocketRejected {
+        cookie: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The loaded object with its program attached and its maps open.
+pub struct Bpf {
+    sockets: Mutex<SockHash<MapData, u64>>,
+    peers: Mutex<HashMap<MapData, u64, PeerInfo>>,
+    backend_bytes: PerCpuArray<MapData, BackendBytes>,
+    global: PerCpuArray<MapData, Global>,
+    /// Keeps the program loaded and its attachment alive.
+    _ebpf: Ebpf,
+    pins: Option<Pins>,
+}
+
+impl std::fmt::Debug for Bpf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bpf")
+            .field("pins", &self.pins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bpf {
+    /// Loads the object, attaches the verdict to `SOCKETS`, and pins the maps
+    /// under `pin_dir` (replacing pins a crashed run left behind).
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, BpfError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load)?;
+        let pins = pin_dir.map(|dir| Pins::create(dir, &ebpf)).transpose()?;
+
+        let program: &mut SkSkb = ebpf
+            .program_mut(prog::VERDICT)
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: prog::VERDICT,
+            })?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                action: "use",
+                program: prog::VERDICT,
+                source,
+            })?;
+        program.load().map_err(classify_program_load)?;
+
+        let sockets: SockHash<MapData, u64> = take_map(&mut ebpf, map::SOCKETS)?;
+        let program: &mut SkSkb = ebpf
+            .program_mut(prog::VERDICT)
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name: prog::VERDICT,
+            })?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                action: "use",
+                program: prog::VERDICT,
+                source,
+            })?;
+        program
+            .attach(sockets.fd())
+            .map_err(|source| match source {
+                ProgramError::SyscallError(err) => {
+                    classify_io("attach the verdict to the sockhash", err.io_error)
+                }
+                source => BpfError::Program {
+                    action: "attach",
+                    program: prog::VERDICT,
+                    source,
+                },
+            })?;
+
+        Ok(Self {
+            sockets: Mutex::new(sockets),
+            peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
+            backend_bytes: take_map(&mut ebpf, map::BACKEND_BYTES)?,
+            global: take_map(&mut ebpf, map::GLOBAL)?,
+            _ebpf: ebpf,
+            pins,
+        })
+    }
+
+    /// Writes the `PEERS` entry of `cookie`.
+    pub fn set_peer(&self, cookie: u64, info: PeerInfo) -> Result<(), BpfError> {
+        lock(&self.peers)
+            .insert(cookie, info, 0)
+            .map_err(|source| BpfError::MapOp {
+                op: "insert",
+                map: map::PEERS,
+                source,
+            })
+    }
+
+    /// Reads the `PEERS` entry of `cookie`, if there is one.
+    pub fn peer(&self, cookie: u64) -> Result<Option<PeerInfo>, BpfError> {
+        match lock(&self.peers).get(&cookie, 0) {
+            Ok(info) => Ok(Some(info)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(BpfError::MapOp {
+                op: "look up",
+                map: map::PEERS,
+                source,
+            }),
+        }
+    }
+
+    /// Removes the `PEERS` entry of `cookie` (absent is fine).
+    pub fn remove_peer(&self, cookie: u64) -> Result<(), BpfError> {
+        ignore_absent(lock(&self.peers).remove(&cookie), "remove", map::PEERS)
+    }
+
+    /// Adds the socket `fd` to `SOCKETS` under `cookie`; from then on the
+    /// verdict sees what it receives.
+    pub fn insert_socket(
+        &self,
+        cookie: u64,
+        fd: impl std::os::fd::AsRawFd,
+    ) -> Result<(), BpfError> {
+        lock(&self.sockets)
+            .insert(cookie, fd, 0)
+            .map_err(|source| match source {
+                MapError::SyscallError(err)
+                    if err.io_error.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                {
+                    BpfError::SocketRejected {
+                        cookie,
+                        source: err.io_error,
+                    }
+                }
+                source => BpfError::MapOp {
+                    op: "insert",
+                    map: map::SOCKETS,
+                    source,
+                },
+            })
+    }
+
+    /// Removes `cookie` from `SOCKETS` (absent is fine: the kernel removes a
+    /// socket by itself when it is closed).
+    pub fn remove_socket(&self, cookie: u64) -> Result<(), BpfError> {
+        ignore_absent(lock(&self.sockets).remove(&cookie), "remove", map::SOCKETS)
+    }
+
+    /// Entries in `PEERS` and `SOCKETS` (walks the maps: tests and stats only).
+    pub fn entries(&self) -> Result<MapEntries, BpfError> {
+        let peers = lock(&self.peers).keys().count();
+        let sockets = lock(&self.sockets).keys().count();
+        Ok(MapEntries { peers, sockets })
+    }
+
+    /// `BACKEND_BYTES[slot]` summed over the CPUs; zero for a slot outside.
+    pub fn backend_bytes(&self, slot: u32) -> Result<BackendBytes, BpfError> {
+        match self.backend_bytes.get(&slot, 0) {
+            Ok(per_cpu) => {
+                Ok(per_cpu
+                    .iter()
+                    .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
+                        up: sum.up.wrapping_add(cpu.up),
+                        down: sum.down.wrapping_add(cpu.down),
+                    }))
+            }
+            Err(MapError::OutOfBounds { .. }) => Ok(BackendBytes::default()),
+            Err(source) => Err(BpfError::MapOp {
+                op: "read",
+                map: map::BACKEND_BYTES,
+                source,
+            }),
+        }
+    }
+
+    /// `GLOBAL` summed over the CPUs.
+    pub fn global(&self) -> Result<Global, BpfError> {
+        let per_cpu = self.global.get(&0, 0).map_err(|source| BpfError::MapOp {
+            op: "read",
+            map: map::GLOBAL,
+            source,
+        })?;
+        Ok(per_cpu.iter().fold(Global::default(), |sum, cpu| Global {
+            redirected_skbs: sum.redirected_skbs.wrapping_add(cpu.redirected_skbs),
+            no_peer: sum.no_peer.wrapping_add(cpu.no_peer),
+            redirect_failed: sum.redirect_failed.wrapping_add(cpu.redirect_failed),
+            _reserved: 0,
+        }))
+    }
+}
+
+/// How many entries the two per-socket maps hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapEntries {
+    pub peers: usize,
+    pub sockets: usize,
+}
+
+/// The pinned maps of one instance; removed on drop.
+#[derive(Debug)]
+struct Pins {
+    dir: PathBuf,
+    /// Whether this instance created `dir` (then it removes it too).
+    created_dir: bool,
+}
+
+impl Pins {
+    fn create(dir: &Path, ebpf: &Ebpf) -> Result<Self, BpfError> {
+        let created_dir = !dir.exists();
+        fs::create_dir_all(dir).map_err(|source| BpfError::Pin {
+            action: "create the directory for",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let pins = Self {
+            dir: dir.to_path_buf(),
+            created_dir,
+        };
+        for name in map::ALL {
+            let path = dir.join(name);
+            // A crashed run leaves its pins; a pin keeps its old map alive, so
+            // replace it rather than reuse stale counters.
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "replaced a stale BPF pin"),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(BpfError::Pin {
+                        action: "remove the stale",
+                        path,
+                        source,
+                    });
+                }
+            }
+            let map = ebpf
+                .map(name)
+                .ok_or(BpfError::Missing { kind: "map", name })?;
+            map.pin(&path).map_err(|err| BpfError::Pin {
+                action: "create",
+                path: path.clone(),
+                source: io::Error::other(err),
+            })?;
+        }
+        Ok(pins)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for name in map::ALL {
+            let path = self.dir.join(name);
+            if let Err(err) = fs::remove_file(&path)
+                && err.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %err, "cannot remove BPF pin");
+            }
+        }
+        if self.created_dir
+            && let Err(err) = fs::remove_dir(&self.dir)
+        {
+            tracing::warn!(path = %self.dir.display(), %err, "cannot remove BPF pin directory");
+        }
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
+    M::try_from(map).map_err(|source| BpfError::MapType { map: name, source })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the guard cannot leave a map handle inconsistent
+    // (the state lives in the kernel), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ignore_absent(
+    result: Result<(), MapError>,
+    op: &'static str,
+    map: &'static str,
+) -> Result<(), BpfError> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(source) => Err(BpfError::MapOp { op, map, source }),
+    }
+}
+
+fn classify_io(action: &'static str, source: io::Error) -> BpfError {
+    match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => BpfError::Permission { action, source },
+        _ => BpfError::KernelFeature { action, source },
+    }
+}
+
+fn classify_load(err: EbpfError) -> BpfError {
+    match err {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) => {
+            classify_io("create the BPF maps", io_error)
+        }
+        err => BpfError::Load(err),
+    }
+}
+
+fn classify_program_load(err: ProgramError) -> BpfError {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => match io_error.raw_os_error() {
+            Some(libc::EPERM) => BpfError::Permission {
+                action: "load the verdict program",
+                source: io_error,
+            },
+            Some(libc::EINVAL | libc::E2BIG | libc::EACCES) => {
+                let log = verifier_log.to_string();
+                let lines: Vec<&str> = log.lines().collect();
+                let start = lines.len().saturating_sub(VERIFIER_LOG_LINES);
+                BpfError::Verifier {
+                    program: prog::VERDICT,
+                    log_excerpt: lines.get(start..).unwrap_or_default().join("\n"),
+                    source: io_error,
+                }
+            }
+            _ => classify_io("load the verdict program", io_error),
+        },
+        source => BpfError::Program {
+            action: "load",
+            program: prog::VERDICT,
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Needs root (CAP_BPF): loading is the only way to see the maps as the
+    // kernel does; missing privilege fails the test with the cause.
+    #[test]
+    fn the_object_defines_every_map_of_the_contract() {
+        let ebpf = Ebpf::load(OBJECT).expect("load the BPF object (needs root/CAP_BPF)");
+        for name in map::ALL {
+            assert!(
+                ebpf.map(name).is_some(),
+                "map {name} missing from the object"
+            );
+        }
+        assert!(
+            ebpf.program(prog::VERDICT).is_some(),
+            "program {} missing",
+            prog::VERDICT
+        );
+    }
+
+    #[test]
+    fn pins_are_replaced_when_stale_and_removed_on_drop() {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/balancer-test-pins-{}",
+            std::process::id()
+        ));
+        // The first instance plays a crashed run whose pins are still there.
+        let stale = Bpf::load(Some(&dir)).expect("load with pins (needs root and bpffs)");
+        let bpf = Bpf::load(Some(&dir)).expect("load over stale pins");
+        for name in map::ALL {
+            assert!(dir.join(name).exists(), "{name} not pinned");
+        }
+        drop(bpf);
+        for name in map::ALL {
+            assert!(!dir.join(name).exists(), "{name} pin left behind");
+        }
+        drop(stale);
+        assert!(!dir.exists(), "pin directory left behind");
+    }
+}

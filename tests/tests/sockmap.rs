@@ -1,0 +1,555 @@
+//! Sockmap-specific proof over real loopback TCP, as root: the kernel carries
+//! every byte (user space reads none), half-close and resets propagate, no
+//! byte is lost at close, and the maps are empty once every pair ended.
+//!
+//! Topology of one pair: test client -> `client_inner` | engine |
+//! `backend_inner` -> test server, all four sockets real TCP on 127.0.0.1.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use balancer::{
+    forward::{BackendSlot, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine},
+    sys::socket,
+};
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A bpffs directory for one engine's pins, removed even on panic.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/balancer-sockmap-test-{}-{n}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+struct Rig {
+    engine: Arc<SockmapEngine>,
+    _pins: PinDir,
+}
+
+async fn rig(options: ForwardOptions) -> Rig {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "sockmap tests need root (CAP_BPF, CAP_NET_ADMIN)"
+    );
+    let pins = PinDir::new();
+    let options = ForwardOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..options
+    };
+    let engine = SockmapEngine::open(options)
+        .await
+        .expect("open the sockmap engine (load, attach, self-test)");
+    Rig {
+        engine: Arc::new(engine),
+        _pins: pins,
+    }
+}
+
+/// The four sockets of a pair before the engine takes the inner two.
+struct Sockets {
+    client: TcpStream,
+    client_inner: TcpStream,
+    backend_inner: TcpStream,
+    server: TcpStream,
+}
+
+async fn sockets() -> Sockets {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let client = TcpStream::connect(addr).await.expect("connect client");
+    let (client_inner, _) = listener.accept().await.expect("accept client");
+    let backend_inner = TcpStream::connect(addr).await.expect("connect backend");
+    let (server, _) = listener.accept().await.expect("accept backend");
+    Sockets {
+        client,
+        client_inner,
+        backend_inner,
+        server,
+    }
+}
+
+struct Running {
+    client: TcpStream,
+    server: TcpStream,
+    /// Duplicates of the inner sockets, to read their TCP_INFO while live.
+    client_inner: OwnedFd,
+    backend_inner: OwnedFd,
+    cancel: CancellationToken,
+    forward: JoinHandle<PairSummary>,
+}
+
+fn spawn_forward(engine: &Arc<SockmapEngine>, s: Sockets, slot: u32) -> Running {
+    let client_inner = nix::unistd::dup(s.client_inner.as_fd()).expect("dup");
+    let backend_inner = nix::unistd::dup(s.backend_inner.as_fd()).expect("dup");
+    let cancel = CancellationToken::new();
+    let engine = Arc::clone(engine);
+    let token = cancel.clone();
+    let pair = Pair {
+        client: s.client_inner,
+        backend: s.backend_inner,
+        slot: BackendSlot(slot),
+    };
+    let forward = tokio::spawn(async move { engine.forward(pair, &token).await.expect("forward") });
+    Running {
+        client: s.client,
+        server: s.server,
+        client_inner,
+        backend_inner,
+        cancel,
+        forward,
+    }
+}
+
+/// Waits until the engine has put `pairs` pairs into SOCKETS, so that a
+/// test's FIN or RST reaches a spliced socket (a socket that half-closes
+/// before that is not ESTABLISHED and goes to the fallback engine).
+async fn wait_spliced(engine: &SockmapEngine, pairs: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.map_entries().expect("entries").sockets < 2 * pairs {
+        assert!(tokio::time::Instant::now() < deadline, "pair never spliced");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Writes `len` seeded random bytes and returns their SHA-256.
+async fn send_random(stream: &mut (impl AsyncWriteExt + Unpin), len: u64, seed: u64) -> [u8; 32] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).expect("chunk");
+        let chunk = &mut buf[..n];
+        rng.fill_bytes(chunk);
+        hash.update(&*chunk);
+        stream.write_all(chunk).await.expect("write");
+        left -= n as u64;
+    }
+    hash.finalize().into()
+}
+
+/// Reads exactly `len` bytes and returns their SHA-256.
+async fn recv_hash(stream: &mut (impl AsyncReadExt + Unpin), len: u64) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).expect("chunk");
+        let n = stream.read(&mut buf[..want]).await.expect("read");
+        assert!(n > 0, "EOF with {left} bytes missing");
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    hash.finalize().into()
+}
+
+async fn expect_eof(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("EOF in time")
+        .expect("read");
+    assert_eq!(n, 0, "expected EOF, got {n} bytes");
+}
+
+async fn finish(mut run: Running) -> PairSummary {
+    run.client.shutdown().await.expect("client shutdown");
+    run.server.shutdown().await.expect("server shutdown");
+    expect_eof(&mut run.client).await;
+    expect_eof(&mut run.server).await;
+    drop((run.client_inner, run.backend_inner));
+    let summary = tokio::time::timeout(TIMEOUT, run.forward)
+        .await
+        .expect("pair ends")
+        .expect("join");
+    drop(run.cancel);
+    summary
+}
+
+fn assert_maps_empty(engine: &SockmapEngine) {
+    let entries = engine.map_entries().expect("map entries");
+    assert_eq!(
+        (entries.peers, entries.sockets),
+        (0, 0),
+        "PEERS/SOCKETS not empty after every pair ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_fifty_six_mib_each_way_at_once_arrive_intact_and_are_counted_per_backend() {
+    let rig = rig(ForwardOptions {
+        socket_buffer: Some(4 << 20),
+        ..ForwardOptions::default()
+    })
+    .await;
+    let len = 256 * MIB;
+    let mut run = spawn_forward(&rig.engine, sockets().await, 7);
+    let (mut client_rd, mut client_wr) = run.client.split();
+    let (mut server_rd, mut server_wr) = run.server.split();
+    let (up_sent, down_sent, up_got, down_got) = tokio::time::timeout(TIMEOUT, async {
+        tokio::join!(
+            send_random(&mut client_wr, len, 1),
+            send_random(&mut server_wr, len, 2),
+            recv_hash(&mut server_rd, len),
+            recv_hash(&mut client_rd, len),
+        )
+    })
+    .await
+    .expect("transfer in time");
+    assert_eq!(up_sent, up_got, "client -> server bytes differ");
+    assert_eq!(down_sent, down_got, "server -> client bytes differ");
+    let summary = finish(run).await;
+    assert_eq!(summary.end, PairEnd::Closed);
+    assert_eq!((summary.bytes.up, summary.bytes.down), (len, len));
+    let counted = rig.engine.backend_bytes(BackendSlot(7));
+    assert_eq!((counted.up, counted.down), (len, len), "BACKEND_BYTES");
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_from_both_sides_arrives_first_and_in_order() {
+    let rig = rig(ForwardOptions::default()).await;
+    let mut s = sockets().await;
+    s.client
+        .write_all(b"early-from-client;")
+        .await
+        .expect("write");
+    s.server
+        .write_all(b"early-from-server;")
+        .await
+        .expect("write");
+    // Let the bytes land in the inner sockets' receive queues first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while socket::inq(&s.client_inner).expect("inq") < 18
+        || socket::inq(&s.backend_inner).expect("inq") < 18
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "early bytes never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut run = spawn_forward(&rig.engine, s, 1);
+    run.client.write_all(b"then-more").await.expect("write");
+    run.server.write_all(b"then-more").await.expect("write");
+    let mut buf = [0u8; 27];
+    run.server.read_exact(&mut buf).await.expect("read up");
+    assert_eq!(&buf, b"early-from-client;then-more");
+    run.client.read_exact(&mut buf).await.expect("read down");
+    assert_eq!(&buf, b"early-from-server;then-more");
+    let summary = finish(run).await;
+    assert_eq!(
+        (summary.end, summary.bytes.up, summary.bytes.down),
+        (PairEnd::Closed, 27, 27)
+    );
+    assert_maps_empty(&rig.engine);
+}
+
+async fn half_close(client_first: bool) {
+    let rig = rig(ForwardOptions::default()).await;
+    let mut run = spawn_forward(&rig.engine, sockets().await, 2);
+    wait_spliced(&rig.engine, 1).await;
+    let (first, second) = if client_first {
+        (&mut run.client, &mut run.server)
+    } else {
+        (&mut run.server, &mut run.client)
+    };
+    first.write_all(b"before-fin").await.expect("write");
+    first.shutdown().await.expect("shutdown");
+    let mut buf = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&buf, b"before-fin");
+    expect_eof(second).await;
+    // The other direction still works after the half-close.
+    second
+        .write_all(b"data-after-half-close")
+        .await
+        .expect("write after");
+    let mut buf = [0u8; 21];
+    tokio::time::timeout(Duration::from_secs(10), first.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read after");
+    assert_eq!(&buf, b"data-after-half-close");
+    second.shutdown().await.expect("shutdown");
+    expect_eof(first).await;
+    drop((run.client_inner, run.backend_inner));
+    let summary = tokio::time::timeout(TIMEOUT, run.forward)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert_eq!(summary.end, PairEnd::Closed);
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_by_the_client_propagates_and_data_still_flows_back() {
+    half_close(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_by_the_server_propagates_and_data_still_flows_up() {
+    half_close(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_then_an_immediate_close_loses_nothing() {
+    let rig = rig(ForwardOptions::default()).await;
+    let len = 64 * MIB;
+    let run = spawn_forward(&rig.engine, sockets().await, 3);
+    wait_spliced(&rig.engine, 1).await;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
+    drop((client_inner, backend_inner));
+    let sender = tokio::spawn(async move {
+        let hash = send_random(&mut client, len, 3).await;
+        drop(client);
+        hash
+    });
+    let got = tokio::time::timeout(TIMEOUT, recv_hash(&mut server, len))
+        .await
+        .expect("in time");
+    expect_eof(&mut server).await;
+    assert_eq!(sender.await.expect("sender"), got);
+    server.shutdown().await.expect("shutdown");
+    let summary = tokio::time::timeout(TIMEOUT, forward)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert_eq!(summary.bytes.up, len);
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_one_side_closes_the_other_within_a_second() {
+    let rig = rig(ForwardOptions::default()).await;
+    let run = spawn_forward(&rig.engine, sockets().await, 4);
+    wait_spliced(&rig.engine, 1).await;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
+    drop((client_inner, backend_inner));
+    client.write_all(b"x").await.expect("write");
+    let mut one = [0u8; 1];
+    server.read_exact(&mut one).await.expect("read");
+    let server = server.into_std().expect("std");
+    // SO_LINGER 0 then close: the server sends RST.
+    socket::set_abortive_close(&server).expect("linger 0");
+    let started = tokio::time::Instant::now();
+    drop(server);
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "client not closed within 1 s: {closed:?}"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(1));
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert_eq!(summary.end, PairEnd::Reset);
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pair_is_closed_after_the_idle_timeout() {
+    let idle = Duration::from_millis(400);
+    let rig = rig(ForwardOptions {
+        idle_timeout: Some(idle),
+        ..ForwardOptions::default()
+    })
+    .await;
+    let run = spawn_forward(&rig.engine, sockets().await, 5);
+    wait_spliced(&rig.engine, 1).await;
+    let Running {
+        mut client,
+        mut server,
+        client_inner,
+        backend_inner,
+        forward,
+        ..
+    } = run;
+    drop((client_inner, backend_inner));
+    // Activity keeps it open past one timeout period.
+    for _ in 0..4 {
+        client.write_all(b"tick").await.expect("write");
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.expect("read");
+        tokio::time::sleep(idle / 4).await;
+    }
+    let started = tokio::time::Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert_eq!(summary.end, PairEnd::IdleTimeout);
+    assert!(
+        started.elapsed() >= idle / 2,
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    expect_eof(&mut client).await;
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_closes_the_pair() {
+    let rig = rig(ForwardOptions::default()).await;
+    let run = spawn_forward(&rig.engine, sockets().await, 6);
+    wait_spliced(&rig.engine, 1).await;
+    let Running {
+        mut client,
+        client_inner,
+        backend_inner,
+        forward,
+        cancel,
+        ..
+    } = run;
+    drop((client_inner, backend_inner));
+    cancel.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
+        .await
+        .expect("ends")
+        .expect("join");
+    assert_eq!(summary.end, PairEnd::Cancelled);
+    expect_eof(&mut client).await;
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_space_reads_no_payload_every_received_byte_went_through_the_verdict() {
+    let rig = rig(ForwardOptions::default()).await;
+    let up = 3 * MIB + 17;
+    let down = 5 * MIB + 3;
+    let mut s = sockets().await;
+    // Some bytes wait in the queue before the splice (the kick must take them).
+    s.client.write_all(&[9u8; 1000]).await.expect("early");
+    let client_cookie = socket::cookie(&s.client_inner).expect("cookie");
+    let backend_cookie = socket::cookie(&s.backend_inner).expect("cookie");
+    let mut run = spawn_forward(&rig.engine, s, 8);
+    let (mut client_rd, mut client_wr) = run.client.split();
+    let (mut server_rd, mut server_wr) = run.server.split();
+    let (up_sent, down_sent, up_got, down_got) = tokio::join!(
+        send_random(&mut client_wr, up - 1000, 4),
+        send_random(&mut server_wr, down, 5),
+        recv_hash(&mut server_rd, up),
+        recv_hash(&mut client_rd, down),
+    );
+    assert_ne!(
+        up_sent, up_got,
+        "sanity: the early bytes are part of what arrived"
+    );
+    assert_eq!(down_sent, down_got);
+    for (fd, cookie, wrote) in [
+        (&run.client_inner, client_cookie, up),
+        (&run.backend_inner, backend_cookie, down),
+    ] {
+        let received = socket::tcp_bytes(fd).expect("tcp_info").received;
+        assert_eq!(
+            received, wrote,
+            "tcpi_bytes_received == bytes the test wrote + 0"
+        );
+        let info = rig
+            .engine
+            .peer_info(cookie)
+            .expect("peers")
+            .expect("entry while live");
+        assert_eq!(
+            info.redirected_bytes, received,
+            "every received byte went through the verdict"
+        );
+        assert_eq!(info.dropped_bytes, 0);
+        assert_eq!(socket::inq(fd).expect("inq"), 0, "nothing left unread");
+    }
+    let summary = finish(run).await;
+    assert_eq!((summary.bytes.up, summary.bytes.down), (up, down));
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_pairs_keep_their_checksums() {
+    let rig = rig(ForwardOptions::default()).await;
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let run = spawn_forward(&rig.engine, sockets().await, 100);
+        tasks.push(tokio::spawn(async move {
+            let mut run = run;
+            let len = 64 * 1024 + i * 997;
+            let (mut client_rd, mut client_wr) = run.client.split();
+            let (mut server_rd, mut server_wr) = run.server.split();
+            let (a, b, c, d) = tokio::join!(
+                send_random(&mut client_wr, len, 1000 + i),
+                send_random(&mut server_wr, len, 2000 + i),
+                recv_hash(&mut server_rd, len),
+                recv_hash(&mut client_rd, len),
+            );
+            assert_eq!((a, b), (c, d), "pair {i} corrupted");
+            let summary = finish(run).await;
+            assert_eq!(
+                (summary.end, summary.bytes.up, summary.bytes.down),
+                (PairEnd::Closed, len, len)
+            );
+            len
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("pair in time")
+            .expect("pair ok");
+    }
+    let counted = rig.engine.backend_bytes(BackendSlot(100));
+    assert_eq!((counted.up, counted.down), (total, total));
+    assert_maps_empty(&rig.engine);
+}
