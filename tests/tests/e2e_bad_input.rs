@@ -1,0 +1,342 @@
+//! Black-box: the `balancer` binary facing hostile or broken peers. Malformed
+//! client handshakes, unsupported commands, silent clients, backends that
+//! answer garbage or hang up, and invalid config files. After every bad peer
+//! the daemon must still serve a normal client.
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "black-box tests bound their waits and time a real daemon by the wall clock"
+)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{Microsocks, NetNs, require_root};
+use support::{
+    ChecksumTarget, Daemon, Fault, FaultBackend, SocksError, Target, free_port, ping,
+    read_to_close, socks_connect, unique,
+};
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// One namespace with a healthy microsocks, a checksum target and the daemon.
+struct World {
+    daemon: Daemon,
+    target: ChecksumTarget,
+    _socks: Vec<Microsocks>,
+    _faults: Vec<FaultBackend>,
+    ns: NetNs,
+}
+
+fn config(instance: &str, backends: &[SocketAddr], max_attempts: u32) -> String {
+    let mut yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n"
+    );
+    for backend in backends {
+        yaml.push_str(&format!("  - {{ address: \"{backend}\" }}\n"));
+    }
+    yaml.push_str(&format!(
+        "balancing: {{ strategy: round_robin, max_attempts: {max_attempts} }}\n\
+         health: {{ circuit_threshold: 1000, probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: auto, connect_timeout: 1s, handshake_timeout: 2s }}\n"
+    ));
+    yaml
+}
+
+fn world(faults: &[Fault], healthy: usize, max_attempts: u32) -> World {
+    require_root("network namespaces and BPF");
+    let ns = NetNs::new().expect("netns");
+    let target = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
+    let mut backends = Vec::new();
+    let mut fault_backends = Vec::new();
+    for fault in faults {
+        let addr = SocketAddr::from((LO, free_port(&ns, LO)));
+        fault_backends.push(FaultBackend::start(&ns, addr, *fault).expect("fault backend"));
+        backends.push(addr);
+    }
+    let mut socks = Vec::new();
+    for _ in 0..healthy {
+        let started = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
+        backends.push(started.addr());
+        socks.push(started);
+    }
+    let instance = unique("bad");
+    let daemon =
+        Daemon::start(&ns, &instance, &config(&instance, &backends, max_attempts)).expect("daemon");
+    World {
+        daemon,
+        target,
+        _socks: socks,
+        _faults: fault_backends,
+        ns,
+    }
+}
+
+impl World {
+    fn proxy(&self) -> SocketAddr {
+        self.daemon.listener("socks")
+    }
+
+    /// Sends `bytes` as a client, optionally half-closes, and returns what
+    /// the daemon answered before closing (within 5 s).
+    fn raw(&self, bytes: &'static [u8], half_close: bool) -> Vec<u8> {
+        let proxy = self.proxy();
+        self.ns
+            .run(move || {
+                let mut stream = TcpStream::connect(proxy).expect("connect");
+                stream.write_all(bytes).expect("send");
+                if half_close {
+                    stream
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("half-close");
+                }
+                read_to_close(&mut stream, Duration::from_secs(5))
+                    .expect("daemon closes the connection within 5 s")
+            })
+            .expect("netns")
+    }
+
+    fn assert_still_serves(&mut self) {
+        assert!(
+            self.daemon.is_running(),
+            "daemon died:\n{}",
+            self.daemon.logs()
+        );
+        let proxy = self.proxy();
+        let target = self.target.addr();
+        self.ns
+            .run(move || {
+                let mut stream = socks_connect(proxy, &Target::Addr(target), None)
+                    .expect("a normal client still gets through");
+                ping(&mut stream).expect("ping through the daemon");
+            })
+            .expect("netns");
+    }
+}
+
+/// The reply code of a CONNECT-like request after a no-auth greeting.
+fn reply_code(answer: &[u8]) -> Option<u8> {
+    match answer {
+        [5, 0, 5, code, ..] => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn malformed_client_handshakes_get_a_reply_code_or_a_clean_close_and_the_daemon_keeps_serving() {
+    let mut world = world(&[], 1, 1);
+    world.assert_still_serves();
+
+    let wrong_version = world.raw(&[4, 1, 0], false);
+    assert!(
+        wrong_version.is_empty() || wrong_version == [5, 0xff],
+        "SOCKS4 greeting: {wrong_version:?}"
+    );
+    world.assert_still_serves();
+
+    let zero_methods = world.raw(&[5, 0], false);
+    assert!(
+        zero_methods.is_empty() || zero_methods == [5, 0xff],
+        "zero methods: {zero_methods:?}"
+    );
+    world.assert_still_serves();
+
+    let only_gssapi = world.raw(&[5, 1, 1], false);
+    assert_eq!(only_gssapi, [5, 0xff], "no acceptable method");
+    world.assert_still_serves();
+
+    let wrong_request_version = world.raw(&[5, 1, 0, 4, 1, 0, 1, 127, 0, 0, 1, 0, 80], false);
+    assert!(
+        wrong_request_version == [5, 0]
+            || reply_code(&wrong_request_version).is_some_and(|c| c != 0),
+        "request version 4: {wrong_request_version:?}"
+    );
+    world.assert_still_serves();
+
+    let zero_domain = world.raw(&[5, 1, 0, 5, 1, 0, 3, 0, 0, 80], false);
+    assert!(
+        zero_domain == [5, 0] || reply_code(&zero_domain).is_some_and(|c| c != 0),
+        "zero-length domain: {zero_domain:?}"
+    );
+    world.assert_still_serves();
+
+    // A domain length of 255 announced, 4 bytes sent, then EOF.
+    let truncated_domain = world.raw(&[5, 1, 0, 5, 1, 0, 3, 255, b'a', b'b', b'c', b'd'], true);
+    assert!(
+        truncated_domain == [5, 0] || reply_code(&truncated_domain).is_some_and(|c| c != 0),
+        "truncated domain: {truncated_domain:?}"
+    );
+    world.assert_still_serves();
+
+    let truncated_ipv4 = world.raw(&[5, 1, 0, 5, 1, 0, 1, 127, 0], true);
+    assert!(
+        truncated_ipv4 == [5, 0] || reply_code(&truncated_ipv4).is_some_and(|c| c != 0),
+        "truncated request: {truncated_ipv4:?}"
+    );
+    world.assert_still_serves();
+
+    let bad_atyp = world.raw(&[5, 1, 0, 5, 1, 0, 9, 127, 0, 0, 1, 0, 80], false);
+    assert!(
+        bad_atyp == [5, 0] || reply_code(&bad_atyp) == Some(8),
+        "unknown ATYP: {bad_atyp:?}"
+    );
+    world.assert_still_serves();
+
+    let bind = world.raw(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80], false);
+    assert_eq!(reply_code(&bind), Some(7), "BIND: {bind:?}");
+    world.assert_still_serves();
+
+    let udp = world.raw(&[5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 1, 0, 80], false);
+    assert_eq!(reply_code(&udp), Some(7), "UDP ASSOCIATE: {udp:?}");
+    world.assert_still_serves();
+}
+
+#[test]
+fn a_silent_client_is_closed_after_the_handshake_timeout() {
+    let mut world = world(&[], 1, 1);
+    let proxy = world.proxy();
+    let (waited, answer) = world
+        .ns
+        .run(move || {
+            let mut stream = TcpStream::connect(proxy).expect("connect");
+            let start = Instant::now();
+            let answer = read_to_close(&mut stream, Duration::from_secs(8))
+                .expect("closed before the 8 s read timeout");
+            (start.elapsed(), answer)
+        })
+        .expect("netns");
+    assert!(answer.is_empty(), "said nothing, got {answer:?}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited <= Duration::from_secs(5),
+        "handshake_timeout is 2 s, closed after {waited:?}"
+    );
+    world.assert_still_serves();
+}
+
+#[test]
+fn a_backend_that_answers_garbage_or_hangs_up_gives_the_client_a_failure_reply() {
+    for fault in [Fault::Garbage, Fault::CloseMidHandshake, Fault::Refuses05] {
+        let world = world(&[fault], 0, 1);
+        let proxy = world.proxy();
+        let target = world.target.addr();
+        let result = world
+            .ns
+            .run(move || socks_connect(proxy, &Target::Addr(target), None).map(drop))
+            .expect("netns");
+        match result {
+            Err(SocksError::Reply(code)) => assert_ne!(code, 0, "{fault:?}"),
+            Err(SocksError::Io(error)) => {
+                panic!("{fault:?}: expected a failure reply, connection ended with {error}")
+            }
+            other => panic!("{fault:?}: expected a failure reply, got {other:?}"),
+        }
+        let mut world = world;
+        assert!(world.daemon.is_running(), "{fault:?} crashed the daemon");
+    }
+}
+
+#[test]
+fn bad_backends_are_failed_over_and_every_client_gets_through() {
+    let mut world = world(
+        &[Fault::Garbage, Fault::CloseMidHandshake, Fault::Refuses05],
+        1,
+        4,
+    );
+    let proxy = world.proxy();
+    let target = world.target.addr();
+    let failures = world
+        .ns
+        .run(move || {
+            (0..24)
+                .filter(|_| {
+                    socks_connect(proxy, &Target::Addr(target), None)
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|mut s| ping(&mut s).map_err(|e| e.to_string()))
+                        .is_err()
+                })
+                .count()
+        })
+        .expect("netns");
+    assert_eq!(failures, 0, "logs:\n{}", world.daemon.logs());
+    world.assert_still_serves();
+}
+
+/// Runs `balancer <subcommand> --config FILE` on `yaml`; returns (code, stderr).
+fn run_cli(subcommand: &str, yaml: &str) -> (Option<i32>, String) {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("badcfg")));
+    std::fs::write(&path, yaml).expect("write config");
+    let mut child = std::process::Command::new(support::balancer_binary())
+        .arg(subcommand)
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn balancer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&path);
+            panic!("balancer {subcommand} on an invalid config still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let _ = std::fs::remove_file(&path);
+    (status.code(), stderr)
+}
+
+#[test]
+fn an_invalid_config_file_exits_2_naming_the_line_or_key_without_a_panic() {
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "instance: badcfg\nbackends:\n  - { address: \"127.0.0.1:1081\" }\nlistners: []\n",
+            &["listners", "4"],
+        ),
+        (
+            "instance: badcfg\nbackends:\n  - { address: \"127.0.0.1:1083-1081\" }\n",
+            &["3"],
+        ),
+        (
+            "instance: badcfg\nbackends:\n  - { address: \"127.0.0.1:1081\" }\nhealth:\n  recovery_interval: 10 parsecs\n",
+            &["recovery_interval", "5"],
+        ),
+        (
+            "instance: badcfg\nbackends:\n  - { address: \"127.0.0.1:1081\" }\nbalancing: { strategy: fastest }\n",
+            &["strategy", "4"],
+        ),
+        ("instance: badcfg\nbackends: [\n", &["line 3"]),
+    ];
+    for (yaml, mentions) in cases {
+        for subcommand in ["check", "run"] {
+            let (code, stderr) = run_cli(subcommand, yaml);
+            assert_eq!(
+                code,
+                Some(2),
+                "balancer {subcommand} on\n{yaml}\nsaid: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "panic on\n{yaml}\n{stderr}");
+            for mention in mentions {
+                assert!(
+                    stderr.contains(mention),
+                    "balancer {subcommand}: message should name {mention:?}:\n{yaml}\n{stderr}"
+                );
+            }
+        }
+    }
+}

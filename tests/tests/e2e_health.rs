@@ -1,0 +1,298 @@
+//! Black-box: circuit breakers, probes and failover of the `balancer` binary
+//! against fault backends (refusing, blackholing SYNs, closing mid-handshake,
+//! answering REP=0x05, too slow) beside three healthy `microsocks`, all on
+//! loopback of a throw-away namespace (its iptables DROP rule dies with it).
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "black-box tests bound their waits and time a real daemon by the wall clock"
+)]
+
+mod support;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{Microsocks, NetNs, require_root};
+use support::{
+    ChecksumTarget, Daemon, Fault, FaultBackend, Target, free_port, ping, sh, socks_connect, unique,
+};
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+fn one_connection(proxy: SocketAddr, target: SocketAddr) -> Result<(), String> {
+    let mut stream =
+        socks_connect(proxy, &Target::Addr(target), None).map_err(|e| format!("{e:?}"))?;
+    ping(&mut stream).map_err(|e| e.to_string())
+}
+
+/// `total` connections, `parallel` at a time, within `within`; returns the
+/// number that failed.
+fn load(ns: &NetNs, proxy: SocketAddr, target: SocketAddr, total: usize, parallel: usize) -> usize {
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (next, failed) = (next.clone(), failed.clone());
+            ns.spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                    if let Err(error) = one_connection(proxy, target) {
+                        eprintln!("client failure: {error}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .expect("spawn in netns")
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker").expect("netns");
+    }
+    assert!(
+        next.load(Ordering::Relaxed) >= total,
+        "load did not finish within 120 s"
+    );
+    failed.load(Ordering::Relaxed)
+}
+
+#[test]
+fn breakers_open_on_every_fault_then_2000_clients_see_no_failure_and_probes_close_them_again() {
+    require_root("network namespaces, iptables and BPF");
+    let ns = NetNs::new().expect("netns");
+    let target_guard = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
+    let target = target_guard.addr();
+    let port = |_| SocketAddr::from((LO, free_port(&ns, LO)));
+    let refusing = port(0);
+    let blackhole = port(1);
+    sh(
+        &ns,
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &blackhole.port().to_string(),
+            "-j",
+            "DROP",
+        ],
+    )
+    .expect("DROP rule");
+    let faults = [
+        Fault::CloseMidHandshake,
+        Fault::Refuses05,
+        Fault::Slow {
+            hold: Duration::from_secs(5),
+        },
+    ];
+    let mut fault_backends: Vec<FaultBackend> = faults
+        .iter()
+        .enumerate()
+        .map(|(i, fault)| FaultBackend::start(&ns, port(i), *fault).expect("fault backend"))
+        .collect();
+    let mut healthy: Vec<Microsocks> = (0..3)
+        .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
+        .collect();
+    let faulty: Vec<SocketAddr> = [refusing, blackhole]
+        .into_iter()
+        .chain(fault_backends.iter().map(FaultBackend::addr))
+        .collect();
+    let mut yaml = format!(
+        "instance: {{I}}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         balancing: {{ strategy: round_robin, max_attempts: {} }}\n\
+         health: {{ circuit_threshold: 3, recovery_interval: 1s, max_recovery_interval: 4s, \
+         probe: {{ target: \"{}\", interval: 1s, timeout: 1s }} }}\n\
+         forwarding: {{ engine: auto, connect_timeout: 1s, handshake_timeout: 2s }}\n\
+         backends:\n",
+        faulty.len() + 1,
+        target,
+    );
+    for addr in faulty
+        .iter()
+        .chain(healthy.iter().map(|s| s.addr()).collect::<Vec<_>>().iter())
+    {
+        yaml.push_str(&format!("  - {{ address: \"{addr}\" }}\n"));
+    }
+    let instance = unique("health");
+    let yaml = yaml.replace("{I}", &instance);
+    let mut daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+
+    // Probes and the first clients open the five breakers.
+    let opened = |daemon: &Daemon, addr: &SocketAddr| daemon.breaker_changed(*addr, "open");
+    let start = Instant::now();
+    let mut warmup_failures = 0;
+    let mut warmup = 0;
+    while !faulty.iter().all(|addr| opened(&daemon, addr)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "breakers not all open within 30 s:\n{}",
+            daemon.logs()
+        );
+        let result = ns
+            .run(move || one_connection(proxy, target))
+            .expect("netns");
+        warmup += 1;
+        warmup_failures += usize::from(result.is_err());
+    }
+    println!(
+        "breakers open after {:?}, {warmup} warm-up connections, {warmup_failures} failed",
+        start.elapsed()
+    );
+    assert_eq!(
+        warmup_failures, 0,
+        "max_attempts covers every faulty backend plus a healthy one"
+    );
+
+    let failures = load(&ns, proxy, target, 2000, 16);
+    assert_eq!(
+        failures, 0,
+        "client-visible failures with the breakers open"
+    );
+    assert!(daemon.is_running());
+
+    // A killed healthy backend: new connections fail over at once.
+    drop(healthy.pop());
+    let began = Instant::now();
+    let failures = load(&ns, proxy, target, 100, 1);
+    assert_eq!(failures, 0, "after a backend was killed");
+    println!(
+        "100 sequential connections after a kill took {:?}",
+        began.elapsed()
+    );
+
+    // Heal every fault with a healthy microsocks on the same address.
+    let healed_at = Instant::now();
+    sh(
+        &ns,
+        "iptables",
+        &[
+            "-D",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &blackhole.port().to_string(),
+            "-j",
+            "DROP",
+        ],
+    )
+    .expect("remove DROP rule");
+    fault_backends.clear();
+    let healed: Vec<Microsocks> = faulty
+        .iter()
+        .map(|addr| Microsocks::start_in(&ns, LO, addr.port()).expect("microsocks in place"))
+        .collect();
+    // Backoff caps at 4 s; a probe every 1 s with a 1 s timeout: 4 + 2 s,
+    // doubled for the slow machine.
+    let closed = |daemon: &Daemon, addr: &SocketAddr| daemon.breaker_changed(*addr, "closed");
+    while !faulty.iter().all(|addr| closed(&daemon, addr)) {
+        assert!(
+            healed_at.elapsed() < Duration::from_secs(12),
+            "breakers not closed within 12 s of the repair:\n{}",
+            daemon.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("breakers closed {:?} after the repair", healed_at.elapsed());
+    drop(healed);
+}
+
+#[test]
+fn failover_cost_of_a_refusing_first_backend_is_measured() {
+    require_root("network namespaces and BPF");
+    let ns = NetNs::new().expect("netns");
+    let target_guard = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
+    let target = target_guard.addr();
+    let refusing = SocketAddr::from((LO, free_port(&ns, LO)));
+    let healthy = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
+    let instance = unique("fo");
+    // Breakers never open here, so round robin alternates: every other
+    // connection starts at the refusing backend and fails over.
+    let yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n  - {{ address: \"{refusing}\" }}\n  - {{ address: \"{}\" }}\n\
+         balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
+         health: {{ circuit_threshold: 100000, probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: auto, connect_timeout: 1s, handshake_timeout: 2s }}\n",
+        healthy.addr()
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+    let times: Vec<Duration> = ns
+        .run(move || {
+            (0..200)
+                .map(|_| {
+                    let began = Instant::now();
+                    let stream = socks_connect(proxy, &Target::Addr(target), None)
+                        .expect("fails over to the healthy backend");
+                    let took = began.elapsed();
+                    drop(stream);
+                    took
+                })
+                .collect()
+        })
+        .expect("netns");
+    // In each consecutive pair one connection failed over and one did not.
+    let (mut slow, mut fast): (Vec<_>, Vec<_>) = times
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [a, b] => Some(((*a).max(*b), (*a).min(*b))),
+            _ => None,
+        })
+        .unzip();
+    slow.sort();
+    fast.sort();
+    let pct = |v: &[Duration], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+    println!(
+        "connect+handshake, 100 each: healthy first median {:?} p99 {:?}; \
+         refused first median {:?} p99 {:?}; added by failover (median) {:?}",
+        pct(&fast, 50),
+        pct(&fast, 99),
+        pct(&slow, 50),
+        pct(&slow, 99),
+        pct(&slow, 50).saturating_sub(pct(&fast, 50)),
+    );
+}
+
+#[test]
+fn fault_backends_misbehave_as_designed() {
+    require_root("network namespaces");
+    let ns = NetNs::new().expect("netns");
+    let target = SocketAddr::from((LO, 9));
+    let check = |fault: Fault| {
+        let backend = FaultBackend::start(&ns, SocketAddr::from((LO, free_port(&ns, LO))), fault)
+            .expect("fault backend");
+        let addr = backend.addr();
+        ns.run(move || {
+            let began = Instant::now();
+            let result = socks_connect(addr, &Target::Addr(target), None);
+            (format!("{result:?}"), began.elapsed())
+        })
+        .expect("netns")
+    };
+    let (closed, _) = check(Fault::CloseMidHandshake);
+    assert!(closed.contains("UnexpectedEof"), "{closed}");
+    let (refused, _) = check(Fault::Refuses05);
+    assert_eq!(refused, "Err(Reply(5))");
+    let (garbage, _) = check(Fault::Garbage);
+    assert!(garbage.starts_with("Err(Method("), "{garbage}");
+    let (slow, waited) = check(Fault::Slow {
+        hold: Duration::from_secs(3),
+    });
+    assert!(slow.contains("UnexpectedEof"), "{slow}");
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+}
