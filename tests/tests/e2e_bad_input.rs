@@ -3,11 +3,6 @@
 //! answer garbage or hang up, and invalid config files. After every bad peer
 //! the daemon must still serve a normal client.
 
-#![expect(
-    clippy::disallowed_methods,
-    reason = "black-box tests bound their waits and time a real daemon by the wall clock"
-)]
-
 mod support;
 
 use std::{

@@ -3,11 +3,6 @@
 //! answering REP=0x05, too slow) beside three healthy `microsocks`, all on
 //! loopback of a throw-away namespace (its iptables DROP rule dies with it).
 
-#![expect(
-    clippy::disallowed_methods,
-    reason = "black-box tests bound their waits and time a real daemon by the wall clock"
-)]
-
 mod support;
 
 use std::{

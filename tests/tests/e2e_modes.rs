@@ -9,11 +9,6 @@
 //! `back` address while the backends' own connections (in `back`) are never
 //! caught.
 
-#![expect(
-    clippy::disallowed_methods,
-    reason = "black-box tests bound their waits and time a real daemon by the wall clock"
-)]
-
 mod support;
 
 use std::{
