@@ -206,7 +206,7 @@ fn breakers_open_on_every_fault_then_2000_clients_see_no_failure_and_probes_clos
 }
 
 #[test]
-fn failover_cost_of_a_refusing_first_backend_is_measured() {
+fn every_client_gets_through_when_half_the_first_picks_refuse() {
     require_root("network namespaces and BPF");
     let ns = NetNs::new().expect("netns");
     let target_guard = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
@@ -214,8 +214,10 @@ fn failover_cost_of_a_refusing_first_backend_is_measured() {
     let refusing = SocketAddr::from((LO, free_port(&ns, LO)));
     let healthy = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
     let instance = unique("fo");
-    // Breakers never open here, so round robin alternates: every other
-    // connection starts at the refusing backend and fails over.
+    // Breakers never open here, so round robin keeps starting connections at
+    // the refusing backend: each of those must fail over, unseen by the
+    // client. (What that costs is measured by `cargo xtask bench --only
+    // failover`.)
     let yaml = format!(
         "instance: {instance}\n\
          listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
@@ -227,40 +229,22 @@ fn failover_cost_of_a_refusing_first_backend_is_measured() {
     );
     let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
     let proxy = daemon.listener("socks");
-    let times: Vec<Duration> = ns
+    let failures: Vec<String> = ns
         .run(move || {
             (0..200)
-                .map(|_| {
-                    let began = Instant::now();
-                    let stream = socks_connect(proxy, &Target::Addr(target), None)
-                        .expect("fails over to the healthy backend");
-                    let took = began.elapsed();
-                    drop(stream);
-                    took
+                .filter_map(|i| {
+                    let mut stream = match socks_connect(proxy, &Target::Addr(target), None) {
+                        Ok(stream) => stream,
+                        Err(error) => return Some(format!("connection {i}: {error:?}")),
+                    };
+                    ping(&mut stream)
+                        .err()
+                        .map(|e| format!("connection {i}: ping {e}"))
                 })
                 .collect()
         })
         .expect("netns");
-    // In each consecutive pair one connection failed over and one did not.
-    let (mut slow, mut fast): (Vec<_>, Vec<_>) = times
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [a, b] => Some(((*a).max(*b), (*a).min(*b))),
-            _ => None,
-        })
-        .unzip();
-    slow.sort();
-    fast.sort();
-    let pct = |v: &[Duration], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
-    println!(
-        "connect+handshake, 100 each: healthy first median {:?} p99 {:?}; \
-         refused first median {:?} p99 {:?}; added by failover (median) {:?}",
-        pct(&fast, 50),
-        pct(&fast, 99),
-        pct(&slow, 50),
-        pct(&slow, 99),
-        pct(&slow, 50).saturating_sub(pct(&fast, 50)),
-    );
+    assert!(failures.is_empty(), "client-visible failures: {failures:?}");
 }
 
 #[test]

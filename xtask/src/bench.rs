@@ -17,11 +17,18 @@ struct Bench {
     json: &'static str,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: "engine",
-    binary: "bench_engine",
-    json: "bench-results/engine.json",
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "engine",
+        binary: "bench_engine",
+        json: "bench-results/engine.json",
+    },
+    Bench {
+        name: "failover",
+        binary: "bench_failover",
+        json: "bench-results/failover.json",
+    },
+];
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -96,6 +103,9 @@ mod tests {
     #[test]
     fn unknown_benchmark_is_an_error_listing_the_known_ones() {
         let error = select(&["nope".to_owned()]).expect_err("an error");
-        assert!(error.to_string().contains("known: engine"), "{error}");
+        assert!(
+            error.to_string().contains("known: engine, failover"),
+            "{error}"
+        );
     }
 }

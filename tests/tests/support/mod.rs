@@ -49,10 +49,14 @@ pub fn balancer_binary() -> PathBuf {
             return PathBuf::from(path);
         }
         let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable lives in <target>/<profile>/deps");
+        // Tests live in <target>/<profile>/deps, benchmark binaries that
+        // include this module in <target>/<profile>.
+        let parent = exe.parent().expect("executable has a directory");
+        let profile_dir = if parent.file_name().is_some_and(|name| name == "deps") {
+            parent.parent().expect("deps has a parent")
+        } else {
+            parent
+        };
         let bin = profile_dir.join("balancer");
         let profile = profile_dir
             .file_name()
@@ -189,6 +193,11 @@ impl Daemon {
     /// Whether the daemon logged a breaker transition of `backend` into
     /// state `to` (case-insensitive; values may be quoted or not).
     pub fn breaker_changed(&self, backend: SocketAddr, to: &str) -> bool {
+        self.breaker_transitions(backend, to) > 0
+    }
+
+    /// How many breaker transitions of `backend` into `to` the daemon logged.
+    pub fn breaker_transitions(&self, backend: SocketAddr, to: &str) -> usize {
         let field = |line: &str, key: &str| -> Option<String> {
             let value = line
                 .split(&format!(" {key}="))
@@ -200,10 +209,11 @@ impl Daemon {
         let backend = backend.to_string();
         self.log_lines(&["breaker state changed"])
             .iter()
-            .any(|line| {
+            .filter(|line| {
                 field(line, "backend").as_deref() == Some(backend.as_str())
                     && field(line, "to").is_some_and(|state| state.eq_ignore_ascii_case(to))
             })
+            .count()
     }
 
     /// Whether the process is still alive (it must not crash on bad input).
