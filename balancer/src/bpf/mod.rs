@@ -117,33 +117,11 @@ impl Bpf {
         let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load)?;
         let pins = pin_dir.map(|dir| Pins::create(dir, &ebpf)).transpose()?;
 
-        let program: &mut SkSkb = ebpf
-            .program_mut(prog::VERDICT)
-            .ok_or(BpfError::Missing {
-                kind: "program",
-                name: prog::VERDICT,
-            })?
-            .try_into()
-            .map_err(|source| BpfError::Program {
-                action: "use",
-                program: prog::VERDICT,
-                source,
-            })?;
+        let program = verdict(&mut ebpf)?;
         program.load().map_err(classify_program_load)?;
 
         let sockets: SockHash<MapData, u64> = take_map(&mut ebpf, map::SOCKETS)?;
-        let program: &mut SkSkb = ebpf
-            .program_mut(prog::VERDICT)
-            .ok_or(BpfError::Missing {
-                kind: "program",
-                name: prog::VERDICT,
-            })?
-            .try_into()
-            .map_err(|source| BpfError::Program {
-                action: "use",
-                program: prog::VERDICT,
-                source,
-            })?;
+        let program = verdict(&mut ebpf)?;
         program
             .attach(sockets.fd())
             .map_err(|source| match source {
@@ -269,6 +247,21 @@ impl Bpf {
             _reserved: 0,
         }))
     }
+}
+
+/// The verdict program of the object, typed.
+fn verdict(ebpf: &mut Ebpf) -> Result<&mut SkSkb, BpfError> {
+    ebpf.program_mut(prog::VERDICT)
+        .ok_or(BpfError::Missing {
+            kind: "program",
+            name: prog::VERDICT,
+        })?
+        .try_into()
+        .map_err(|source| BpfError::Program {
+            action: "use",
+            program: prog::VERDICT,
+            source,
+        })
 }
 
 /// How many entries the two per-socket maps hold.
