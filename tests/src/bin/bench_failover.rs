@@ -5,9 +5,9 @@
 //! - `microsocks direct`: connect + SOCKS5 CONNECT straight to one backend;
 //! - `balancer, healthy`: the same through balancer with one healthy backend;
 //! - `balancer, failover`: balancer with a refusing backend beside the
-//!   healthy one, round robin, breaker disabled, so one connection of each
-//!   consecutive pair starts at the refusing backend and fails over: the
-//!   slower of each pair is a failed-over connection, the faster one not.
+//!   healthy one, round robin, breaker disabled, so every other connection
+//!   starts at the refusing backend and fails over; the daemon's debug log
+//!   says which connections took two attempts.
 //!
 //! It also times a backend's death until its breaker opens (clients keep
 //! connecting), and its recovery until its breaker is closed again.
@@ -99,6 +99,8 @@ struct Row {
     p99_us: f64,
     /// Median over runs of (this case's p50 - `microsocks direct` p50).
     added_p50_us: f64,
+    /// Each run's p50, for the spread.
+    run_p50_us: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,7 +136,29 @@ fn config(instance: &str, backends: &[SocketAddr], extra: &str) -> String {
     )
 }
 
-/// One run of the three latency cases; returns (direct, healthy, fast, slow).
+/// What the daemon logs per connection once a backend answered; it names
+/// how many attempts the connection took, which tells failed-over
+/// connections apart without guessing from their timing.
+const LOG_FILTER: &str = "info,balancer::session=debug";
+
+/// Attempts per connection, in the order the daemon served them.
+fn attempts(daemon: &Daemon) -> Vec<u32> {
+    daemon
+        .log_lines(&["backend ready"])
+        .iter()
+        .filter_map(|line| {
+            line.split(" attempts=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// One run of the latency cases; returns (direct, healthy only, first pick
+/// healthy, first pick refused).
 fn latency_run(connections: usize) -> Result<[Vec<f64>; 4]> {
     let ns = NetNs::new()?;
     let target = ChecksumTarget::start(&ns, IpAddr::V4(LO))?;
@@ -145,26 +169,40 @@ fn latency_run(connections: usize) -> Result<[Vec<f64>; 4]> {
     let direct = setup_times(&ns, healthy.addr(), target.addr(), connections)?;
 
     let instance = unique("bh");
-    let daemon = Daemon::start(
-        &ns,
-        &instance,
-        &config(&instance, &[healthy.addr()], no_breaker),
-    )?;
+    let yaml = config(&instance, &[healthy.addr()], no_breaker);
+    let daemon = Daemon::start_logging(&ns, &instance, &yaml, LOG_FILTER)?;
     let through = setup_times(&ns, daemon.listener("socks"), target.addr(), connections)?;
     drop(daemon);
 
     let instance = unique("bf");
-    let daemon = Daemon::start(
-        &ns,
-        &instance,
-        &config(&instance, &[refusing, healthy.addr()], no_breaker),
-    )?;
+    let yaml = config(&instance, &[refusing, healthy.addr()], no_breaker);
+    let daemon = Daemon::start_logging(&ns, &instance, &yaml, LOG_FILTER)?;
     let mixed = setup_times(&ns, daemon.listener("socks"), target.addr(), connections)?;
-    let (slow, fast): (Vec<f64>, Vec<f64>) = mixed
-        .chunks_exact(2)
-        .map(|pair| (pair[0].max(pair[1]), pair[0].min(pair[1])))
-        .unzip();
-    Ok([direct, through, fast, slow])
+    // Sequential clients: the daemon's n-th "backend ready" is the n-th
+    // client. The log line is written before the client's reply, so it is
+    // there once the client has its reply.
+    let attempts = attempts(&daemon);
+    ensure!(
+        attempts.len() == mixed.len(),
+        "daemon logged {} connections, the client made {}",
+        attempts.len(),
+        mixed.len()
+    );
+    let (mut first, mut failed_over) = (Vec::new(), Vec::new());
+    for (time, attempts) in mixed.into_iter().zip(attempts) {
+        match attempts {
+            1 => first.push(time),
+            2 => failed_over.push(time),
+            other => bail!("a connection took {other} attempts with max_attempts 2"),
+        }
+    }
+    ensure!(
+        !first.is_empty() && !failed_over.is_empty(),
+        "round robin did not alternate: {} direct, {} failed over",
+        first.len(),
+        failed_over.len()
+    );
+    Ok([direct, through, first, failed_over])
 }
 
 /// Kills a backend under client load and brings it back; times the breaker.
@@ -236,9 +274,9 @@ fn main() -> Result<()> {
     }
     let names = [
         "microsocks direct",
-        "balancer, healthy backend",
-        "balancer, failover not needed",
-        "balancer, first backend refused",
+        "balancer, one healthy backend",
+        "balancer, first pick healthy",
+        "balancer, first pick refused (failover)",
     ];
     let median = |v: Vec<f64>| percentile(&v, 0.5);
     let direct_p50: Vec<f64> = cases[0].iter().map(|c| c.0).collect();
@@ -250,6 +288,7 @@ fn main() -> Result<()> {
             p50_us: median(runs.iter().map(|c| c.0).collect()),
             p99_us: median(runs.iter().map(|c| c.1).collect()),
             added_p50_us: median(runs.iter().zip(&direct_p50).map(|(c, d)| c.0 - d).collect()),
+            run_p50_us: runs.iter().map(|c| c.0).collect(),
         })
         .collect();
 
@@ -272,15 +311,26 @@ fn main() -> Result<()> {
          {} runs, loopback in a namespace; median over runs.\n",
         args.connections, args.runs
     );
-    println!("| case | p50 µs | p99 µs | added p50 vs direct µs |");
+    println!("| case | p50 µs (runs min-max) | p99 µs | added p50 vs direct µs |");
     println!("| --- | ---: | ---: | ---: |");
     for row in &rows {
+        let (min, max) = row
+            .run_p50_us
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} ({min:.0}-{max:.0}) | {:.0} | {:.0} |",
             row.case, row.p50_us, row.p99_us, row.added_p50_us
         );
     }
-    let failover_added = rows[3].p50_us - rows[2].p50_us;
+    // Within one daemon and run, so both sides saw the same machine.
+    let failover_added = median(
+        cases[3]
+            .iter()
+            .zip(&cases[2])
+            .map(|(refused, first)| refused.0 - first.0)
+            .collect(),
+    );
     println!(
         "\nFailover adds {failover_added:.0} µs (p50) to a connection whose first backend refuses."
     );

@@ -102,6 +102,11 @@ impl Daemon {
     /// Writes `config` (YAML; must contain `instance: {instance}`), starts the
     /// daemon in `ns` and waits until it says "balancer started".
     pub fn start(ns: &NetNs, instance: &str, config: &str) -> Result<Self> {
+        Self::start_logging(ns, instance, config, "info")
+    }
+
+    /// [`Daemon::start`] with `RUST_LOG` set to `filter`.
+    pub fn start_logging(ns: &NetNs, instance: &str, config: &str, filter: &str) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!("{instance}.yaml"));
         // `E2E_ENGINE=splice` (or sockmap) pins what `auto` would choose, to
         // tell an engine's failure from the rest of the daemon's.
@@ -117,7 +122,7 @@ impl Daemon {
             .arg(balancer_binary())
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
