@@ -623,3 +623,120 @@ fn tproxy_listener_takes_routed_ipv4_and_ipv6_connections() {
     drop(link);
     drop(client);
 }
+
+/// Every rule line of the nat and mangle tables and every policy rule, as
+/// `iptables-save` / `ip rule` print them (without counters), per family.
+fn ruleset(ns: &NetNs) -> Vec<String> {
+    let mut lines = Vec::new();
+    for save in ["iptables-save", "ip6tables-save"] {
+        for table in ["nat", "mangle"] {
+            let out = ns.command(save).args(["-t", table]).output().expect(save);
+            assert!(out.status.success(), "{save} -t {table} failed");
+            lines.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with('-') || l.starts_with(':'))
+                    .map(|l| format!("{save} {table} {}", l.split(" [").next().unwrap_or(l))),
+            );
+        }
+    }
+    for family in ["-4", "-6"] {
+        let out = ns
+            .command("ip")
+            .args([family, "rule"])
+            .output()
+            .expect("ip rule");
+        lines.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("ip {family} {l}")),
+        );
+    }
+    lines
+}
+
+fn balancer_iptables(ns: &NetNs, action: &str, config: &std::path::Path) -> String {
+    let out = ns
+        .command(&support::balancer_binary().to_string_lossy())
+        .args(["iptables", action, "--config"])
+        .arg(config)
+        .output()
+        .expect("run balancer iptables");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "balancer iptables {action}: {text}");
+    text
+}
+
+#[test]
+fn iptables_apply_is_idempotent_diverts_real_traffic_and_remove_restores_the_tables() {
+    let mut world = world();
+    let before = ruleset(&world.front);
+    let config = world
+        .start(&format!("{REDIR4}{REDIR6}"), "auto")
+        .config_path()
+        .to_owned();
+
+    balancer_iptables(&world.front, "apply", &config);
+    let applied = ruleset(&world.front);
+    let added: Vec<_> = applied.iter().filter(|l| !before.contains(l)).collect();
+    assert!(
+        added
+            .iter()
+            .any(|l| l.contains("iptables-save nat") && l.contains("REDIRECT"))
+            && added
+                .iter()
+                .any(|l| l.contains("ip6tables-save nat") && l.contains("REDIRECT")),
+        "no REDIRECT rules for both families: {added:#?}"
+    );
+    balancer_iptables(&world.front, "apply", &config);
+    assert_eq!(
+        ruleset(&world.front),
+        applied,
+        "a second apply changed the rules"
+    );
+
+    // Plain TCP clients, unaware of any proxy, reach the targets through the
+    // daemon: the redirect listeners are the only way the rules lead.
+    for target in [world.target_v4(), world.target_v6()] {
+        world
+            .front
+            .run(move || {
+                let mut stream = TcpStream::connect(target).expect("connect (redirected)");
+                ping(&mut stream).expect("ping through the applied rules");
+            })
+            .expect("netns");
+    }
+    for (save, port) in [("iptables", "redir4"), ("ip6tables", "redir6")] {
+        let listener = world.daemon().listener(port).port().to_string();
+        let out = world
+            .front
+            .command(save)
+            .args(["-t", "nat", "-L", "-v", "-n", "-x"])
+            .output()
+            .expect("list counters");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let redirected = listing
+            .lines()
+            .filter(|l| l.contains("REDIRECT") && l.contains(&listener))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>();
+        assert!(
+            redirected > 0,
+            "{save}: no packet hit the REDIRECT rule:\n{listing}"
+        );
+    }
+
+    balancer_iptables(&world.front, "remove", &config);
+    assert_eq!(
+        ruleset(&world.front),
+        before,
+        "remove left or took other rules"
+    );
+    // Removing what is not there is not an error either.
+    balancer_iptables(&world.front, "remove", &config);
+    assert_eq!(ruleset(&world.front), before);
+}

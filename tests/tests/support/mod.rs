@@ -221,6 +221,11 @@ impl Daemon {
             .count()
     }
 
+    /// The config file the daemon runs with (removed on drop).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     /// Whether the process is still alive (it must not crash on bad input).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
