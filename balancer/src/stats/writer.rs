@@ -122,3 +122,78 @@ impl StatusWriter {
         status_file::remove(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::{
+        backend::{BackendSpec, HealthConfig},
+        forward::{ForwardOptions, splice::SpliceEngine},
+    };
+
+    fn writer(dir: PathBuf) -> StatusWriter {
+        let registry = Arc::new(Registry::new(HealthConfig::default()));
+        let mut scoped = BackendSpec::new("b", "10.0.0.2:1080");
+        scoped.scope = Some("eu".to_owned());
+        registry
+            .replace_all(
+                vec![BackendSpec::new("a", "10.0.0.1:1080"), scoped],
+                clock::now(),
+            )
+            .expect("two backends");
+        let engine = SpliceEngine::new(ForwardOptions::default()).expect("splice engine");
+        let counters = Arc::new(Counters::default());
+        counters.accepted.store(3, Ordering::Relaxed);
+        StatusWriter::new(
+            "t".to_owned(),
+            dir,
+            Arc::new(Engine::Splice(engine)),
+            registry,
+            counters,
+        )
+    }
+
+    #[test]
+    fn a_snapshot_lists_every_backend_of_the_pool_with_its_engine_bytes() {
+        let writer = writer(PathBuf::from("/nonexistent"));
+        let later = clock::now() + Duration::from_secs(3);
+        let snap = writer.snapshot(later, clock::wall_now());
+        assert_eq!(snap.engine, "splice");
+        assert_eq!(snap.pid, std::process::id());
+        assert_eq!(snap.counters.accepted, 3);
+        assert!(snap.uptime_secs >= 3.0, "{}", snap.uptime_secs);
+        let names: Vec<_> = snap.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(snap.backends[1].scope.as_deref(), Some("eu"));
+        assert_eq!(snap.backends[0].success_rate, None);
+        assert_eq!(
+            (snap.backends[0].bytes_up, snap.backends[0].bytes_down),
+            (0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_task_writes_at_once_and_removes_the_file_on_shutdown() {
+        let dir = std::env::temp_dir().join(format!("balancer-writer-{}", std::process::id()));
+        let writer = writer(dir.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(writer.run(shutdown.clone()));
+        let path = status_file::path_in(&dir);
+        // The first tick is immediate: a few turns of this single-threaded
+        // runtime let the task write.
+        for _ in 0..1_000 {
+            if path.exists() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let snap = status_file::read_live("t", &dir, clock::wall_now()).expect("written");
+        assert_eq!(snap.backends.len(), 2);
+        shutdown.cancel();
+        task.await.expect("writer task");
+        assert!(!path.exists());
+        assert!(!dir.exists());
+    }
+}
