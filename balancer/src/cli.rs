@@ -50,6 +50,27 @@ pub enum Command {
     /// Run the daemon.
     Run(RunArgs),
     /// Show the per-backend figures of a running instance.
+    // On the variant: the doc comment above would reset a long_about set on
+    // the args struct.
+    #[command(
+        long_about = "Show the per-backend figures of a running instance.\n\n\
+            The daemon rewrites /run/balancer/<instance>/status.json every second; this command \
+            reads it and prints one row per backend: breaker state, open connections, attempts, \
+            success rate over the outcome window of attempts and probes (`-` while unknown), \
+            failed attempts, health probes ok/failed, latency EMA, and bytes forwarded each way (the kernel's counters for sockmap, user space's \
+            for splice). With --watch it also shows each backend's throughput since the \
+            previous sample. The instance is --instance, else the `instance` of --config, else \
+            `default`.\n\n\
+            Exits 1 with a one-line reason when the instance is not running (no status file, \
+            its pid has exited, or the file is older than 5 s).",
+        after_help = "Examples:\n  \
+            balancer stats                                  # instance `default`\n  \
+            balancer stats --config /etc/balancer.yaml      # the file's instance\n  \
+            balancer stats --instance edge --watch          # refresh every 2 s until Ctrl-C\n  \
+            balancer stats --instance edge --watch 10       # every 10 s\n  \
+            balancer stats --json | jq '.backends[] | {name, bytes_up, bytes_down}'\n\n\
+            With --json --watch, one JSON document per line, one line per sample."
+    )]
     Stats(StatsArgs),
     /// Validate a config file and print its listeners and expanded backends.
     #[command(after_help = "Exits 0 when the file is valid, 2 (with the reason) otherwise.")]
@@ -88,24 +109,6 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    long_about = "Show the per-backend figures of a running instance.\n\n\
-        The daemon rewrites /run/balancer/<instance>/status.json every second; this command \
-        reads it and prints one row per backend: breaker state, open connections, attempts, \
-        success rate over the outcome window (`-` while unknown), failed attempts, latency \
-        EMA, and bytes forwarded each way (the kernel's counters for sockmap, user space's for \
-        splice). With --watch it also shows each backend's throughput since the previous \
-        sample. The instance is --instance, else the `instance` of --config, else `default`.\n\n\
-        Exits 1 with a one-line reason when the instance is not running (no status file, its \
-        pid has exited, or the file is older than 5 s).",
-    after_help = "Examples:\n  \
-        balancer stats                                  # instance `default`\n  \
-        balancer stats --config /etc/balancer.yaml      # the file's instance\n  \
-        balancer stats --instance edge --watch          # refresh every 2 s until Ctrl-C\n  \
-        balancer stats --instance edge --watch 10       # every 10 s\n  \
-        balancer stats --json | jq '.backends[] | {name, bytes_up, bytes_down}'\n\n\
-        With --json --watch, one JSON document per line, one line per sample."
-)]
 pub struct StatsArgs {
     /// YAML config file; its `instance` names the daemon to ask.
     #[arg(short, long, value_name = "FILE", conflicts_with = "instance")]
@@ -265,6 +268,22 @@ mod tests {
         assert_eq!(both.expect_err("conflict").exit_code(), 2);
         let zero = Cli::try_parse_from(["balancer", "stats", "--watch", "0"]);
         assert_eq!(zero.expect_err("zero interval").exit_code(), 2);
+    }
+
+    #[test]
+    fn stats_long_help_explains_the_status_file_and_shows_examples() {
+        let mut cli = Cli::command();
+        let stats = cli.find_subcommand_mut("stats").expect("stats subcommand");
+        let help = stats.render_long_help().to_string();
+        for needle in [
+            "status.json",
+            "Exits 1",
+            "Examples:",
+            "--watch 10",
+            "--json",
+        ] {
+            assert!(help.contains(needle), "{needle} missing:\n{help}");
+        }
     }
 
     #[test]

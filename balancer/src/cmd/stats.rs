@@ -118,6 +118,7 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         "TOTAL",
         "SUCCESS",
         "FAILURES",
+        "PROBES ok/fail",
         "LATENCY ms",
         "BYTES UP",
         "BYTES DOWN",
@@ -144,6 +145,7 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
                 .success_rate
                 .map_or_else(|| "-".to_owned(), |rate| format!("{:.1}%", rate * 100.0)),
             backend.failures_total().to_string(),
+            format!("{}/{}", backend.probes_ok, backend.probes_failed),
             backend
                 .latency_ema_ms
                 .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
@@ -216,6 +218,9 @@ mod tests {
             attempts: 10,
             successes: 9,
             failures: [("connect_refused".to_owned(), 1)].into(),
+            retries: 0,
+            probes_ok: 4,
+            probes_failed: 1,
             success_rate,
             latency_ema_ms: None,
             bytes_up: 1536,
@@ -251,6 +256,7 @@ mod tests {
         assert!(alpha.contains("90.0%"), "{alpha}");
         assert!(alpha.contains("1.5 KiB"), "{alpha}");
         assert!(alpha.contains("3.0 MiB"), "{alpha}");
+        assert!(alpha.contains("4/1"), "probes: {alpha}");
         let beta = text.lines().find(|l| l.contains("beta")).expect("beta row");
         assert!(
             !beta.contains('%'),

@@ -72,8 +72,15 @@ pub struct BackendSnapshot {
     pub successes: u64,
     /// Failed attempts by category label (every label present).
     pub failures: BTreeMap<String, u64>,
-    /// Share of successes in the outcome window, 0.0-1.0; `None` while the
-    /// window is empty (unknown, which is neither 0 % nor 100 %).
+    /// Attempts that were failovers from another backend.
+    pub retries: u64,
+    /// Active health probes that succeeded.
+    pub probes_ok: u64,
+    /// Active health probes that failed.
+    pub probes_failed: u64,
+    /// Share of successes in the outcome window (client attempts and
+    /// probes), 0.0-1.0; `None` while the window is empty (unknown, which is
+    /// neither 0 % nor 100 %).
     pub success_rate: Option<f64>,
     /// Connect-and-handshake latency EMA in milliseconds; `None` before the
     /// first success.
@@ -119,6 +126,9 @@ impl BackendSnapshot {
                 .zip(status.failures)
                 .map(|(label, count)| ((*label).to_owned(), count))
                 .collect(),
+            retries: status.retries,
+            probes_ok: status.probes_ok,
+            probes_failed: status.probes_failed,
             success_rate: status.success_rate,
             latency_ema_ms: status.latency.map(|l| l.as_secs_f64() * 1000.0),
             bytes_up: bytes.up,
@@ -255,6 +265,8 @@ mod tests {
         busy.success_rate = Some(0.75);
         busy.latency = Some(Duration::from_micros(2_500));
         busy.failures[2] = 3;
+        busy.probes_ok = 4;
+        busy.probes_failed = 1;
         let snap = snapshot(vec![
             backend("a", 1, 2),
             BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }),
@@ -265,6 +277,10 @@ mod tests {
         assert_eq!(back.backends[1].latency_ema_ms, Some(2.5));
         assert_eq!(back.backends[1].failures_total(), 3);
         assert_eq!(back.backends[1].failures["handshake"], 3);
+        assert_eq!(
+            (back.backends[1].probes_ok, back.backends[1].probes_failed),
+            (4, 1)
+        );
     }
 
     #[test]
