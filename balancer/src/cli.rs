@@ -16,6 +16,9 @@ Examples:
   balancer check --config /etc/balancer.yaml
   balancer run --config /etc/balancer.yaml
 
+  # Per-backend figures of the running instance, refreshed every 2 s
+  balancer stats --config /etc/balancer.yaml --watch
+
   # Transparent proxying: install the iptables rules for redirect/tproxy listeners
   balancer iptables print --config /etc/balancer.yaml
   sudo balancer iptables apply --config /etc/balancer.yaml
@@ -41,11 +44,34 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Subcommands. (`stats` joins here when the counters reader exists.)
+/// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
     Run(RunArgs),
+    /// Show the per-backend figures of a running instance.
+    // On the variant: the doc comment above would reset a long_about set on
+    // the args struct.
+    #[command(
+        long_about = "Show the per-backend figures of a running instance.\n\n\
+            The daemon rewrites /run/balancer/<instance>/status.json every second; this command \
+            reads it and prints one row per backend: breaker state, open connections, attempts, \
+            success rate over the outcome window of attempts and probes (`-` while unknown), \
+            failed attempts, health probes ok/failed, latency EMA, and bytes forwarded each way (the kernel's counters for sockmap, user space's \
+            for splice). With --watch it also shows each backend's throughput since the \
+            previous sample. The instance is --instance, else the `instance` of --config, else \
+            `default`.\n\n\
+            Exits 1 with a one-line reason when the instance is not running (no status file, \
+            its pid has exited, or the file is older than 5 s).",
+        after_help = "Examples:\n  \
+            balancer stats                                  # instance `default`\n  \
+            balancer stats --config /etc/balancer.yaml      # the file's instance\n  \
+            balancer stats --instance edge --watch          # refresh every 2 s until Ctrl-C\n  \
+            balancer stats --instance edge --watch 10       # every 10 s\n  \
+            balancer stats --json | jq '.backends[] | {name, bytes_up, bytes_down}'\n\n\
+            With --json --watch, one JSON document per line, one line per sample."
+    )]
+    Stats(StatsArgs),
     /// Validate a config file and print its listeners and expanded backends.
     #[command(after_help = "Exits 0 when the file is valid, 2 (with the reason) otherwise.")]
     Check(CheckArgs),
@@ -80,6 +106,29 @@ pub struct RunArgs {
     /// Forwarding engine (overrides forwarding.engine).
     #[arg(short, long, value_enum, value_name = "ENGINE")]
     pub engine: Option<EngineArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// YAML config file; its `instance` names the daemon to ask.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "instance")]
+    pub config: Option<PathBuf>,
+    /// Instance name (the config's `instance`) [default: default].
+    #[arg(short, long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Print the status as JSON (every field, exact byte counts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every SECS seconds (default 2) until Ctrl-C.
+    #[arg(
+        short,
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub watch: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +245,45 @@ mod tests {
             .expect_err("reversed range");
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("reversed"), "{err}");
+    }
+
+    #[test]
+    fn stats_takes_an_instance_or_a_config_and_watch_defaults_to_two_seconds() {
+        let cli = Cli::try_parse_from(["balancer", "stats", "--instance", "edge", "--watch"])
+            .expect("valid command line");
+        let Command::Stats(args) = cli.command else {
+            panic!("expected stats, got {:?}", cli.command);
+        };
+        assert_eq!(args.instance.as_deref(), Some("edge"));
+        assert_eq!(args.watch, Some(2));
+        assert!(!args.json);
+        let cli = Cli::try_parse_from(["balancer", "stats", "-c", "f.yaml", "--json", "-w", "5"])
+            .expect("valid command line");
+        let Command::Stats(args) = cli.command else {
+            panic!("expected stats, got {:?}", cli.command);
+        };
+        assert_eq!(args.watch, Some(5));
+        assert!(args.json);
+        let both = Cli::try_parse_from(["balancer", "stats", "-c", "f.yaml", "-i", "x"]);
+        assert_eq!(both.expect_err("conflict").exit_code(), 2);
+        let zero = Cli::try_parse_from(["balancer", "stats", "--watch", "0"]);
+        assert_eq!(zero.expect_err("zero interval").exit_code(), 2);
+    }
+
+    #[test]
+    fn stats_long_help_explains_the_status_file_and_shows_examples() {
+        let mut cli = Cli::command();
+        let stats = cli.find_subcommand_mut("stats").expect("stats subcommand");
+        let help = stats.render_long_help().to_string();
+        for needle in [
+            "status.json",
+            "Exits 1",
+            "Examples:",
+            "--watch 10",
+            "--json",
+        ] {
+            assert!(help.contains(needle), "{needle} missing:\n{help}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 )]
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A source of monotonic time, injected so tests can drive time by hand.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -28,6 +28,13 @@ impl Clock for SystemClock {
 #[must_use]
 pub fn now() -> Instant {
     Instant::now()
+}
+
+/// Wall-clock time, for timestamps read by other processes (the status file
+/// of `balancer stats`); never for measuring intervals.
+#[must_use]
+pub fn wall_now() -> SystemTime {
+    SystemTime::now()
 }
 
 /// A clock that only moves when told to: tests advance it explicitly so

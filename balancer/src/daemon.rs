@@ -1,6 +1,7 @@
 //! The running daemon: opens the forwarding engine, builds the backend
-//! registry, binds every listener, starts the health prober, and on shutdown
-//! stops accepting, lets live connections drain, then closes what is left.
+//! registry, binds every listener, starts the health prober and the status
+//! file writer (for `balancer stats`), and on shutdown stops accepting, lets
+//! live connections drain, then closes what is left.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,7 +19,7 @@ use crate::{
     select::{SelectionConfig, Selector, Strategy},
     session::Context,
     socks5::{Credentials, ServerAuth},
-    stats::Counters,
+    stats::{Counters, writer::StatusWriter},
     upstream::DialOptions,
 };
 
@@ -58,7 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         registry.clone(),
         dial.clone(),
         config.forwarding.handshake_timeout.0,
-        counters,
+        counters.clone(),
         hard_stop.clone(),
     ));
 
@@ -69,11 +70,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(listener = %listener.name, mode = bound.spec.mode.name(), %addr, "listening");
         listeners.push(bound);
     }
+    // The first status before "started", so `balancer stats` works as soon
+    // as the daemon says it runs.
+    let status = StatusWriter::new(
+        config.instance.clone(),
+        config.run_dir(),
+        engine.clone(),
+        registry.clone(),
+        counters,
+    );
+    if let Err(error) = status.write_now() {
+        tracing::warn!(%error, "cannot write the status file; `balancer stats` will not see this instance");
+    }
     tracing::info!(engine = %engine.name(), backends = registry.pool().len(), "balancer started");
 
     let accepting = CancellationToken::new();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
+    tasks.spawn(status.run(shutdown.clone()));
     for listener in listeners {
         tasks.spawn(listener.serve(context.clone(), limit.clone(), accepting.clone()));
     }

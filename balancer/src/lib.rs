@@ -18,7 +18,7 @@
 //! - [`bpf`]: the BPF object (the only module that imports aya).
 //! - [`sys`]: the only module with `libc` and `unsafe`.
 //! - [`iptables`]: the rules for `redirect`/`tproxy` listeners.
-//! - [`stats`]: daemon-wide counters.
+//! - [`stats`]: daemon-wide counters and the status file `balancer stats` reads.
 //! - [`clock`]: the only place that reads time.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand.
 

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match &cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Stats(args) => cmd::stats::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Iptables(args) => cmd::iptables::run(args),
     };

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod iptables;
 pub mod run;
+pub mod stats;
 
 use crate::config::ConfigError;
 
@@ -21,6 +22,11 @@ pub enum UsageError {
          see examples/balancer.yaml) or at least one --backend HOST:PORT"
     )]
     NoConfigNoBackends,
+    #[error(
+        "`{0}` is not a valid instance name: use 1-19 letters, digits, `_` or `-` (see the \
+         config's `instance`)"
+    )]
+    BadInstance(String),
 }
 
 /// The exit code for an error returned by a subcommand: 2 when the cause

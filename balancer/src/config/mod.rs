@@ -364,6 +364,28 @@ impl Config {
     pub fn pin_dir(&self) -> PathBuf {
         Path::new("/sys/fs/bpf/balancer").join(&self.instance)
     }
+
+    /// `/run/balancer/<instance>`, where the daemon keeps its status file
+    /// for `balancer stats`; see [`run_dir`].
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        run_dir(&self.instance)
+    }
+}
+
+/// `/run/balancer/<instance>`: the run directory of an instance, for the
+/// daemon (which writes its status there) and for `balancer stats --instance`
+/// (which has no config file to ask).
+#[must_use]
+pub fn run_dir(instance: &str) -> PathBuf {
+    Path::new("/run/balancer").join(instance)
+}
+
+/// Whether `name` is a valid `instance`: 1-19 letters, digits, `_` or `-`
+/// (so it is also safe as one path component).
+#[must_use]
+pub fn is_valid_instance(name: &str) -> bool {
+    validate::is_valid_instance(name)
 }
 
 impl ConfigError {

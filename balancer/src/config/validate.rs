@@ -119,14 +119,17 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
 
 fn instance(c: &mut Checker, config: &Config) {
     let name = &config.instance;
-    let ok = !name.is_empty()
+    if !is_valid_instance(name) {
+        c.push("instance", ProblemKind::BadInstance(name.clone()));
+    }
+}
+
+pub(super) fn is_valid_instance(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_INSTANCE_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !ok {
-        c.push("instance", ProblemKind::BadInstance(name.clone()));
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn listeners(c: &mut Checker, config: &Config) {

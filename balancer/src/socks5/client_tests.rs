@@ -223,7 +223,7 @@ async fn unencodable_target_fails_before_any_byte_is_sent() {
     drop(ours);
     let mut sent = Vec::new();
     theirs.read_to_end(&mut sent).await.expect("read rest");
-    assert_eq!(sent, []);
+    assert_eq!(sent, [0u8; 0]);
 }
 
 #[tokio::test]

@@ -241,7 +241,7 @@ async fn socks4_greeting_is_bad_version_and_gets_no_answer() {
     );
     assert_eq!(err.reply_code(), None);
     drop(server);
-    assert_eq!(rest(client).await, []);
+    assert_eq!(rest(client).await, [0u8; 0]);
 }
 
 #[tokio::test]

@@ -1,6 +1,14 @@
 //! Daemon-wide counters: connections accepted, client handshakes failed by
 //! reason, retries, and connections for which every attempt failed.
 //! Per-backend figures live with the backend (`backend`) and the engines.
+//!
+//! - [`snapshot`]: the status `balancer stats` shows (pure data, serde).
+//! - [`status_file`]: that status as a file in the instance's run directory.
+//! - [`writer`]: the daemon task that rewrites the file every second.
+
+pub mod snapshot;
+pub mod status_file;
+pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

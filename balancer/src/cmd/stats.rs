@@ -1,0 +1,318 @@
+//! `balancer stats`: reads the status file of a running instance (see
+//! [`crate::stats::status_file`]) and prints it as a table, or as JSON, once
+//! or every few seconds until Ctrl-C.
+
+use std::{
+    fmt::Write as _,
+    io::{IsTerminal as _, Write as _},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use comfy_table::{CellAlignment, Table, presets};
+
+use crate::{
+    cli::StatsArgs,
+    clock,
+    cmd::UsageError,
+    config::{self, Config},
+    stats::{
+        snapshot::{Rate, Snapshot, rates},
+        status_file,
+    },
+};
+
+/// Clears the terminal and moves the cursor home, for `--watch`.
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+/// # Errors
+/// [`UsageError`] for a bad instance name and the config's error for a bad
+/// file (exit 2); a [`status_file::StatusError`] when the instance is not
+/// running or its file is unreadable (exit 1).
+pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
+    let instance = instance(args)?;
+    let dir = config::run_dir(&instance);
+    let Some(secs) = args.watch else {
+        let snapshot = status_file::read_live(&instance, &dir, clock::wall_now())?;
+        let text = if args.json {
+            let mut json =
+                serde_json::to_string_pretty(&snapshot).context("cannot encode the status")?;
+            json.push('\n');
+            json
+        } else {
+            render(&snapshot, None)
+        };
+        return print(&text);
+    };
+    let clear = !args.json && std::io::stdout().is_terminal();
+    let mut previous: Option<Snapshot> = None;
+    loop {
+        let snapshot = status_file::read_live(&instance, &dir, clock::wall_now())?;
+        let text = if args.json {
+            // One document per line, one line per sample.
+            let mut json = serde_json::to_string(&snapshot).context("cannot encode the status")?;
+            json.push('\n');
+            json
+        } else {
+            let rates = previous.as_ref().map(|before| rates(before, &snapshot));
+            let mut text = render(&snapshot, Some(rates.as_deref().unwrap_or(&[])));
+            let _ = writeln!(text, "every {secs} s; Ctrl-C stops");
+            text
+        };
+        print(&if clear {
+            format!("{CLEAR_SCREEN}{text}")
+        } else {
+            text
+        })?;
+        previous = Some(snapshot);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
+/// `--instance`, else the config file's `instance`, else `default`.
+fn instance(args: &StatsArgs) -> anyhow::Result<String> {
+    if let Some(name) = &args.instance {
+        if !config::is_valid_instance(name) {
+            return Err(UsageError::BadInstance(name.clone()).into());
+        }
+        return Ok(name.clone());
+    }
+    match &args.config {
+        Some(path) => Ok(Config::load(path)?.instance),
+        None => Ok(Config::default().instance),
+    }
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// The table `stats` prints: a summary line, then one row per backend.
+/// `rates` (in `--watch` mode; empty for the first sample) adds throughput
+/// columns, `-` where unknown.
+#[must_use]
+pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
+    let mut out = String::new();
+    let handshake_failures: u64 = snapshot.counters.handshake_failures.values().sum();
+    let _ = writeln!(
+        out,
+        "instance {} · pid {} · engine {} · up {} · accepted {} · retries {} · exhausted {} · \
+         client handshake failures {}",
+        snapshot.instance,
+        snapshot.pid,
+        snapshot.engine,
+        uptime(snapshot.uptime_secs),
+        snapshot.counters.accepted,
+        snapshot.counters.retries,
+        snapshot.counters.exhausted,
+        handshake_failures,
+    );
+    let mut header = vec![
+        "BACKEND",
+        "ADDRESS",
+        "STATE",
+        "ACTIVE",
+        "TOTAL",
+        "SUCCESS",
+        "FAILURES",
+        "PROBES ok/fail",
+        "LATENCY ms",
+        "BYTES UP",
+        "BYTES DOWN",
+    ];
+    if rates.is_some() {
+        header.extend(["UP/s", "DOWN/s"]);
+    }
+    let mut table = Table::new();
+    table.load_style(presets::UTF8_FULL_CONDENSED);
+    table.set_header(header.clone());
+    for (index, backend) in snapshot.backends.iter().enumerate() {
+        let state = if backend.draining {
+            format!("{} (draining)", backend.state)
+        } else {
+            backend.state.clone()
+        };
+        let mut row = vec![
+            backend.name.clone(),
+            backend.address.clone(),
+            state,
+            backend.active.to_string(),
+            backend.attempts.to_string(),
+            backend
+                .success_rate
+                .map_or_else(|| "-".to_owned(), |rate| format!("{:.1}%", rate * 100.0)),
+            backend.failures_total().to_string(),
+            format!("{}/{}", backend.probes_ok, backend.probes_failed),
+            backend
+                .latency_ema_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
+            bytes(backend.bytes_up as f64),
+            bytes(backend.bytes_down as f64),
+        ];
+        if let Some(rates) = rates {
+            let rate = rates.get(index).copied().flatten();
+            row.push(rate.map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r.up))));
+            row.push(rate.map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r.down))));
+        }
+        table.add_row(row);
+    }
+    for index in 3..header.len() {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    if snapshot.backends.is_empty() {
+        out.push_str("no backends\n");
+    } else {
+        let _ = writeln!(out, "{table}");
+    }
+    out
+}
+
+/// `1.5 MiB`: binary units, one decimal from KiB on.
+fn bytes(count: f64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if count < 1024.0 {
+        return format!("{count:.0} B");
+    }
+    let mut value = count / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
+/// `3d04h`, `2h05m`, `4m09s`, `12s`.
+fn uptime(secs: f64) -> String {
+    let secs = secs.max(0.0) as u64;
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION};
+
+    fn backend(name: &str, success_rate: Option<f64>) -> BackendSnapshot {
+        BackendSnapshot {
+            name: name.to_owned(),
+            address: "10.0.0.1:1080".to_owned(),
+            scope: None,
+            state: "closed".to_owned(),
+            draining: false,
+            active: 2,
+            attempts: 10,
+            successes: 9,
+            failures: [("connect_refused".to_owned(), 1)].into(),
+            retries: 0,
+            probes_ok: 4,
+            probes_failed: 1,
+            success_rate,
+            latency_ema_ms: None,
+            bytes_up: 1536,
+            bytes_down: 3 << 20,
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: FORMAT_VERSION,
+            instance: "edge".to_owned(),
+            pid: 7,
+            engine: "sockmap".to_owned(),
+            started_unix_ms: 0,
+            written_unix_ms: 1_000,
+            uptime_secs: 125.0,
+            counters: DaemonCounters::default(),
+            backends: vec![backend("alpha", Some(0.9)), backend("beta", None)],
+        }
+    }
+
+    #[test]
+    fn the_table_has_one_row_per_backend_and_a_dash_for_an_unknown_rate() {
+        let text = render(&snapshot(), None);
+        assert!(
+            text.starts_with("instance edge · pid 7 · engine sockmap · up 2m05s"),
+            "{text}"
+        );
+        let alpha = text
+            .lines()
+            .find(|l| l.contains("alpha"))
+            .expect("alpha row");
+        assert!(alpha.contains("90.0%"), "{alpha}");
+        assert!(alpha.contains("1.5 KiB"), "{alpha}");
+        assert!(alpha.contains("3.0 MiB"), "{alpha}");
+        assert!(alpha.contains("4/1"), "probes: {alpha}");
+        let beta = text.lines().find(|l| l.contains("beta")).expect("beta row");
+        assert!(
+            !beta.contains('%'),
+            "unknown rate shown as a number: {beta}"
+        );
+        assert!(beta.contains(" - "), "{beta}");
+        assert!(!text.contains("UP/s"), "no throughput outside --watch");
+    }
+
+    #[test]
+    fn watch_mode_adds_throughput_columns() {
+        let rates = [Some(Rate {
+            up: 2048.0,
+            down: 0.0,
+        })];
+        let text = render(&snapshot(), Some(&rates));
+        assert!(text.contains("UP/s") && text.contains("DOWN/s"), "{text}");
+        let alpha = text
+            .lines()
+            .find(|l| l.contains("alpha"))
+            .expect("alpha row");
+        assert!(
+            alpha.contains("2.0 KiB/s") && alpha.contains("0 B/s"),
+            "{alpha}"
+        );
+    }
+
+    #[test]
+    fn byte_counts_use_binary_units() {
+        assert_eq!(bytes(0.0), "0 B");
+        assert_eq!(bytes(1023.0), "1023 B");
+        assert_eq!(bytes(1024.0), "1.0 KiB");
+        assert_eq!(bytes(5.5 * 1024.0 * 1024.0 * 1024.0), "5.5 GiB");
+    }
+
+    #[test]
+    fn uptime_shows_the_two_largest_units() {
+        assert_eq!(uptime(9.0), "9s");
+        assert_eq!(uptime(3_725.0), "1h02m");
+        assert_eq!(uptime(90_000.0), "1d01h");
+    }
+
+    #[test]
+    fn a_bad_instance_name_is_a_usage_error() {
+        let args = StatsArgs {
+            config: None,
+            instance: Some("../etc".to_owned()),
+            json: false,
+            watch: None,
+        };
+        let error = instance(&args).expect_err("path traversal");
+        assert_eq!(crate::cmd::exit_code(&error), crate::cmd::EXIT_USAGE);
+        let default = StatsArgs {
+            instance: None,
+            ..args
+        };
+        assert_eq!(instance(&default).expect("default"), "default");
+    }
+}

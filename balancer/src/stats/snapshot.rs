@@ -1,0 +1,362 @@
+//! The status of one running instance as `balancer stats` reads it: the
+//! daemon-wide counters and one entry per backend. Pure data: built from
+//! values handed in (the caller reads the clock and the engine), serialized
+//! with serde; no I/O here (that is [`super::status_file`]).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Counters, HandshakeFailure};
+use crate::{
+    backend::{BackendStatus, FAILURE_LABELS},
+    forward::ByteCount,
+};
+
+/// Bumped when a field changes meaning or disappears; new fields keep it.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything `balancer stats` shows about one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub version: u32,
+    /// The config's `instance`.
+    pub instance: String,
+    /// Process id of the daemon, to tell a live instance from a leftover file.
+    pub pid: u32,
+    /// The engine that forwards (`sockmap` or `splice`; what `auto` chose).
+    pub engine: String,
+    /// When the daemon started, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When this snapshot was taken, milliseconds since the Unix epoch.
+    pub written_unix_ms: u64,
+    /// Seconds since the daemon started (monotonic clock).
+    pub uptime_secs: f64,
+    /// Daemon-wide counters.
+    pub counters: DaemonCounters,
+    /// One entry per backend: the pool in order, then draining ones.
+    pub backends: Vec<BackendSnapshot>,
+}
+
+/// Daemon-wide counters (see [`Counters`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonCounters {
+    /// Connections accepted on every listener.
+    pub accepted: u64,
+    /// Attempts that were failovers to another backend.
+    pub retries: u64,
+    /// Connections for which every attempt failed.
+    pub exhausted: u64,
+    /// Client handshakes that failed, by reason label (every label present).
+    pub handshake_failures: BTreeMap<String, u64>,
+}
+
+/// One backend's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendSnapshot {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// The pool scope, if the backend has one.
+    pub scope: Option<String>,
+    /// Breaker state: `unknown`, `closed`, `open` or `half_open`.
+    pub state: String,
+    /// Removed by a reload, finishing its connections.
+    pub draining: bool,
+    /// Connections open through it now.
+    pub active: u64,
+    /// Connection attempts ever (client traffic, not probes).
+    pub attempts: u64,
+    /// Attempts that reached a forwarded connection.
+    pub successes: u64,
+    /// Failed attempts by category label (every label present).
+    pub failures: BTreeMap<String, u64>,
+    /// Attempts that were failovers from another backend.
+    pub retries: u64,
+    /// Active health probes that succeeded.
+    pub probes_ok: u64,
+    /// Active health probes that failed.
+    pub probes_failed: u64,
+    /// Share of successes in the outcome window (client attempts and
+    /// probes), 0.0-1.0; `None` while the window is empty (unknown, which is
+    /// neither 0 % nor 100 %).
+    pub success_rate: Option<f64>,
+    /// Connect-and-handshake latency EMA in milliseconds; `None` before the
+    /// first success.
+    pub latency_ema_ms: Option<f64>,
+    /// Bytes forwarded client -> backend, every connection ever.
+    pub bytes_up: u64,
+    /// Bytes forwarded backend -> client, every connection ever.
+    pub bytes_down: u64,
+}
+
+impl DaemonCounters {
+    /// The current values of `counters`.
+    #[must_use]
+    pub fn from_counters(counters: &Counters) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            accepted: counters.accepted.load(Relaxed),
+            retries: counters.retries.load(Relaxed),
+            exhausted: counters.exhausted.load(Relaxed),
+            handshake_failures: HandshakeFailure::ALL
+                .iter()
+                .map(|&f| (f.label().to_owned(), counters.handshake_failures(f)))
+                .collect(),
+        }
+    }
+}
+
+impl BackendSnapshot {
+    /// The entry for a backend with this status, scope and byte count.
+    #[must_use]
+    pub fn new(status: &BackendStatus, scope: Option<&str>, bytes: ByteCount) -> Self {
+        Self {
+            name: status.name.clone(),
+            address: status.address.clone(),
+            scope: scope.map(str::to_owned),
+            state: status.breaker.state.label().to_owned(),
+            draining: status.draining,
+            active: status.active,
+            attempts: status.attempts,
+            successes: status.successes,
+            failures: FAILURE_LABELS
+                .iter()
+                .zip(status.failures)
+                .map(|(label, count)| ((*label).to_owned(), count))
+                .collect(),
+            retries: status.retries,
+            probes_ok: status.probes_ok,
+            probes_failed: status.probes_failed,
+            success_rate: status.success_rate,
+            latency_ema_ms: status.latency.map(|l| l.as_secs_f64() * 1000.0),
+            bytes_up: bytes.up,
+            bytes_down: bytes.down,
+        }
+    }
+
+    /// Failed attempts of every category.
+    #[must_use]
+    pub fn failures_total(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+impl Snapshot {
+    /// How old the snapshot is at `now_unix_ms` (zero if it is from the
+    /// future, e.g. after the wall clock stepped back).
+    #[must_use]
+    pub fn age(&self, now_unix_ms: u64) -> Duration {
+        Duration::from_millis(now_unix_ms.saturating_sub(self.written_unix_ms))
+    }
+
+    /// Bytes over every backend.
+    #[must_use]
+    pub fn total_bytes(&self) -> ByteCount {
+        let mut total = ByteCount::default();
+        for backend in &self.backends {
+            total += ByteCount {
+                up: backend.bytes_up,
+                down: backend.bytes_down,
+            };
+        }
+        total
+    }
+}
+
+/// Bytes per second one backend moved between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub up: f64,
+    pub down: f64,
+}
+
+/// The throughput of each backend of `current` since `previous`, in the
+/// order of `current.backends`: `None` for a backend that `previous` lacks,
+/// whose counters went backwards (another daemon run), or when no time
+/// passed between the two snapshots.
+#[must_use]
+pub fn rates(previous: &Snapshot, current: &Snapshot) -> Vec<Option<Rate>> {
+    let elapsed_ms = current
+        .written_unix_ms
+        .saturating_sub(previous.written_unix_ms);
+    let same_run =
+        previous.pid == current.pid && previous.started_unix_ms == current.started_unix_ms;
+    current
+        .backends
+        .iter()
+        .map(|now| {
+            if elapsed_ms == 0 || !same_run {
+                return None;
+            }
+            let before = previous.backends.iter().find(|b| b.name == now.name)?;
+            let up = now.bytes_up.checked_sub(before.bytes_up)?;
+            let down = now.bytes_down.checked_sub(before.bytes_down)?;
+            let secs = elapsed_ms as f64 / 1000.0;
+            Some(Rate {
+                up: up as f64 / secs,
+                down: down as f64 / secs,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        backend::{BackendId, BreakerSnapshot, BreakerState},
+        forward::BackendSlot,
+    };
+
+    fn status(name: &str) -> BackendStatus {
+        BackendStatus {
+            id: BackendId(1),
+            name: name.to_owned(),
+            address: "10.0.0.1:1080".to_owned(),
+            slot: BackendSlot(0),
+            draining: false,
+            breaker: BreakerSnapshot {
+                state: BreakerState::Closed,
+                consecutive_failures: 0,
+                since_change: Duration::ZERO,
+                reopens_in: None,
+                history: Vec::new(),
+            },
+            success_rate: None,
+            latency: None,
+            active: 0,
+            attempts: 0,
+            successes: 0,
+            failures: [0; FAILURE_LABELS.len()],
+            retries: 0,
+            probes_ok: 0,
+            probes_failed: 0,
+            since_attempt: None,
+            since_success: None,
+            since_failure: None,
+        }
+    }
+
+    fn snapshot(backends: Vec<BackendSnapshot>) -> Snapshot {
+        Snapshot {
+            version: FORMAT_VERSION,
+            instance: "default".to_owned(),
+            pid: 42,
+            engine: "sockmap".to_owned(),
+            started_unix_ms: 1_000,
+            written_unix_ms: 5_000,
+            uptime_secs: 4.0,
+            counters: DaemonCounters::from_counters(&Counters::default()),
+            backends,
+        }
+    }
+
+    fn backend(name: &str, up: u64, down: u64) -> BackendSnapshot {
+        BackendSnapshot::new(&status(name), None, ByteCount { up, down })
+    }
+
+    #[test]
+    fn a_snapshot_survives_a_json_round_trip() {
+        let mut busy = status("b");
+        busy.success_rate = Some(0.75);
+        busy.latency = Some(Duration::from_micros(2_500));
+        busy.failures[2] = 3;
+        busy.probes_ok = 4;
+        busy.probes_failed = 1;
+        let snap = snapshot(vec![
+            backend("a", 1, 2),
+            BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }),
+        ]);
+        let text = serde_json::to_string_pretty(&snap).expect("serializes");
+        let back: Snapshot = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, snap);
+        assert_eq!(back.backends[1].latency_ema_ms, Some(2.5));
+        assert_eq!(back.backends[1].failures_total(), 3);
+        assert_eq!(back.backends[1].failures["handshake"], 3);
+        assert_eq!(
+            (back.backends[1].probes_ok, back.backends[1].probes_failed),
+            (4, 1)
+        );
+    }
+
+    #[test]
+    fn an_empty_window_is_null_not_zero() {
+        let snap = snapshot(vec![backend("a", 0, 0)]);
+        let json: serde_json::Value = serde_json::to_value(&snap).expect("serializes");
+        assert!(json["backends"][0]["success_rate"].is_null(), "{json}");
+        assert!(json["backends"][0]["latency_ema_ms"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn every_failure_and_handshake_label_is_listed_even_at_zero() {
+        let snap = snapshot(vec![backend("a", 0, 0)]);
+        assert_eq!(snap.backends[0].failures.len(), FAILURE_LABELS.len());
+        assert_eq!(
+            snap.counters.handshake_failures.len(),
+            HandshakeFailure::ALL.len()
+        );
+    }
+
+    #[test]
+    fn daemon_counters_copy_every_value() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = Counters::default();
+        counters.accepted.store(9, Relaxed);
+        counters.retries.store(2, Relaxed);
+        counters.exhausted.store(1, Relaxed);
+        counters.handshake_failed(HandshakeFailure::AuthFailed);
+        let copy = DaemonCounters::from_counters(&counters);
+        assert_eq!((copy.accepted, copy.retries, copy.exhausted), (9, 2, 1));
+        assert_eq!(copy.handshake_failures["auth_failed"], 1);
+        assert_eq!(copy.handshake_failures["timeout"], 0);
+    }
+
+    #[test]
+    fn total_bytes_sum_every_backend() {
+        let snap = snapshot(vec![backend("a", 1, 2), backend("b", 10, 20)]);
+        assert_eq!(snap.total_bytes(), ByteCount { up: 11, down: 22 });
+    }
+
+    #[test]
+    fn age_is_measured_from_the_write_and_never_negative() {
+        let snap = snapshot(Vec::new());
+        assert_eq!(snap.age(7_500), Duration::from_millis(2_500));
+        assert_eq!(snap.age(10), Duration::ZERO);
+    }
+
+    #[test]
+    fn rates_divide_the_byte_delta_by_the_time_between_snapshots() {
+        let before = snapshot(vec![backend("a", 0, 0), backend("b", 5, 5)]);
+        let mut after = snapshot(vec![
+            backend("a", 2_000, 4_000),
+            backend("b", 1, 5),
+            backend("new", 7, 7),
+        ]);
+        after.written_unix_ms += 2_000;
+        let rates = rates(&before, &after);
+        assert_eq!(
+            rates[0],
+            Some(Rate {
+                up: 1_000.0,
+                down: 2_000.0
+            })
+        );
+        assert_eq!(rates[1], None, "counters went backwards");
+        assert_eq!(rates[2], None, "not in the previous snapshot");
+    }
+
+    #[test]
+    fn no_rate_without_elapsed_time_or_across_daemon_runs() {
+        let before = snapshot(vec![backend("a", 0, 0)]);
+        let same_time = snapshot(vec![backend("a", 10, 10)]);
+        assert_eq!(rates(&before, &same_time), vec![None]);
+        let mut restarted = same_time.clone();
+        restarted.written_unix_ms += 1_000;
+        restarted.pid += 1;
+        assert_eq!(rates(&before, &restarted), vec![None]);
+    }
+}

@@ -1,0 +1,366 @@
+//! Black-box: `balancer stats` against a running daemon. Two `microsocks`
+//! backends and a target that sinks then sources a known number of bytes,
+//! all on loopback of a throw-away namespace; 8 connections through the
+//! sockmap engine, then through the splice engine. The per-backend byte
+//! counts `balancer stats --json` reports must equal, to the byte, what the
+//! clients sent and received after their SOCKS5 handshakes.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{Microsocks, NetNs, require_root};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use support::{Daemon, Pattern, Target, balancer_binary, free_port, socks_connect, unique};
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const CONNECTIONS: u64 = 8;
+/// Payload each connection sends up and receives down (besides headers).
+const UP_PAYLOAD: u64 = 3 << 20;
+const DOWN_PAYLOAD: u64 = 5 << 20;
+/// What the client writes after its handshake: header, then payload.
+const UP_PER_CONNECTION: u64 = 16 + UP_PAYLOAD;
+/// What the client reads after its handshake: SHA-256 of the upload, then
+/// the payload.
+const DOWN_PER_CONNECTION: u64 = 32 + DOWN_PAYLOAD;
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP server in a namespace: the client sends a big-endian `u64` U, a
+/// `u64` D, then U bytes; the server answers with the SHA-256 of those U
+/// bytes, then D bytes of [`Pattern`] seed D, and closes.
+struct SinkSource {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl SinkSource {
+    fn start(ns: &NetNs) -> Self {
+        let listener = ns
+            .run(|| TcpListener::bind((LO, 0)))
+            .expect("netns")
+            .expect("bind target");
+        let addr = listener.local_addr().expect("target address");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let accept = thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        thread::spawn(move || sink_then_source(stream));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for SinkSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+fn sink_then_source(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut header = [0u8; 16];
+    if stream.read_exact(&mut header).is_err() {
+        return;
+    }
+    let (up, down) = header.split_at(8);
+    let up = u64::from_be_bytes(up.try_into().unwrap_or_default());
+    let down = u64::from_be_bytes(down.try_into().unwrap_or_default());
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = up;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                sha.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+    }
+    let digest: [u8; 32] = sha.finalize().into();
+    if stream.write_all(&digest).is_ok() {
+        let _ = Pattern::new(down).write(&mut stream, down);
+    }
+}
+
+/// One connection through the proxy: uploads, checks the server's digest of
+/// the upload and the download's digest; returns (bytes written, bytes read)
+/// after the handshake.
+fn transfer(proxy: SocketAddr, target: SocketAddr, seed: u64) -> (u64, u64) {
+    let mut stream = socks_connect(proxy, &Target::Addr(target), None).expect("SOCKS5 CONNECT");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut upload = Vec::with_capacity(usize::try_from(UP_PER_CONNECTION).expect("fits"));
+    upload.extend_from_slice(&UP_PAYLOAD.to_be_bytes());
+    upload.extend_from_slice(&DOWN_PAYLOAD.to_be_bytes());
+    let header = upload.len();
+    Pattern::new(seed)
+        .write(&mut upload, UP_PAYLOAD)
+        .expect("fill upload");
+    let upload_digest: [u8; 32] = Sha256::digest(&upload[header..]).into();
+    stream.write_all(&upload).expect("upload");
+    let mut download = Vec::new();
+    stream.read_to_end(&mut download).expect("download");
+    assert_eq!(
+        download.len() as u64,
+        DOWN_PER_CONNECTION,
+        "download length"
+    );
+    assert_eq!(download[..32], upload_digest, "server saw another upload");
+    let mut expected = Vec::new();
+    Pattern::new(DOWN_PAYLOAD)
+        .write(&mut expected, DOWN_PAYLOAD)
+        .expect("expected download");
+    assert!(download[32..] == expected[..], "download corrupted");
+    (upload.len() as u64, download.len() as u64)
+}
+
+/// `balancer stats ARGS`, killed after [`STATS_TIMEOUT`].
+fn stats(args: &[&str]) -> Output {
+    let mut child = Command::new(balancer_binary())
+        .arg("stats")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run balancer stats");
+    let deadline = Instant::now() + STATS_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("poll balancer stats").is_some() {
+            return child.wait_with_output().expect("balancer stats output");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("balancer stats output");
+    panic!(
+        "`balancer stats {}` did not finish within {STATS_TIMEOUT:?}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn stats_json(instance: &str) -> Value {
+    let output = stats(&["--instance", instance, "--json"]);
+    assert!(
+        output.status.success(),
+        "balancer stats --json failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
+}
+
+fn u64_field(backend: &Value, key: &str) -> u64 {
+    backend[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {backend}"))
+}
+
+/// A copy of the daemon's config, removed on drop (for `stats --config`).
+struct ConfigCopy(PathBuf);
+
+impl Drop for ConfigCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run_engine(engine: &str) {
+    require_root("network namespaces and BPF");
+    let ns = NetNs::new().expect("netns");
+    let target = SinkSource::start(&ns);
+    let socks: Vec<Microsocks> = (0..2)
+        .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
+        .collect();
+    let instance = unique("stats");
+    let yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\" }}\n\
+         balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
+         health: {{ probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: {engine}, connect_timeout: 2s, handshake_timeout: 5s }}\n",
+        socks[0].addr(),
+        socks[1].addr(),
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+    let target_addr = target.addr;
+
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|seed| {
+            ns.spawn(move || transfer(proxy, target_addr, seed))
+                .expect("spawn client in netns")
+        })
+        .collect();
+    let (mut sent, mut received) = (0u64, 0u64);
+    for client in clients {
+        let (up, down) = client
+            .join()
+            .unwrap_or_else(|_| panic!("client failed:\n{}", daemon.logs()))
+            .expect("netns");
+        sent += up;
+        received += down;
+    }
+    assert_eq!(sent, CONNECTIONS * UP_PER_CONNECTION);
+    assert_eq!(received, CONNECTIONS * DOWN_PER_CONNECTION);
+
+    // Wait (bounded) for a snapshot taken after every pair was torn down:
+    // `active` is read before the bytes, so zero there means final bytes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let snapshot = loop {
+        let snapshot = stats_json(&instance);
+        let backends = snapshot["backends"].as_array().expect("backends array");
+        let done = backends.iter().all(|b| u64_field(b, "active") == 0)
+            && backends
+                .iter()
+                .map(|b| u64_field(b, "successes"))
+                .sum::<u64>()
+                == CONNECTIONS;
+        if done {
+            break snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections still open in stats after 15 s: {snapshot:#}\n{}",
+            daemon.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+
+    assert_eq!(snapshot["instance"], instance.as_str());
+    assert_eq!(snapshot["engine"], engine, "{snapshot:#}");
+    assert_eq!(
+        snapshot["counters"]["accepted"], CONNECTIONS,
+        "{snapshot:#}"
+    );
+    let backends = snapshot["backends"].as_array().expect("backends array");
+    let mut names: Vec<&str> = backends
+        .iter()
+        .map(|b| b["name"].as_str().expect("name"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alpha", "beta"], "{snapshot:#}");
+    let sum = |key: &str| backends.iter().map(|b| u64_field(b, key)).sum::<u64>();
+    assert_eq!(sum("attempts"), CONNECTIONS, "{snapshot:#}");
+    assert_eq!(sum("bytes_up"), sent, "bytes up, {engine}: {snapshot:#}");
+    assert_eq!(
+        sum("bytes_down"),
+        received,
+        "bytes down, {engine}: {snapshot:#}"
+    );
+    for backend in backends {
+        let carried = u64_field(backend, "successes");
+        assert!(carried > 0, "round robin skipped a backend: {snapshot:#}");
+        assert_eq!(
+            u64_field(backend, "bytes_up"),
+            carried * UP_PER_CONNECTION,
+            "{backend}"
+        );
+        assert_eq!(
+            u64_field(backend, "bytes_down"),
+            carried * DOWN_PER_CONNECTION,
+            "{backend}"
+        );
+        assert_eq!(backend["state"], "closed", "{backend}");
+        assert!(backend["success_rate"].as_f64().is_some(), "{backend}");
+    }
+
+    // The table, through the config file as `cargo xtask demo` asks.
+    let copy = ConfigCopy(std::env::temp_dir().join(format!("{instance}-stats.yaml")));
+    std::fs::write(&copy.0, &yaml).expect("write config copy");
+    let config = copy.0.to_str().expect("utf-8 path");
+    let table = stats(&["--config", config]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success(),
+        "stats --config: {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(
+        text.contains("alpha") && text.contains("beta"),
+        "table lacks a backend:\n{text}"
+    );
+    assert!(text.contains(&instance), "{text}");
+
+    // A clean stop removes the status file: the instance is gone for stats.
+    let status_file = PathBuf::from(format!("/run/balancer/{instance}/status.json"));
+    assert!(status_file.exists());
+    drop(daemon);
+    assert!(
+        !status_file.exists(),
+        "{} left behind",
+        status_file.display()
+    );
+    let after = stats(&["--instance", &instance]);
+    assert_eq!(after.status.code(), Some(1));
+    // The backends outlive the daemon.
+    drop(socks);
+}
+
+#[test]
+fn sockmap_bytes_per_backend_equal_what_clients_moved() {
+    run_engine("sockmap");
+}
+
+#[test]
+fn splice_bytes_per_backend_equal_what_clients_moved() {
+    run_engine("splice");
+}
+
+#[test]
+fn stats_for_an_instance_that_is_not_running_fails_naming_it() {
+    let instance = unique("nx");
+    let output = stats(&["--instance", &instance]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&instance) && stderr.contains("not running"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("/run/balancer/{instance}/status.json")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn stats_help_teaches_with_examples() {
+    let output = stats(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in ["--instance", "--json", "--watch", "Examples:"] {
+        assert!(help.contains(needle), "{needle} missing:\n{help}");
+    }
+}
