@@ -26,7 +26,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary};
-use crate::sys::splice::Pipe;
+use crate::sys::{socket::set_buffers, splice::Pipe};
 
 /// Bytes each pipe asks for (see the measurement in the engine's report;
 /// `bench_engine` sweeps it). Larger pipes move more per syscall; the cost is
@@ -315,12 +315,6 @@ impl Direction<'_> {
             }
         }
     }
-}
-
-fn set_buffers(socket: &TcpStream, size: usize) -> io::Result<()> {
-    let socket = SockRef::from(socket);
-    socket.set_send_buffer_size(size)?;
-    socket.set_recv_buffer_size(size)
 }
 
 /// Closes with RST instead of FIN (`SO_LINGER` 0) when the stream is broken.

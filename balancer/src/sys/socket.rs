@@ -24,10 +24,31 @@ pub fn set_rcvlowat(fd: impl AsFd, bytes: i32) -> io::Result<()> {
 }
 
 /// `SO_SNDBUF` and `SO_RCVBUF` (the kernel doubles them and stops autotuning).
+///
+/// The `FORCE` variants come first: plain `SO_RCVBUF` is silently capped at
+/// `net.core.rmem_max` (208 KiB on a stock kernel), and a capped buffer is
+/// slower than autotuning (see the engine benchmark). Without CAP_NET_ADMIN
+/// the plain options are the fallback, capped as the host's limits say.
 pub fn set_buffers(fd: impl AsFd, bytes: usize) -> io::Result<()> {
-    let sock = SockRef::from(&fd);
-    sock.set_send_buffer_size(bytes)?;
-    sock.set_recv_buffer_size(bytes)
+    let value = i32::try_from(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket buffer larger than 2 GiB",
+        )
+    })?;
+    let fd = fd.as_fd();
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        match set_int(fd, libc::SOL_SOCKET, force, value) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                set_int(fd, libc::SOL_SOCKET, plain, value)?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// `SIOCINQ`: bytes in the receive queue not yet consumed (by `recv` or, for
@@ -240,6 +261,25 @@ mod tests {
         let written = bytes_written(&client).expect("written");
         assert_eq!(written.bytes - baseline.bytes, 1000);
         assert_eq!(outq(&server).expect("outq"), 0);
+    }
+
+    #[test]
+    fn buffers_beyond_rmem_max_are_granted_with_cap_net_admin() {
+        let (client, _server) = loopback_pair();
+        let wanted = 64 << 20; // above any default net.core.rmem_max
+        set_buffers(&client, wanted).expect("set buffers");
+        let sock = SockRef::from(&client);
+        let (snd, rcv) = (
+            sock.send_buffer_size().expect("SO_SNDBUF"),
+            sock.recv_buffer_size().expect("SO_RCVBUF"),
+        );
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            // The kernel doubles what it was given, for its bookkeeping.
+            assert_eq!((snd, rcv), (2 * wanted, 2 * wanted));
+        } else {
+            assert!(snd > 0 && rcv > 0);
+        }
     }
 
     #[test]
