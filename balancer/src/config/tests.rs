@@ -34,7 +34,7 @@ forwarding:
   connect_timeout: 5s
   handshake_timeout: 10s
   idle_timeout: 0s
-  socket_buffer: 0
+  socket_buffer: 16777216
   mark: 0
 metrics:
   listen: "127.0.0.1:9898"
