@@ -8,13 +8,14 @@ mod support;
 use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    thread,
     time::{Duration, Instant},
 };
 
 use balancer_tests::{Microsocks, NetNs, require_root};
 use support::{
     ChecksumTarget, Daemon, Fault, FaultBackend, SocksError, Target, free_port, ping,
-    read_to_close, socks_connect, unique,
+    read_to_close, socks_connect, stats_json, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -191,6 +192,36 @@ fn malformed_client_handshakes_get_a_reply_code_or_a_clean_close_and_the_daemon_
     let udp = world.raw(&[5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 1, 0, 80], false);
     assert_eq!(reply_code(&udp), Some(7), "UDP ASSOCIATE: {udp:?}");
     world.assert_still_serves();
+
+    // Each rejection was counted under its reason (the status file is
+    // rewritten every second, so wait for it to catch up).
+    let expected = [
+        ("malformed", 3),
+        ("no_acceptable_method", 1),
+        ("client_closed", 2),
+        ("command_not_supported", 2),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snapshot = stats_json(world.daemon.instance());
+        let failures = &snapshot["counters"]["handshake_failures"];
+        let short: Vec<_> = expected
+            .iter()
+            .filter(|(label, at_least)| failures[label].as_u64().unwrap_or(0) < *at_least)
+            .collect();
+        if short.is_empty() {
+            assert_eq!(
+                failures["command_not_supported"], 2,
+                "BIND and UDP ASSOCIATE only: {failures}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handshake failure counters short of {short:?}: {failures}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -11,7 +11,6 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Command, Output},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,7 +22,7 @@ use std::{
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use support::{Daemon, Pattern, Target, balancer_binary, free_port, socks_connect, unique};
+use support::{Daemon, Pattern, Target, free_port, socks_connect, stats, stats_json, unique};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const CONNECTIONS: u64 = 8;
@@ -35,7 +34,6 @@ const UP_PER_CONNECTION: u64 = 16 + UP_PAYLOAD;
 /// What the client reads after its handshake: SHA-256 of the upload, then
 /// the payload.
 const DOWN_PER_CONNECTION: u64 = 32 + DOWN_PAYLOAD;
-const STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TCP server in a namespace: the client sends a big-endian `u64` U, a
 /// `u64` D, then U bytes; the server answers with the SHA-256 of those U
@@ -143,41 +141,6 @@ fn transfer(proxy: SocketAddr, target: SocketAddr, seed: u64) -> (u64, u64) {
         .expect("expected download");
     assert!(download[32..] == expected[..], "download corrupted");
     (upload.len() as u64, download.len() as u64)
-}
-
-/// `balancer stats ARGS`, killed after [`STATS_TIMEOUT`].
-fn stats(args: &[&str]) -> Output {
-    let mut child = Command::new(balancer_binary())
-        .arg("stats")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run balancer stats");
-    let deadline = Instant::now() + STATS_TIMEOUT;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("poll balancer stats").is_some() {
-            return child.wait_with_output().expect("balancer stats output");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("balancer stats output");
-    panic!(
-        "`balancer stats {}` did not finish within {STATS_TIMEOUT:?}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn stats_json(instance: &str) -> Value {
-    let output = stats(&["--instance", instance, "--json"]);
-    assert!(
-        output.status.success(),
-        "balancer stats --json failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
 }
 
 fn u64_field(backend: &Value, key: &str) -> u64 {

@@ -221,6 +221,11 @@ impl Daemon {
             .count()
     }
 
+    /// The config's `instance`.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The config file the daemon runs with (removed on drop).
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
@@ -880,4 +885,43 @@ impl Drop for Dante {
         let _lock = USERS.lock();
         let _ = Command::new("userdel").arg(&self.user).output();
     }
+}
+
+/// How long one `balancer stats` call may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `balancer stats ARGS`, killed after [`STATS_TIMEOUT`].
+pub fn stats(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(balancer_binary())
+        .arg("stats")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run balancer stats");
+    let deadline = Instant::now() + STATS_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("poll balancer stats").is_some() {
+            return child.wait_with_output().expect("balancer stats output");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("balancer stats output");
+    panic!(
+        "`balancer stats {}` did not finish within {STATS_TIMEOUT:?}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `balancer stats --instance INSTANCE --json`, parsed.
+pub fn stats_json(instance: &str) -> serde_json::Value {
+    let output = stats(&["--instance", instance, "--json"]);
+    assert!(
+        output.status.success(),
+        "balancer stats --json failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
 }
