@@ -47,7 +47,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon.
+    // `about` rather than a doc comment, which would also replace the
+    // long_about of the args struct.
+    #[command(about = "Run the daemon")]
     Run(RunArgs),
     /// Show the per-backend figures of a running instance.
     // On the variant: the doc comment above would reset a long_about set on
@@ -75,7 +77,7 @@ pub enum Command {
     /// Validate a config file and print its listeners and expanded backends.
     #[command(after_help = "Exits 0 when the file is valid, 2 (with the reason) otherwise.")]
     Check(CheckArgs),
-    /// Print, install or remove the iptables rules for redirect/tproxy listeners.
+    #[command(about = "Print, install or remove the iptables rules for redirect/tproxy listeners")]
     Iptables(IptablesArgs),
 }
 
