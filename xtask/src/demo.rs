@@ -213,10 +213,14 @@ fn config_yaml(ports: &Ports) -> String {
     for port in &ports.backends {
         let _infallible = writeln!(yaml, "  - {{ address: \"127.0.0.1:{port}\" }}");
     }
+    // Probes go to the local HTTP target: the default (example.com) is
+    // unreachable on an offline machine and would count against every backend.
     let _infallible = write!(
         yaml,
-        "balancing: {{ strategy: least_connections }}\nforwarding: {{ engine: auto }}\nmetrics: {{ listen: \"127.0.0.1:{}\" }}\n",
-        ports.metrics
+        "balancing: {{ strategy: least_connections }}\n\
+         health: {{ probe: {{ target: \"127.0.0.1:{}\", interval: 10s, timeout: 2s }} }}\n\
+         forwarding: {{ engine: auto }}\nmetrics: {{ listen: \"127.0.0.1:{}\" }}\n",
+        ports.http, ports.metrics
     );
     yaml
 }
@@ -374,8 +378,12 @@ mod tests {
         }
         assert!(yaml.contains(r#"listen: "127.0.0.1:40006""#), "{yaml}");
         assert!(
-            !yaml.contains("40004"),
+            !yaml.contains(r#"address: "127.0.0.1:40004""#),
             "the HTTP target is not a backend: {yaml}"
+        );
+        assert!(
+            yaml.contains(r#"target: "127.0.0.1:40004""#),
+            "probes go to the HTTP target: {yaml}"
         );
     }
 
