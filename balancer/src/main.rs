@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("balancer: {error:#}");
+            eprintln!("balancer: {}", cmd::describe(&error));
             ExitCode::from(cmd::exit_code(&error))
         }
     }

@@ -366,3 +366,146 @@ fn an_invalid_config_file_exits_2_naming_the_line_or_key_without_a_panic() {
         }
     }
 }
+
+/// A file removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `balancer run ARGS` as user `nobody` inside `ns`: no CAP_BPF, no
+/// CAP_NET_ADMIN. Returns the child and its stderr lines as they come.
+fn spawn_unprivileged(
+    ns: &NetNs,
+    binary: &std::path::Path,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::BufRead as _;
+    let mut child = ns
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn balancer as nobody");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = lines.clone();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("log lock").push(line);
+        }
+    });
+    (child, lines)
+}
+
+#[test]
+fn without_bpf_privilege_auto_serves_through_splice_and_sockmap_exits_naming_the_cause() {
+    require_root("network namespaces and setpriv to an unprivileged user");
+    balancer_tests::require_command("setpriv", "util-linux");
+    let ns = NetNs::new().expect("netns");
+    let target = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
+    let socks = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
+    // `nobody` may not reach the build directory; give it its own copy.
+    let binary = TempFile(std::env::temp_dir().join(format!("balancer-nobody-{}", unique("b"))));
+    std::fs::copy(support::balancer_binary(), &binary.0).expect("copy the binary");
+    let listen = SocketAddr::from((LO, free_port(&ns, LO)));
+    let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique("nopriv"))));
+    std::fs::write(
+        &config.0,
+        format!(
+            "instance: {}\n\
+             listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
+             backends:\n  - {{ address: \"{}\" }}\n\
+             health: {{ probe: {{ enabled: false }} }}\n\
+             metrics: {{ listen: null }}\n",
+            unique("np"),
+            socks.addr()
+        ),
+    )
+    .expect("write config");
+    for path in [&binary.0, &config.0] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let config_arg = config.0.to_str().expect("utf-8 temp path");
+
+    // engine: sockmap must not start, and must say why.
+    let (mut child, lines) = spawn_unprivileged(
+        &ns,
+        &binary.0,
+        &["run", "--config", config_arg, "--engine", "sockmap"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!(
+                "engine sockmap started without privilege: {:?}",
+                lines.lock()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    thread::sleep(Duration::from_millis(100)); // let the reader take the last line
+    let said = lines.lock().expect("log lock").join("\n");
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("missing privilege") && said.contains("CAP_BPF"),
+        "the cause is not named: {said}"
+    );
+
+    // engine: auto falls back to splice with one line saying why, and serves.
+    let (mut child, lines) = spawn_unprivileged(&ns, &binary.0, &["run", "--config", config_arg]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines
+        .lock()
+        .expect("log lock")
+        .iter()
+        .any(|l| l.contains("balancer started"))
+    {
+        if Instant::now() >= deadline || child.try_wait().expect("poll").is_some() {
+            let _ = child.kill();
+            panic!("auto did not start: {:?}", lines.lock());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let target = target.addr();
+    let served = ns
+        .run(move || {
+            let mut stream =
+                socks_connect(listen, &Target::Addr(target), None).map_err(|e| format!("{e:?}"))?;
+            ping(&mut stream).map_err(|e| e.to_string())
+        })
+        .expect("netns");
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = lines.lock().expect("log lock").join("\n");
+    assert!(served.is_ok(), "not served: {served:?}\n{said}");
+    let fallback: Vec<_> = said
+        .lines()
+        .filter(|l| l.contains("because sockmap is unavailable"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "one line saying why: {said}");
+    assert!(
+        fallback[0].contains("engine=\"splice\"") && fallback[0].contains("missing privilege"),
+        "{said}"
+    );
+}

@@ -39,11 +39,54 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if usage { EXIT_USAGE } else { EXIT_FAILURE }
 }
 
+/// The error chain as one line, `outer: inner: ...`, leaving out a cause
+/// whose text its wrapper already printed: several error types put their
+/// source in their own message too, and the operator should read each
+/// reason once.
+#[must_use]
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use anyhow::Context as _;
 
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot load: {source}")]
+    struct Loud {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn describe_prints_each_cause_once() {
+        let error = anyhow::Error::new(Loud {
+            source: std::io::Error::from_raw_os_error(1),
+        })
+        .context("opening the engine");
+        assert_eq!(
+            describe(&error),
+            format!(
+                "opening the engine: cannot load: {}",
+                std::io::Error::from_raw_os_error(1)
+            )
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&plain), "outer: inner");
+    }
 
     #[test]
     fn config_and_usage_errors_exit_2_even_with_context() {
