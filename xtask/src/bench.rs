@@ -1,32 +1,50 @@
 //! `cargo xtask bench`: runs the benchmark binaries of `balancer-tests`,
-//! each printing its table and writing its JSON under bench-results/.
+//! each printing its table and writing its JSON under bench-results/, and
+//! the selection micro-benchmark of the `balancer` crate.
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::process;
 use crate::workspace::Workspace;
 
-/// One benchmark binary and where its JSON goes.
+/// One benchmark and how it is run.
 #[derive(Debug)]
 struct Bench {
     /// Name for `--only`.
     name: &'static str,
-    /// `[[bin]]` of the balancer-tests crate.
-    binary: &'static str,
-    /// Path of its JSON result, relative to the workspace root.
-    json: &'static str,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A `[[bin]]` of the balancer-tests crate that writes JSON to `json`
+    /// (relative to the workspace root).
+    TestsBinary {
+        binary: &'static str,
+        json: &'static str,
+    },
+    /// A `harness = false` `[[bench]]` of the balancer crate (prints only).
+    CargoBench { bench: &'static str },
 }
 
 const BENCHES: &[Bench] = &[
     Bench {
         name: "engine",
-        binary: "bench_engine",
-        json: "bench-results/engine.json",
+        kind: Kind::TestsBinary {
+            binary: "bench_engine",
+            json: "bench-results/engine.json",
+        },
     },
     Bench {
         name: "failover",
-        binary: "bench_failover",
-        json: "bench-results/failover.json",
+        kind: Kind::TestsBinary {
+            binary: "bench_failover",
+            json: "bench-results/failover.json",
+        },
+    },
+    Bench {
+        name: "select",
+        kind: Kind::CargoBench { bench: "select" },
     },
 ];
 
@@ -36,7 +54,7 @@ pub struct Args {
     /// Run only these benchmarks (comma separated; default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Extra arguments passed to every benchmark binary (after `--`).
+    /// Extra arguments for the balancer-tests benchmark binaries (after `--`).
     #[arg(last = true)]
     bench_args: Vec<String>,
 }
@@ -49,21 +67,32 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     std::fs::create_dir_all(&results)
         .with_context(|| format!("could not create {}", results.display()))?;
     for bench in selected {
-        eprintln!("bench: {} -> {}", bench.name, bench.json);
-        process::run(
-            ws.cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "balancer-tests",
-                    "--bin",
-                    bench.binary,
-                    "--",
-                ])
-                .args(["--json", bench.json])
-                .args(&args.bench_args),
-        )?;
+        match bench.kind {
+            Kind::TestsBinary { binary, json } => {
+                eprintln!("bench: {} -> {json}", bench.name);
+                process::run(
+                    ws.cargo()
+                        .args([
+                            "run",
+                            "--release",
+                            "--package",
+                            "balancer-tests",
+                            "--bin",
+                            binary,
+                            "--",
+                        ])
+                        .args(["--json", json])
+                        .args(&args.bench_args),
+                )?;
+            }
+            Kind::CargoBench { bench: name } => {
+                eprintln!("bench: {}", bench.name);
+                process::run(
+                    ws.cargo()
+                        .args(["bench", "--package", "balancer", "--bench", name]),
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -104,7 +133,9 @@ mod tests {
     fn unknown_benchmark_is_an_error_listing_the_known_ones() {
         let error = select(&["nope".to_owned()]).expect_err("an error");
         assert!(
-            error.to_string().contains("known: engine, failover"),
+            error
+                .to_string()
+                .contains("known: engine, failover, select"),
             "{error}"
         );
     }
