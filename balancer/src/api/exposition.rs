@@ -128,16 +128,26 @@ impl Collector for SnapshotCollector {
         let gauge = MetricType::Gauge;
 
         // Daemon-wide.
-        let mut info = encoder.encode_descriptor(
-            "balancer",
-            "The running daemon: instance and forwarding engine",
+        // A gauge of 1, not OpenMetrics' `info` type: the classic text
+        // format (which `promtool check metrics` and older scrapers read)
+        // has no `info`, and this idiom parses the same in both.
+        family(
+            &mut encoder,
+            "balancer_info",
+            "The running daemon: instance and forwarding engine (always 1)",
             None,
-            MetricType::Info,
+            gauge,
+            [(
+                vec![
+                    (
+                        Cow::Borrowed("instance"),
+                        Cow::Owned(snapshot.instance.clone()),
+                    ),
+                    (Cow::Borrowed("engine"), Cow::Owned(snapshot.engine.clone())),
+                ],
+                ConstGauge::new(1u64),
+            )],
         )?;
-        info.encode_info(&vec![
-            ("instance", snapshot.instance.as_str()),
-            ("engine", snapshot.engine.as_str()),
-        ])?;
         single(
             &mut encoder,
             "balancer_connections_accepted",
