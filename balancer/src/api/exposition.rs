@@ -70,6 +70,7 @@ struct BucketedHistogram<'a>(&'a HistogramSnapshot);
 
 impl EncodeMetric for BucketedHistogram<'_> {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // `f64::MAX` is how `prometheus-client` spells the `+Inf` bound.
         let bounds = LATENCY_BUCKETS_SECONDS.iter().copied().chain([f64::MAX]);
         // The encoder wants per-bucket counts and accumulates them itself.
         let mut previous = 0;
@@ -127,8 +128,7 @@ impl Collector for SnapshotCollector {
         let counter = MetricType::Counter;
         let gauge = MetricType::Gauge;
 
-        // Daemon-wide.
-        // A gauge of 1, not OpenMetrics' `info` type: the classic text
+        // Daemon-wide. `balancer_info` is a gauge of 1, not OpenMetrics' `info` type: the classic text
         // format (which `promtool check metrics` and older scrapers read)
         // has no `info`, and this idiom parses the same in both.
         family(
