@@ -1,6 +1,7 @@
 //! The running daemon: opens the forwarding engine, builds the backend
-//! registry, binds every listener, starts the health prober and the status
-//! file writer (for `balancer stats`), and on shutdown stops accepting, lets
+//! registry, binds every listener, starts the health prober, the status
+//! file writer (for `balancer stats`) and the HTTP server on `metrics.listen`
+//! (`/metrics`, `/health`, the JSON API), and on shutdown stops accepting, lets
 //! live connections drain, then closes what is left.
 
 use std::{sync::Arc, time::Duration};
@@ -10,6 +11,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api::ApiServer,
     backend::{BackendSpec, BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
@@ -19,7 +21,7 @@ use crate::{
     select::{SelectionConfig, Selector, Strategy},
     session::Context,
     socks5::{Credentials, ServerAuth},
-    stats::{Counters, writer::StatusWriter},
+    stats::{Counters, source::StatsSource, writer::StatusWriter},
     upstream::DialOptions,
 };
 
@@ -70,15 +72,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(listener = %listener.name, mode = bound.spec.mode.name(), %addr, "listening");
         listeners.push(bound);
     }
-    // The first status before "started", so `balancer stats` works as soon
-    // as the daemon says it runs.
-    let status = StatusWriter::new(
+    let source = Arc::new(StatsSource::new(
         config.instance.clone(),
-        config.run_dir(),
         engine.clone(),
         registry.clone(),
         counters,
-    );
+    ));
+    let api = match config.metrics.listen {
+        Some(addr) => {
+            let server = ApiServer::bind(addr, source.clone()).await?;
+            let addr = server.local_addr().context("reading the metrics address")?;
+            tracing::info!(%addr, "metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
+    // The first status before "started", so `balancer stats` works as soon
+    // as the daemon says it runs.
+    let status = StatusWriter::new(config.run_dir(), source);
     if let Err(error) = status.write_now() {
         tracing::warn!(%error, "cannot write the status file; `balancer stats` will not see this instance");
     }
@@ -88,6 +99,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
     tasks.spawn(status.run(shutdown.clone()));
+    if let Some(api) = api {
+        tasks.spawn(api.serve(shutdown.clone()));
+    }
     for listener in listeners {
         tasks.spawn(listener.serve(context.clone(), limit.clone(), accepting.clone()));
     }

@@ -19,9 +19,11 @@
 //! - [`sys`]: the only module with `libc` and `unsafe`.
 //! - [`iptables`]: the rules for `redirect`/`tproxy` listeners.
 //! - [`stats`]: daemon-wide counters and the status file `balancer stats` reads.
+//! - [`api`]: HTTP on `metrics.listen`: `/metrics`, `/health`, read-only JSON.
 //! - [`clock`]: the only place that reads time.
 //! - [`cli`], [`cmd`]: the command line and one module per subcommand.
 
+pub mod api;
 pub mod backend;
 pub mod bpf;
 pub mod cli;

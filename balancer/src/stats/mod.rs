@@ -3,10 +3,12 @@
 //! Per-backend figures live with the backend (`backend`) and the engines.
 //!
 //! - [`snapshot`]: the status `balancer stats` shows (pure data, serde).
+//! - [`source`]: takes snapshots (shared by the status file and `/metrics`).
 //! - [`status_file`]: that status as a file in the instance's run directory.
 //! - [`writer`]: the daemon task that rewrites the file every second.
 
 pub mod snapshot;
+pub mod source;
 pub mod status_file;
 pub mod writer;
 
