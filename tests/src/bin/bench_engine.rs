@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p balancer-tests --bin bench_engine -- --json OUT
-//!     [--runs 5] [--mib 1024] [--engines splice,sockmap] [--buffers default,1,4,8]
+//!     [--runs 5] [--mib 1024] [--engines splice,sockmap] [--buffers default,4,16]
 //! ```
 //!
 //! Prints a Markdown table to stdout and writes the JSON to OUT.
@@ -42,7 +42,7 @@ fn parse_args() -> Result<Args> {
         runs: 5,
         bytes: 1 << 30,
         engines: vec![EngineKind::Sockmap, EngineKind::Splice],
-        buffers: vec![None, Some(1 << 20), Some(4 << 20), Some(8 << 20)],
+        buffers: vec![None, Some(4 << 20), Some(16 << 20)],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
