@@ -9,12 +9,8 @@ mod support;
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -22,7 +18,9 @@ use std::{
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use support::{Daemon, Pattern, Target, free_port, socks_connect, stats, stats_json, unique};
+use support::{
+    Daemon, Pattern, Target, ThreadServer, free_port, socks_connect, stats, stats_json, unique,
+};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const CONNECTIONS: u64 = 8;
@@ -38,51 +36,18 @@ const DOWN_PER_CONNECTION: u64 = 32 + DOWN_PAYLOAD;
 /// A TCP server in a namespace: the client sends a big-endian `u64` U, a
 /// `u64` D, then U bytes; the server answers with the SHA-256 of those U
 /// bytes, then D bytes of [`Pattern`] seed D, and closes.
-struct SinkSource {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
+struct SinkSource(ThreadServer);
 
 impl SinkSource {
     fn start(ns: &NetNs) -> Self {
-        let listener = ns
-            .run(|| TcpListener::bind((LO, 0)))
-            .expect("netns")
-            .expect("bind target");
-        let addr = listener.local_addr().expect("target address");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let accept = thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        thread::spawn(move || sink_then_source(stream));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            accept: Some(accept),
-        }
-    }
-}
-
-impl Drop for SinkSource {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        Self(
+            ThreadServer::start(ns, SocketAddr::from((LO, 0)), sink_then_source)
+                .expect("start the target"),
+        )
     }
 }
 
 fn sink_then_source(mut stream: TcpStream) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut header = [0u8; 16];
     if stream.read_exact(&mut header).is_err() {
@@ -178,7 +143,7 @@ fn run_engine(engine: &str) {
     );
     let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
     let proxy = daemon.listener("socks");
-    let target_addr = target.addr;
+    let target_addr = target.0.addr();
 
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|seed| {

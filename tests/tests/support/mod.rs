@@ -501,15 +501,32 @@ pub fn read_to_close(stream: &mut TcpStream, within: Duration) -> std::io::Resul
 /// and closes. The client checks the SHA-256 of what arrived against
 /// [`expected_digest`].
 /// With N = 0 it echoes one line instead (a cheap liveness check).
-pub struct ChecksumTarget {
+pub struct ChecksumTarget(ThreadServer);
+
+impl ChecksumTarget {
+    pub fn start(ns: &NetNs, ip: std::net::IpAddr) -> Result<Self> {
+        ThreadServer::start(ns, SocketAddr::new(ip, 0), serve).map(Self)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+}
+
+/// A TCP server in a namespace: an accept loop on its own thread and one
+/// thread per connection running `serve`; stops accepting when dropped.
+pub struct ThreadServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<thread::JoinHandle<()>>,
 }
 
-impl ChecksumTarget {
-    pub fn start(ns: &NetNs, ip: std::net::IpAddr) -> Result<Self> {
-        let listener = ns.run(move || TcpListener::bind((ip, 0)))??;
+impl ThreadServer {
+    pub fn start<F>(ns: &NetNs, bind: SocketAddr, serve: F) -> Result<Self>
+    where
+        F: Fn(TcpStream) + Clone + Send + 'static,
+    {
+        let listener = ns.run(move || TcpListener::bind(bind))??;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -518,6 +535,9 @@ impl ChecksumTarget {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        // Accepted sockets inherit O_NONBLOCK from the listener.
+                        let _ = stream.set_nonblocking(false);
+                        let serve = serve.clone();
                         thread::spawn(move || serve(stream));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
@@ -536,7 +556,7 @@ impl ChecksumTarget {
     }
 }
 
-impl Drop for ChecksumTarget {
+impl Drop for ThreadServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(accept) = self.accept.take() {
@@ -546,7 +566,6 @@ impl Drop for ChecksumTarget {
 }
 
 fn serve(mut stream: TcpStream) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut request = [0u8; 16];
     if stream.read_exact(&mut request).is_err() {
@@ -693,58 +712,25 @@ pub fn ping(stream: &mut TcpStream) -> std::io::Result<()> {
 
 /// A tiny HTTP/1.0 file server in a namespace for `curl`: every GET gets the
 /// same body. Answers on `addr()` until dropped.
-pub struct HttpTarget {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
+pub struct HttpTarget(ThreadServer);
 
 impl HttpTarget {
     pub fn start(ns: &NetNs, ip: std::net::IpAddr, body: Arc<Vec<u8>>) -> Result<Self> {
-        let listener = ns.run(move || TcpListener::bind((ip, 0)))??;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let accept = thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let body = body.clone();
-                        thread::spawn(move || {
-                            let _ = stream.set_nonblocking(false);
-                            let mut request = [0u8; 4096];
-                            let _ = stream.read(&mut request);
-                            let head = format!(
-                                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            let _ = stream.write_all(head.as_bytes());
-                            let _ = stream.write_all(&body);
-                        });
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Ok(Self {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
+        let serve = move |mut stream: TcpStream| {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        };
+        ThreadServer::start(ns, SocketAddr::new(ip, 0), serve).map(Self)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpTarget {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        self.0.addr()
     }
 }
 
