@@ -81,7 +81,7 @@ pub enum Command {
     Iptables(IptablesArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(
     long_about = "Run the daemon.\n\n\
         Takes a config file, or builds one from --backend flags: one socks5 listener on \
