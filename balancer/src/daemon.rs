@@ -237,7 +237,8 @@ impl Live {
             kept,
             updated = report.updated.len(),
             replaced = report.replaced.len(),
-            changed = %applied.join(","),
+            changed = %list(&applied),
+            needs_restart = %list(&needs_restart),
             "config reloaded"
         );
         for key in &needs_restart {
@@ -251,6 +252,15 @@ impl Live {
         if let Err(error) = self.config.validate() {
             tracing::warn!(error = %error, "the running mix of old and reloaded settings is inconsistent until a restart");
         }
+    }
+}
+
+/// Keys for a log field: comma-separated, `none` rather than nothing.
+fn list(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(",")
     }
 }
 

@@ -203,6 +203,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_rebuilds_the_config_with_the_same_flags_and_refuses_a_bad_file() {
+        assert!(
+            reload_config(&args(&["127.0.0.1:1081"])).is_none(),
+            "no file to reload"
+        );
+        let path =
+            std::env::temp_dir().join(format!("balancer-reload-test-{}.yaml", std::process::id()));
+        let mut a = args(&["10.0.0.9:1080"]);
+        a.config = Some(path.clone());
+        a.engine = Some(EngineArg::Splice);
+        std::fs::write(&path, "backends:\n  - address: 10.0.0.1:1080\n").expect("write");
+        let good = reload_config(&a);
+        std::fs::write(&path, "backends: [\n").expect("write");
+        let bad = reload_config(&a);
+        std::fs::remove_file(&path).expect("remove temp file");
+        let good = good.expect("valid file");
+        assert_eq!(good.expanded_backends().len(), 2, "--backend still added");
+        assert_eq!(
+            good.forwarding.engine,
+            Engine::Splice,
+            "--engine still applies"
+        );
+        assert!(bad.is_none(), "an unparsable file keeps the running config");
+    }
+
+    #[test]
     fn backend_flags_are_added_to_a_file_that_has_none() {
         let path =
             std::env::temp_dir().join(format!("balancer-run-test-{}.yaml", std::process::id()));
