@@ -81,13 +81,16 @@ pub enum Command {
     Iptables(IptablesArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(
     long_about = "Run the daemon.\n\n\
         Takes a config file, or builds one from --backend flags: one socks5 listener on \
         127.0.0.1:1080 (or --listen) and every default. With both, --backend adds to the file's \
         backends. --listen replaces the file's listeners with one socks5 listener; --engine \
-        overrides forwarding.engine. The result is validated before anything is bound.",
+        overrides forwarding.engine. The result is validated before anything is bound.\n\n\
+        SIGHUP re-reads --config with the same flags: backends, balancing.* and the probe \
+        settings change live; an invalid file is logged and ignored; keys that need a restart \
+        are named in a warning.",
     after_help = "Examples:\n  \
         balancer run --backend 127.0.0.1:1081 --backend '[::1]:1090'\n  \
         balancer run --backend proxy.lan:1080-1089 --listen 0.0.0.0:1080 --engine splice\n  \

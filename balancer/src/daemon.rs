@@ -1,23 +1,29 @@
 //! The running daemon: opens the forwarding engine, builds the backend
 //! registry, binds every listener, starts the health prober, the status
 //! file writer (for `balancer stats`) and the HTTP server on `metrics.listen`
-//! (`/metrics`, `/health`, the JSON API), and on shutdown stops accepting, lets
-//! live connections drain, then closes what is left.
+//! (`/metrics`, `/health`, the JSON API), applies reloaded configs (see
+//! [`crate::reload`]), and on shutdown stops accepting, lets live
+//! connections drain, then closes what is left.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{sync::Semaphore, task::JoinSet};
+use arc_swap::ArcSwap;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::ApiServer,
-    backend::{BackendSpec, BreakerConfig, HealthConfig, Registry},
+    backend::{BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
     forward::{Engine, EngineKind},
     health,
     listener::{Listener, ListenerSpec, Mode},
+    reload::{self, ReloadPlan},
     select::{SelectionConfig, Selector, Strategy},
     session::Context,
     socks5::{Credentials, ServerAuth},
@@ -31,8 +37,13 @@ const MAX_CONNECTIONS: usize = 50_000;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` fires, then drains and cleans up. Config is already
-/// validated.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// validated; so is every config received on `reloads`, which is applied as
+/// [`reload::plan`] says (a closed channel just means no more reloads).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
+) -> anyhow::Result<()> {
     let engine_kind = match config.forwarding.engine {
         config::Engine::Auto => EngineKind::Auto,
         config::Engine::Sockmap => EngineKind::Sockmap,
@@ -47,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let registry = Arc::new(Registry::new(health_config(&config.health)));
     registry
-        .replace_all(backend_specs(&config), clock::now())
+        .replace_all(reload::backend_specs(&config), clock::now())
         .context("building the backend registry")?;
     let dial = DialOptions {
         connect_timeout: config.forwarding.connect_timeout.0,
@@ -66,10 +77,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
 
     let mut listeners = Vec::with_capacity(config.listeners.len());
+    let mut selectors = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let bound = Listener::bind(listener_spec(listener, &config.balancing))?;
         let addr = bound.local_addr().context("reading a bound address")?;
         tracing::info!(listener = %listener.name, mode = bound.spec.mode.name(), %addr, "listening");
+        selectors.push((bound.spec.clone(), listener.pool.clone()));
         listeners.push(bound);
     }
     let source = Arc::new(StatsSource::new(
@@ -105,16 +118,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for listener in listeners {
         tasks.spawn(listener.serve(context.clone(), limit.clone(), accepting.clone()));
     }
-    if config.health.probe.enabled {
-        tasks.spawn(health::run(
-            registry.clone(),
-            dial,
-            health::ProbeOptions::from_config(&config.health),
-            accepting.clone(),
-        ));
-    }
+    let mut live = Live {
+        config,
+        registry: registry.clone(),
+        selectors,
+        dial,
+        accepting: accepting.clone(),
+        prober: None,
+    };
+    live.prober = live.spawn_prober(&mut tasks);
 
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(new) = reloads.recv() => live.reload(&new, &mut tasks),
+        }
+    }
     tracing::info!(drain_timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections, draining live ones");
     accepting.cancel();
     let drained = tokio::time::timeout(
@@ -146,6 +165,105 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// What a reload can change in the running daemon.
+struct Live {
+    /// The config in force (see [`ReloadPlan::effective`]).
+    config: Config,
+    registry: Arc<Registry>,
+    /// Each running listener and its `pool`, from the config it was bound
+    /// with: listeners are not rebound, so their scope stays.
+    selectors: Vec<(Arc<ListenerSpec>, Option<String>)>,
+    dial: DialOptions,
+    accepting: CancellationToken,
+    /// Stops the running prober, if any.
+    prober: Option<CancellationToken>,
+}
+
+impl Live {
+    fn spawn_prober(&self, tasks: &mut JoinSet<()>) -> Option<CancellationToken> {
+        if !self.config.health.probe.enabled {
+            return None;
+        }
+        let stop = self.accepting.child_token();
+        tasks.spawn(health::run(
+            self.registry.clone(),
+            self.dial.clone(),
+            health::ProbeOptions::from_config(&self.config.health),
+            stop.clone(),
+        ));
+        Some(stop)
+    }
+
+    /// Applies `new` as far as it can live; warns about the rest. On a
+    /// registry refusal nothing changes.
+    fn reload(&mut self, new: &Config, tasks: &mut JoinSet<()>) {
+        let ReloadPlan {
+            backends,
+            balancing,
+            probe,
+            applied,
+            needs_restart,
+            iptables_only,
+            effective,
+        } = reload::plan(&self.config, new);
+        let report = match self.registry.replace_all(backends, clock::now()) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "config not reloaded: the backend list cannot be applied; keeping the running config");
+                return;
+            }
+        };
+        if let Some(balancing) = &balancing {
+            for (spec, scope) in &self.selectors {
+                let config = selection_config(balancing, scope.clone());
+                spec.selector.store(Arc::new(Selector::new(config)));
+            }
+        }
+        self.config = effective;
+        if probe.is_some() {
+            if let Some(stop) = self.prober.take() {
+                stop.cancel();
+            }
+            self.prober = self.spawn_prober(tasks);
+        }
+        let kept = self
+            .registry
+            .pool()
+            .len()
+            .saturating_sub(report.added.len() + report.replaced.len());
+        tracing::info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            kept,
+            updated = report.updated.len(),
+            replaced = report.replaced.len(),
+            changed = %list(&applied),
+            needs_restart = %list(&needs_restart),
+            "config reloaded"
+        );
+        for key in &needs_restart {
+            tracing::warn!(%key, "changed in the config file but needs a restart; still running with the old value");
+        }
+        for key in &iptables_only {
+            tracing::warn!(%key, "changed: used by `balancer iptables`, not the daemon; re-run it to apply");
+        }
+        // Old listeners with the new backends can leave a listener's pool
+        // empty; say so rather than fail its clients silently.
+        if let Err(error) = self.config.validate() {
+            tracing::warn!(error = %error, "the running mix of old and reloaded settings is inconsistent until a restart");
+        }
+    }
+}
+
+/// Keys for a log field: comma-separated, `none` rather than nothing.
+fn list(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(",")
+    }
+}
+
 fn listener_spec(
     listener: &config::ListenerConfig,
     balancing: &config::BalancingConfig,
@@ -162,7 +280,10 @@ fn listener_spec(
         name: listener.name.clone(),
         mode,
         bind: listener.bind,
-        selector: Selector::new(selection_config(balancing, listener.pool.clone())),
+        selector: ArcSwap::from_pointee(Selector::new(selection_config(
+            balancing,
+            listener.pool.clone(),
+        ))),
     }
 }
 
@@ -201,23 +322,6 @@ fn health_config(health: &config::HealthConfig) -> HealthConfig {
         seed: rand::random(),
         ..HealthConfig::default()
     }
-}
-
-fn backend_specs(config: &Config) -> Vec<BackendSpec> {
-    config
-        .expanded_backends()
-        .into_iter()
-        .map(|backend| BackendSpec {
-            address: backend.address(),
-            name: backend.name,
-            username: backend.username,
-            password: backend.password.map(|secret| secret.expose().to_owned()),
-            weight: backend.weight,
-            scope: backend.scope,
-            backup: backend.backup,
-            metadata: backend.metadata,
-        })
-        .collect()
 }
 
 fn server_auth(auth: Option<&config::AuthConfig>) -> ServerAuth {

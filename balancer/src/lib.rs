@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: the YAML file, validated before anything binds or loads.
 //! - [`daemon`]: opens the engine, builds the registry, binds, drains.
+//! - [`reload`]: what a SIGHUP changes live and what needs a restart.
 //! - [`listener`]: ways in (socks5, passthrough, redirect, tproxy), accept loop.
 //! - [`session`]: the path of one connection, and only that.
 //! - [`socks5`]: the SOCKS5 codec (sans-I/O, exact) and its async drivers.
@@ -35,6 +36,7 @@ pub mod forward;
 pub mod health;
 pub mod iptables;
 pub mod listener;
+pub mod reload;
 pub mod select;
 pub mod session;
 pub mod socks5;

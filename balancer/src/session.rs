@@ -88,31 +88,39 @@ pub async fn run(
 
     // 2. Candidates, 3. connect with failover.
     let now = clock::now();
-    let candidates =
-        listener
-            .selector
-            .candidates(&context.registry.pool(), peer.ip(), now, &mut rand::rng());
-    let connected =
-        match upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await {
-            Ok(connected) => connected,
-            Err(exhausted) => {
-                context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %exhausted, "no backend could take the connection");
-                if matches!(listener.mode, Mode::Socks5 { .. }) {
-                    let _ = socks5::server::reply(
-                        &mut client,
-                        exhausted.reply_code(),
-                        unspecified(peer),
-                    )
-                    .await;
-                }
-                return;
+    // One selector for the whole connection, even if a reload swaps it.
+    let selector = listener.selector.load_full();
+    let pool = context.registry.pool();
+    let candidates = selector.candidates(&pool, peer.ip(), now, &mut rand::rng());
+    let mut connected =
+        upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await;
+    // A reload between the pick and the dial drains the picked backends,
+    // and draining ones are not dialled: pick once more from the new pool
+    // rather than fail a client that arrived while the pool changed.
+    if let Err(upstream::Exhausted { attempts: 0, .. }) = connected {
+        let current = context.registry.pool();
+        if current.generation() != pool.generation() {
+            let candidates =
+                selector.candidates(&current, peer.ip(), clock::now(), &mut rand::rng());
+            connected =
+                upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await;
+        }
+    }
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(exhausted) => {
+            context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %exhausted, "no backend could take the connection");
+            if matches!(listener.mode, Mode::Socks5 { .. }) {
+                let _ =
+                    socks5::server::reply(&mut client, exhausted.reply_code(), unspecified(peer))
+                        .await;
             }
-        };
+            return;
+        }
+    };
     let backend = connected.backend;
-    listener
-        .selector
-        .remember(peer.ip(), &backend, clock::now());
+    selector.remember(peer.ip(), &backend, clock::now());
     if connected.attempts > 1 {
         context
             .counters

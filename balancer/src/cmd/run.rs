@@ -1,9 +1,11 @@
 //! `balancer run`: builds the config (file and/or flags), validates it
 //! before anything is bound or loaded, starts the tokio runtime, turns
-//! SIGINT/SIGTERM into the shared shutdown token, and hands over to the
-//! daemon through [`start_daemon`].
+//! SIGINT/SIGTERM into the shared shutdown token and SIGHUP into a reload
+//! (the same file and flags, built by the same [`config_from_args`]), and
+//! hands over to the daemon through [`start_daemon`].
 
 use anyhow::Context as _;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -23,8 +25,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let result = start_daemon(config, shutdown).await;
+        // One pending reload is enough: the daemon applies them in order
+        // and each reads the whole file.
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        let signals = tokio::spawn(watch_signals(args.clone(), shutdown.clone(), reload_tx));
+        let result = start_daemon(config, shutdown, reload_rx).await;
         signals.abort();
         result
     })
@@ -60,7 +65,9 @@ pub fn config_from_args(args: &RunArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// SIGINT/SIGTERM cancel `shutdown`; SIGHUP re-reads the config and sends
+/// it to the daemon when it is valid.
+async fn watch_signals(args: RunArgs, shutdown: CancellationToken, reloads: mpsc::Sender<Config>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
@@ -71,11 +78,60 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    let mut hup = signal(SignalKind::hangup())
+        .inspect_err(|error| {
+            tracing::warn!(%error, "cannot watch SIGHUP; config changes need a restart");
+        })
+        .ok();
+    // One future for the whole loop, so a Ctrl-C during a reload is not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                tracing::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            Some(()) = async {
+                match &mut hup {
+                    Some(hup) => hup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(config) = reload_config(&args)
+                    && reloads.send(config).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
     }
     shutdown.cancel();
+}
+
+/// The config a SIGHUP asks for, or `None` (logged) when there is no file
+/// or it is not valid: the daemon keeps running as it is.
+fn reload_config(args: &RunArgs) -> Option<Config> {
+    let Some(path) = &args.config else {
+        tracing::warn!("SIGHUP: started without --config, there is no file to reload");
+        return None;
+    };
+    tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+    // A few hundred bytes read once per signal: blocking here is harmless.
+    match config_from_args(args) {
+        Ok(config) => Some(config),
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "config not reloaded, keeping the running config"
+            );
+            None
+        }
+    }
 }
 
 /// The single place where `run` connects to the daemon; everything before
@@ -83,8 +139,12 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 ///
 /// # Errors
 /// Whatever the daemon fails with.
-pub async fn start_daemon(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::daemon::run(config, shutdown).await
+pub async fn start_daemon(
+    config: Config,
+    shutdown: CancellationToken,
+    reloads: mpsc::Receiver<Config>,
+) -> anyhow::Result<()> {
+    crate::daemon::run(config, shutdown, reloads).await
 }
 
 #[cfg(test)]
@@ -140,6 +200,32 @@ mod tests {
         let config = config_from_args(&a).expect("valid");
         assert_eq!(config.listeners[0].bind.port(), 2080);
         assert_eq!(config.forwarding.engine, Engine::Splice);
+    }
+
+    #[test]
+    fn a_reload_rebuilds_the_config_with_the_same_flags_and_refuses_a_bad_file() {
+        assert!(
+            reload_config(&args(&["127.0.0.1:1081"])).is_none(),
+            "no file to reload"
+        );
+        let path =
+            std::env::temp_dir().join(format!("balancer-reload-test-{}.yaml", std::process::id()));
+        let mut a = args(&["10.0.0.9:1080"]);
+        a.config = Some(path.clone());
+        a.engine = Some(EngineArg::Splice);
+        std::fs::write(&path, "backends:\n  - address: 10.0.0.1:1080\n").expect("write");
+        let good = reload_config(&a);
+        std::fs::write(&path, "backends: [\n").expect("write");
+        let bad = reload_config(&a);
+        std::fs::remove_file(&path).expect("remove temp file");
+        let good = good.expect("valid file");
+        assert_eq!(good.expanded_backends().len(), 2, "--backend still added");
+        assert_eq!(
+            good.forwarding.engine,
+            Engine::Splice,
+            "--engine still applies"
+        );
+        assert!(bad.is_none(), "an unparsable file keeps the running config");
     }
 
     #[test]

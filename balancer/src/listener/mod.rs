@@ -6,6 +6,7 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -43,8 +44,9 @@ pub struct ListenerSpec {
     pub name: String,
     pub mode: Mode,
     pub bind: SocketAddr,
-    /// Orders this listener's candidates (its scope says which backends).
-    pub selector: Selector,
+    /// Orders this listener's candidates (its scope says which backends);
+    /// swapped whole when a reload changes `balancing`.
+    pub selector: ArcSwap<Selector>,
 }
 
 #[derive(Debug, thiserror::Error)]

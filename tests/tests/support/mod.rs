@@ -231,6 +231,17 @@ impl Daemon {
         &self.config_path
     }
 
+    /// Sends SIGHUP: the daemon re-reads [`Daemon::config_path`]. The child
+    /// is the daemon itself: `nsenter` without `--fork` execs the program.
+    pub fn reload(&self) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid fits in i32")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .context("send SIGHUP to the daemon")
+    }
+
     /// Whether the process is still alive (it must not crash on bad input).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
