@@ -11,7 +11,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::ApiServer,
+    api::{ApiServer, ApiState},
     backend::{BackendSpec, BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
@@ -80,7 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let api = match config.metrics.listen {
         Some(addr) => {
-            let server = ApiServer::bind(addr, source.clone()).await?;
+            let state = ApiState::new(source.clone(), config.metrics.token.clone());
+            let server = ApiServer::bind(addr, state).await?;
             let addr = server.local_addr().context("reading the metrics address")?;
             tracing::info!(%addr, "metrics listening");
             Some(server)
