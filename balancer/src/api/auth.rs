@@ -119,14 +119,15 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = Token::from_ref(state);
-        check(&parts.headers, token.0.as_ref()).map_err(|error| {
+        // The handler never runs on a refusal, so this is the call's one
+        // log line.
+        check(&parts.headers, token.0.as_ref()).inspect_err(|error| {
             tracing::info!(
                 method = %parts.method,
                 path = %parts.uri.path(),
                 outcome = error.outcome(),
                 "control call"
             );
-            error
         })?;
         Ok(Self)
     }
