@@ -16,7 +16,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::ApiServer,
+    api::{ApiServer, ApiState},
     backend::{BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
@@ -93,7 +93,8 @@ pub async fn run(
     ));
     let api = match config.metrics.listen {
         Some(addr) => {
-            let server = ApiServer::bind(addr, source.clone()).await?;
+            let state = ApiState::new(source.clone(), config.metrics.token.clone());
+            let server = ApiServer::bind(addr, state).await?;
             let addr = server.local_addr().context("reading the metrics address")?;
             tracing::info!(%addr, "metrics listening");
             Some(server)

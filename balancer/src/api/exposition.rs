@@ -342,6 +342,8 @@ mod tests {
             scope: scope.map(str::to_owned),
             state: state.to_owned(),
             draining: false,
+            disabled: false,
+            admin: "enabled".to_owned(),
             active: 2,
             attempts: 7,
             successes: 5,

@@ -1,20 +1,26 @@
 //! The HTTP side of the daemon on `metrics.listen`: Prometheus `/metrics`,
 //! a cheap `/health` for load balancers and orchestrators, and a read-only
 //! JSON view of the stats (`/api/v1/status`, `/api/v1/backends`,
-//! `/api/v1/backends/{name}`). Nothing here changes the daemon's state.
+//! `/api/v1/backends/{name}`), open to anyone who reaches the address; and
+//! the control API, which changes the daemon's state and needs the bearer
+//! token of `metrics.token`.
 //!
 //! - [`exposition`]: a snapshot in the OpenMetrics text format (pure).
+//! - [`auth`]: the bearer token check.
+//! - [`control`]: enable, disable, drain, register, unregister, reset.
 
+pub mod auth;
+pub mod control;
 pub mod exposition;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{FromRef, Path, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -23,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backend::{BreakerState, Pool},
     clock,
+    config::Secret,
     stats::source::StatsSource,
 };
+use auth::Token;
 
 /// Why the HTTP server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +50,39 @@ pub enum ApiError {
 #[derive(Debug)]
 pub struct ApiServer {
     listener: TcpListener,
+    state: ApiState,
+}
+
+/// What every handler may read: read-only ones take the [`StatsSource`],
+/// control ones also the [`Token`].
+#[derive(Clone, Debug)]
+pub struct ApiState {
     source: Arc<StatsSource>,
+    token: Token,
+}
+
+impl ApiState {
+    /// Handlers over `source`; control calls need `token` (none refuses
+    /// them all).
+    #[must_use]
+    pub fn new(source: Arc<StatsSource>, token: Option<Secret>) -> Self {
+        Self {
+            source,
+            token: Token(token),
+        }
+    }
+}
+
+impl FromRef<ApiState> for Arc<StatsSource> {
+    fn from_ref(state: &ApiState) -> Self {
+        Arc::clone(&state.source)
+    }
+}
+
+impl FromRef<ApiState> for Token {
+    fn from_ref(state: &ApiState) -> Self {
+        state.token.clone()
+    }
 }
 
 impl ApiServer {
@@ -50,11 +90,11 @@ impl ApiServer {
     ///
     /// # Errors
     /// The address cannot be bound (in use, not local, no permission).
-    pub async fn bind(addr: SocketAddr, source: Arc<StatsSource>) -> Result<Self, ApiError> {
+    pub async fn bind(addr: SocketAddr, state: ApiState) -> Result<Self, ApiError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ApiError::Bind { addr, source })?;
-        Ok(Self { listener, source })
+        Ok(Self { listener, state })
     }
 
     /// The bound address (the real port when `metrics.listen` said 0).
@@ -67,7 +107,7 @@ impl ApiServer {
 
     /// Serves until `shutdown`; requests in flight then finish.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let app = router(self.source);
+        let app = router(self.state);
         if let Err(error) = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -77,15 +117,22 @@ impl ApiServer {
     }
 }
 
-/// Every route over `source`.
-pub fn router(source: Arc<StatsSource>) -> Router {
+/// Every route over `state`.
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/api/v1/status", get(status))
-        .route("/api/v1/backends", get(backends))
-        .route("/api/v1/backends/{name}", get(backend))
-        .with_state(source)
+        .route("/api/v1/backends", get(backends).post(control::register))
+        .route(
+            "/api/v1/backends/{name}",
+            get(backend).delete(control::unregister),
+        )
+        .route("/api/v1/backends/{name}/disable", post(control::disable))
+        .route("/api/v1/backends/{name}/enable", post(control::enable))
+        .route("/api/v1/backends/{name}/drain", post(control::drain))
+        .route("/api/v1/reset", post(control::reset))
+        .with_state(state)
 }
 
 async fn metrics(State(source): State<Arc<StatsSource>>) -> Response {
@@ -120,14 +167,15 @@ async fn health(State(source): State<Arc<StatsSource>>) -> (StatusCode, String) 
     }
 }
 
-/// Backends of `pool` whose breaker lets traffic through at `now`: closed,
-/// unknown and half-open ones, and open ones whose recovery interval is over
-/// (the next attempt is a trial).
+/// Selectable backends of `pool` whose breaker lets traffic through at
+/// `now`: closed, unknown and half-open ones, and open ones whose recovery
+/// interval is over (the next attempt is a trial).
 fn admitting(pool: &Pool, now: Instant) -> usize {
     pool.backends()
         .iter()
         .filter(|backend| {
-            backend.state() == BreakerState::HalfOpen || backend.allows(now).admitted()
+            backend.is_selectable()
+                && (backend.state() == BreakerState::HalfOpen || backend.allows(now).admitted())
         })
         .count()
 }

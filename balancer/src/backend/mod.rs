@@ -6,7 +6,9 @@
 //! - [`latency`]: latency EMA and histogram.
 //! - [`breaker`]: the circuit breaker.
 //! - [`registry`]: the set of backends, swapped as immutable snapshots.
+//! - [`admin`]: an operator's enable/disable/drain override.
 
+pub mod admin;
 pub mod breaker;
 pub mod latency;
 pub mod outcome;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use admin::AdminState;
 pub use breaker::{
     Admission, Breaker, BreakerConfig, BreakerSnapshot, BreakerState, TransitionEvent,
     TransitionReason,
@@ -27,6 +30,7 @@ pub use outcome::{FAILURE_LABELS, FailureCategory, Outcome};
 pub use registry::{CleanupReport, Pool, Registry, RegistryError, ReplaceReport};
 
 use crate::forward::BackendSlot;
+use admin::AdminCell;
 use breaker::{Signal, Source};
 use latency::{LatencyEma, LatencyHistogram};
 use window::OutcomeWindow;
@@ -180,6 +184,7 @@ pub struct Health {
     last_success: AtomicU64,
     last_failure: AtomicU64,
     draining: AtomicBool,
+    admin: AdminCell,
     census: Arc<Census>,
 }
 
@@ -203,6 +208,7 @@ impl Health {
             last_success: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            admin: AdminCell::default(),
             census,
         }
     }
@@ -222,13 +228,49 @@ impl Health {
         }
     }
 
+    /// Whether selection must skip it: removed from the pool, or held back
+    /// by an operator. The census counts only backends that are neither
+    /// excluded nor open.
+    fn excluded(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || !self.admin.get().admits()
+    }
+
+    /// Keeps the census in step with a change of [`Self::excluded`].
+    fn account_exclusion(&self, was: bool) {
+        let is = self.excluded();
+        if was != is && self.breaker.state() != BreakerState::Open {
+            if is {
+                self.census.admitted.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                self.census.admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.census.bump();
+    }
+
+    /// Zeroes the counters; breaker, window, latency and timestamps stay.
+    fn reset_counters(&self) {
+        for counter in [
+            &self.attempts,
+            &self.successes,
+            &self.retries,
+            &self.probes_ok,
+            &self.probes_failed,
+        ]
+        .into_iter()
+        .chain(self.failures.iter())
+        {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Keeps the census in step with a transition.
     fn account(&self, event: Option<TransitionEvent>) -> Option<TransitionEvent> {
         if event.is_some() {
             self.census.bump();
         }
         if let Some(event) = &event
-            && !self.draining.load(Ordering::Relaxed)
+            && !self.excluded()
         {
             let was_open = event.from == BreakerState::Open;
             let is_open = event.to == BreakerState::Open;
@@ -262,7 +304,7 @@ impl Health {
 
 impl Drop for Health {
     fn drop(&mut self) {
-        if !self.draining.load(Ordering::Relaxed) && self.breaker.state() != BreakerState::Open {
+        if !self.excluded() && self.breaker.state() != BreakerState::Open {
             self.census.admitted.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -307,6 +349,8 @@ pub struct BackendStatus {
     pub slot: BackendSlot,
     /// Removed, waiting for its connections to finish.
     pub draining: bool,
+    /// The operator's override.
+    pub admin: AdminState,
     /// Breaker state, failures in a row, time in state, transitions.
     pub breaker: BreakerSnapshot,
     /// Success rate over the window, `None` when the window is empty.
@@ -426,18 +470,44 @@ impl Backend {
     }
 
     pub(crate) fn mark_draining(&self) {
-        if !self.health.draining.swap(true, Ordering::Relaxed)
-            && self.health.breaker.state() != BreakerState::Open
-        {
-            self.health.census.admitted.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.health.census.bump();
+        let was = self.health.excluded();
+        self.health.draining.store(true, Ordering::Relaxed);
+        self.health.account_exclusion(was);
+    }
+
+    /// The operator's override.
+    #[must_use]
+    pub fn admin_state(&self) -> AdminState {
+        self.health.admin.get()
+    }
+
+    /// Sets the operator's override, returning the previous one. Shared
+    /// with a reloaded copy of this backend, so a reload keeps it.
+    pub fn set_admin_state(&self, state: AdminState) -> AdminState {
+        let was = self.health.excluded();
+        let previous = self.health.admin.swap(state);
+        self.health.account_exclusion(was);
+        previous
+    }
+
+    /// Whether selection may consider it at all: neither removed nor held
+    /// back by an operator. The one check every path to a new connection
+    /// goes through ([`Self::allows`], [`Self::admit`], panic mode).
+    #[must_use]
+    pub fn is_selectable(&self) -> bool {
+        !self.health.excluded()
+    }
+
+    /// Zeroes its counters (attempts, successes, failures, retries,
+    /// probes); breaker state, outcome window, latency and timestamps stay.
+    pub fn reset_counters(&self) {
+        self.health.reset_counters();
     }
 
     /// Whether selection may offer it now (no claim is made).
     #[must_use]
     pub fn allows(&self, now: Instant) -> Admission {
-        if self.is_draining() {
+        if !self.is_selectable() {
             return Admission::Rejected;
         }
         self.health.breaker.allows(now)
@@ -449,6 +519,11 @@ impl Backend {
     /// from panic mode) an open or full half-open breaker is admitted as a
     /// trial anyway.
     pub fn admit(&self, now: Instant, panic: bool) -> (Admission, Option<TransitionEvent>) {
+        // Candidates are a snapshot: the backend may have been disabled or
+        // removed since they were picked.
+        if !self.is_selectable() {
+            return (Admission::Rejected, None);
+        }
         if panic
             && matches!(
                 self.health.breaker.state(),
@@ -594,6 +669,7 @@ impl Backend {
             address: self.spec.address.clone(),
             slot: self.slot,
             draining: self.is_draining(),
+            admin: self.admin_state(),
             breaker: health.breaker.snapshot(now),
             success_rate: self.success_rate(),
             latency: self.latency(),

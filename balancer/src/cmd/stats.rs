@@ -132,6 +132,8 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
     for (index, backend) in snapshot.backends.iter().enumerate() {
         let state = if backend.draining {
             format!("{} (draining)", backend.state)
+        } else if backend.disabled {
+            format!("{} ({})", backend.state, backend.admin)
         } else {
             backend.state.clone()
         };
@@ -214,6 +216,8 @@ mod tests {
             scope: None,
             state: "closed".to_owned(),
             draining: false,
+            disabled: false,
+            admin: "enabled".to_owned(),
             active: 2,
             attempts: 10,
             successes: 9,

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{DurationValue, Host, HostPort};
+use super::{DurationValue, Host, HostPort, Secret};
 use crate::forward::{EngineKind, ForwardOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -258,12 +258,16 @@ pub struct MetricsConfig {
     /// Prometheus `/metrics` and the stats API; `null` disables.
     /// Default `127.0.0.1:9898`.
     pub listen: Option<SocketAddr>,
+    /// Bearer token the control API (`POST`/`DELETE` under `/api/v1`)
+    /// requires. Default none: control calls are refused.
+    pub token: Option<Secret>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9898))),
+            token: None,
         }
     }
 }

@@ -273,6 +273,20 @@ fn metrics_listen_may_be_disabled_but_not_collide_with_a_listener() {
 }
 
 #[test]
+fn metrics_token_is_optional_masked_and_must_not_be_empty() {
+    let config = Config::parse(
+        "backends: [{ address: \"1.2.3.4:80\" }]\nmetrics: { token: \"t0ken-value\" }\n",
+    )
+    .expect("valid");
+    let token = config.metrics.token.as_ref().expect("token");
+    assert_eq!(token.expose(), "t0ken-value");
+    assert!(!format!("{config:?}").contains("t0ken-value"));
+    assert_eq!(Config::parse(EXAMPLE).expect("valid").metrics.token, None);
+    let problems = invalid("backends: [{ address: \"1.2.3.4:80\" }]\nmetrics: { token: \"\" }\n");
+    assert_eq!(problems[0].key, "metrics.token");
+}
+
+#[test]
 fn secrets_never_appear_in_debug_output() {
     let config = Config::parse(EXAMPLE).expect("valid");
     let debug = format!("{config:?} {:?}", config.expanded_backends());

@@ -335,6 +335,14 @@ fn sections(c: &mut Checker, config: &Config) {
             c.push("health.probe.timeout", kind);
         }
     }
+    if config
+        .metrics
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().is_empty())
+    {
+        c.push("metrics.token", ProblemKind::Empty);
+    }
     let f = &config.forwarding;
     c.non_zero("forwarding.connect_timeout", f.connect_timeout);
     c.non_zero("forwarding.handshake_timeout", f.handshake_timeout);

@@ -1,13 +1,14 @@
 //! Selection: filters, then a strategy, produce an ordered list of distinct
 //! candidate backends that failover pulls from, first to last.
 //!
-//! Filters, in order: not draining and in scope; breaker admits (a
-//! half-open trial counts); latency EMA under `max_latency` (skipped if it
-//! would leave nothing: slow beats none); the `max_active_backends` best by
-//! score, cached and refreshed with hysteresis so the set does not churn;
-//! backups only when no primary passes (so failback is automatic). When
-//! nothing passes and the pool allows panic mode, the least recently
-//! failed backends are offered and [`Candidates::panic`] says so.
+//! Filters, in order: selectable (not draining, not disabled by an
+//! operator) and in scope; breaker admits (a half-open trial counts);
+//! latency EMA under `max_latency` (skipped if it would leave nothing: slow
+//! beats none); the `max_active_backends` best by score, cached and
+//! refreshed with hysteresis so the set does not churn; backups only when
+//! no primary passes (so failback is automatic). When nothing passes and
+//! the pool allows panic mode, the least recently failed selectable
+//! backends are offered and [`Candidates::panic`] says so.
 //!
 //! - [`strategy`]: the orderings.
 //! - [`sticky`]: client → backend memory.
@@ -522,7 +523,7 @@ impl Selector {
         let backends = pool.backends();
         let set: Vec<u32> = (0u32..)
             .zip(backends)
-            .filter(|(_, b)| self.in_scope(b) && !b.is_draining())
+            .filter(|(_, b)| self.in_scope(b) && b.is_selectable())
             .map(|(i, _)| i)
             .collect();
         let oldest = backends.iter().filter_map(|b| b.last_failure()).min();

@@ -416,3 +416,41 @@ fn an_elapsed_open_interval_is_noticed_within_the_scan_cache_ttl() {
         2
     );
 }
+
+#[test]
+fn an_operator_disabled_backend_is_offered_by_no_strategy_nor_panic_mode() {
+    use crate::backend::AdminState;
+    let now = crate::clock::now();
+    let registry = registry_with(named(3), now);
+    let pool = registry.pool();
+    pool.backends()[1].set_admin_state(AdminState::Disabled);
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::LeastConnections,
+        Strategy::LowestLatency,
+        Strategy::WeightedRandom,
+        Strategy::ConsistentHash,
+    ] {
+        let selector = selector(strategy);
+        for client in 0..20 {
+            let got = selector.candidates(&pool, ip(client), now, &mut rng());
+            assert!(!names(&got).contains(&"b1".to_owned()), "{strategy:?}");
+        }
+    }
+    // Admission refuses it even from a stale candidate list, panic or not.
+    assert_eq!(pool.backends()[1].admit(now, false).0, Admission::Rejected);
+    assert_eq!(pool.backends()[1].admit(now, true).0, Admission::Rejected);
+
+    // Every other backend open: panic mode still skips the disabled one,
+    // and a drained one too.
+    pool.backends()[2].set_admin_state(AdminState::Draining);
+    open(&pool.backends()[0], now);
+    let got = selector(Strategy::RoundRobin).candidates(&pool, ip(1), now, &mut rng());
+    assert!(got.panic());
+    assert_eq!(names(&got), ["b0"]);
+
+    // Enabled again, it is a candidate at once (the cached scan noticed).
+    pool.backends()[1].set_admin_state(AdminState::Enabled);
+    let got = selector(Strategy::RoundRobin).candidates(&pool, ip(1), now, &mut rng());
+    assert_eq!(names(&got), ["b1"]);
+}

@@ -88,4 +88,14 @@ impl Counters {
     pub fn handshake_failures(&self, failure: HandshakeFailure) -> u64 {
         self.handshake_failed[failure as usize].load(Ordering::Relaxed)
     }
+
+    /// Zeroes every counter (control API `reset`).
+    pub fn reset(&self) {
+        for counter in [&self.accepted, &self.retries, &self.exhausted]
+            .into_iter()
+            .chain(self.handshake_failed.iter())
+        {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Counters, HandshakeFailure};
 use crate::{
-    backend::{BackendStatus, FAILURE_LABELS},
+    backend::{AdminState, BackendStatus, FAILURE_LABELS},
     forward::ByteCount,
 };
 
@@ -64,6 +64,13 @@ pub struct BackendSnapshot {
     pub state: String,
     /// Removed by a reload, finishing its connections.
     pub draining: bool,
+    /// Held back by an operator (control API `disable` or `drain`): takes
+    /// no new connections. Absent in files of older daemons.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The operator's override: `enabled`, `disabled` or `draining`.
+    #[serde(default = "enabled_label")]
+    pub admin: String,
     /// Connections open through it now.
     pub active: u64,
     /// Connection attempts ever (client traffic, not probes).
@@ -89,6 +96,10 @@ pub struct BackendSnapshot {
     pub bytes_up: u64,
     /// Bytes forwarded backend -> client, every connection ever.
     pub bytes_down: u64,
+}
+
+fn enabled_label() -> String {
+    AdminState::Enabled.label().to_owned()
 }
 
 impl DaemonCounters {
@@ -118,6 +129,8 @@ impl BackendSnapshot {
             scope: scope.map(str::to_owned),
             state: status.breaker.state.label().to_owned(),
             draining: status.draining,
+            disabled: !status.admin.admits(),
+            admin: status.admin.label().to_owned(),
             active: status.active,
             attempts: status.attempts,
             successes: status.successes,
@@ -219,6 +232,7 @@ mod tests {
             address: "10.0.0.1:1080".to_owned(),
             slot: BackendSlot(0),
             draining: false,
+            admin: AdminState::Enabled,
             breaker: BreakerSnapshot {
                 state: BreakerState::Closed,
                 consecutive_failures: 0,

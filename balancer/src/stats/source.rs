@@ -102,6 +102,23 @@ impl StatsSource {
         }
     }
 
+    /// Zeroes the daemon-wide counters and every backend's (the pool's and
+    /// draining ones'). Breaker states, latency and timestamps stay, and so
+    /// do the engine's byte counters: they live partly in a kernel per-CPU
+    /// array that user space only reads. Returns how many backends were
+    /// reset.
+    pub fn reset_counters(&self) -> usize {
+        self.counters.reset();
+        let pool = self.registry.pool();
+        let draining = self.registry.draining();
+        let mut reset = 0;
+        for backend in pool.backends().iter().chain(draining.iter()) {
+            backend.reset_counters();
+            reset += 1;
+        }
+        reset
+    }
+
     /// The status at (`now`, `wall`), without the histograms.
     #[must_use]
     pub fn snapshot(&self, now: Instant, wall: SystemTime) -> Snapshot {
