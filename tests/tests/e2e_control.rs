@@ -9,15 +9,16 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
 
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
-use support::{ChecksumTarget, Daemon, Target, free_port, ping, socks_connect, unique};
+use support::{
+    ChecksumTarget, Daemon, Target, free_port, http_exchange, ping, socks_connect, unique,
+};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const TOKEN: &str = "e2e-control-token";
@@ -37,26 +38,8 @@ fn http(
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let response = ns
-        .run(move || -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })
-        .expect("netns")
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {response:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, _, body) = http_exchange(ns, addr, request);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// The JSON of backend `name` from the read-only API.

@@ -19,7 +19,9 @@ use std::{
 
 use balancer_tests::{Microsocks, NetNs, require_command, require_root};
 use serde_json::Value;
-use support::{ChecksumTarget, Daemon, Target, free_port, ping, socks_connect, unique};
+use support::{
+    ChecksumTarget, Daemon, Target, free_port, http_exchange, ping, socks_connect, unique,
+};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const CONNECTIONS: u64 = 6;
@@ -29,27 +31,11 @@ const PING_DOWN: u64 = 5;
 
 /// `GET path` over HTTP/1.0 from inside `ns`: (status, headers, body).
 fn http_get(ns: &NetNs, addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let response = ns
-        .run(move || -> std::io::Result<String> {
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })
-        .expect("netns")
-        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {response:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, head.to_owned(), body.to_owned())
+    http_exchange(
+        ns,
+        addr,
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
 }
 
 /// Sum of every sample of `name` (exact name, any labels) whose labels

@@ -922,3 +922,29 @@ pub fn stats_json(instance: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout).expect("stats --json prints JSON")
 }
+
+/// One HTTP/1.0 exchange from inside `ns`: sends `request` as is and reads
+/// to the close. Returns (status, head, body).
+pub fn http_exchange(ns: &NetNs, addr: SocketAddr, request: String) -> (u16, String, String) {
+    let line = request.lines().next().unwrap_or_default().to_owned();
+    let response = ns
+        .run(move || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("{line} to {addr}: {e}"));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head.to_owned(), body.to_owned())
+}
