@@ -113,6 +113,11 @@ pub async fn run(
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
     tasks.spawn(status.run(shutdown.clone()));
+    tasks.spawn(clean_registry(
+        registry.clone(),
+        engine.clone(),
+        accepting.clone(),
+    ));
     if let Some(api) = api {
         tasks.spawn(api.serve(shutdown.clone()));
     }
@@ -310,6 +315,32 @@ fn selection_config(balancing: &config::BalancingConfig, scope: Option<String>) 
     }
 }
 
+/// How often the registry frees drained backends and expires idle run-time
+/// ones.
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Removes run-time backends idle for `health.runtime_idle_timeout` and
+/// frees the slots of drained backends nobody holds any more, zeroing their
+/// byte counters so the slot's next backend starts at zero.
+async fn clean_registry(registry: Arc<Registry>, engine: Arc<Engine>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CLEANUP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let report = registry.cleanup(clock::now());
+        for name in &report.expired {
+            tracing::info!(backend = %name, "removed an idle run-time backend");
+        }
+        for slot in report.reaped {
+            engine.clear_slot(slot);
+            tracing::debug!(slot = slot.0, "freed the slot of a drained backend");
+        }
+    }
+}
+
 fn health_config(health: &config::HealthConfig) -> HealthConfig {
     HealthConfig {
         window_size: health.metrics_window_size,
@@ -320,6 +351,7 @@ fn health_config(health: &config::HealthConfig) -> HealthConfig {
             ..BreakerConfig::default()
         },
         panic_mode: health.panic_mode,
+        runtime_idle_timeout: health.runtime_idle_timeout.0,
         seed: rand::random(),
         ..HealthConfig::default()
     }

@@ -95,6 +95,10 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
         old_h.metrics_window_size != new_h.metrics_window_size,
     );
     restart("health.panic_mode", old_h.panic_mode != new_h.panic_mode);
+    restart(
+        "health.runtime_idle_timeout",
+        old_h.runtime_idle_timeout != new_h.runtime_idle_timeout,
+    );
 
     let old_b = &running.balancing;
     let new_b = &new.balancing;

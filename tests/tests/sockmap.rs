@@ -239,6 +239,12 @@ async fn two_hundred_fifty_six_mib_each_way_at_once_arrive_intact_and_are_counte
     let counted = rig.engine.backend_bytes(BackendSlot(7));
     assert_eq!((counted.up, counted.down), (len, len), "BACKEND_BYTES");
     assert_maps_empty(&rig.engine);
+    // A freed slot starts its next backend at zero; other slots keep theirs.
+    let other = rig.engine.backend_bytes(BackendSlot(8));
+    rig.engine.clear_slot(BackendSlot(7));
+    let cleared = rig.engine.backend_bytes(BackendSlot(7));
+    assert_eq!((cleared.up, cleared.down), (0, 0), "cleared slot");
+    assert_eq!(rig.engine.backend_bytes(BackendSlot(8)), other);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues, SockHash},
     programs::{ProgramError, SkSkb},
 };
 use balancer_common::{BackendBytes, Global, PeerInfo, map, prog};
@@ -95,7 +95,7 @@ pub enum BpfError {
 pub struct Bpf {
     sockets: Mutex<SockHash<MapData, u64>>,
     peers: Mutex<HashMap<MapData, u64, PeerInfo>>,
-    backend_bytes: PerCpuArray<MapData, BackendBytes>,
+    backend_bytes: Mutex<PerCpuArray<MapData, BackendBytes>>,
     global: PerCpuArray<MapData, Global>,
     /// Keeps the program loaded and its attachment alive.
     _ebpf: Ebpf,
@@ -138,7 +138,7 @@ impl Bpf {
         Ok(Self {
             sockets: Mutex::new(sockets),
             peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
-            backend_bytes: take_map(&mut ebpf, map::BACKEND_BYTES)?,
+            backend_bytes: Mutex::new(take_map(&mut ebpf, map::BACKEND_BYTES)?),
             global: take_map(&mut ebpf, map::GLOBAL)?,
             _ebpf: ebpf,
             pins,
@@ -215,7 +215,7 @@ impl Bpf {
 
     /// `BACKEND_BYTES[slot]` summed over the CPUs; zero for a slot outside.
     pub fn backend_bytes(&self, slot: u32) -> Result<BackendBytes, BpfError> {
-        match self.backend_bytes.get(&slot, 0) {
+        match lock(&self.backend_bytes).get(&slot, 0) {
             Ok(per_cpu) => {
                 Ok(per_cpu
                     .iter()
@@ -231,6 +231,23 @@ impl Bpf {
                 source,
             }),
         }
+    }
+
+    /// Zeroes `BACKEND_BYTES[slot]` on every CPU. Only for a slot that no
+    /// spliced pair uses any more (the verdict would race the write).
+    pub fn clear_backend_bytes(&self, slot: u32) -> Result<(), BpfError> {
+        let op = |op| {
+            move |source| BpfError::MapOp {
+                op,
+                map: map::BACKEND_BYTES,
+                source,
+            }
+        };
+        let mut counters = lock(&self.backend_bytes);
+        let cpus = counters.get(&slot, 0).map_err(op("read"))?.len();
+        let zeros = PerCpuValues::try_from(vec![BackendBytes::default(); cpus])
+            .map_err(|error| op("zero")(MapError::from(error)))?;
+        counters.set(slot, zeros, 0).map_err(op("zero"))
     }
 
     /// `GLOBAL` summed over the CPUs.

@@ -101,6 +101,9 @@ pub struct HealthConfig {
     /// When every circuit is open, try all backends instead of failing every
     /// client. Default true.
     pub panic_mode: bool,
+    /// Backends registered through the control API that saw no connection
+    /// for this long (and have none open) are removed. Default 10m.
+    pub runtime_idle_timeout: DurationValue,
     pub probe: ProbeConfig,
 }
 
@@ -113,6 +116,7 @@ impl Default for HealthConfig {
             metrics_window_size: 10,
             passive_monitoring: true,
             panic_mode: true,
+            runtime_idle_timeout: DurationValue::from_secs(600),
             probe: ProbeConfig::default(),
         }
     }

@@ -184,4 +184,13 @@ impl Engine {
             Self::Splice(engine) => engine.backend_bytes(slot),
         }
     }
+
+    /// Zeroes the byte counters of a slot nobody uses any more, before the
+    /// registry hands it to another backend.
+    pub fn clear_slot(&self, slot: BackendSlot) {
+        match self {
+            Self::Sockmap(engine) => engine.clear_slot(slot),
+            Self::Splice(engine) => engine.clear_slot(slot),
+        }
+    }
 }

@@ -185,6 +185,14 @@ impl SockmapEngine {
         })
     }
 
+    /// Zeroes the kernel's and the fallback's counters of `slot`.
+    pub fn clear_slot(&self, slot: BackendSlot) {
+        self.fallback.clear_slot(slot);
+        if let Err(err) = self.bpf.clear_backend_bytes(slot.0) {
+            tracing::warn!(%err, slot = slot.0, "cannot zero BACKEND_BYTES; the slot's next backend inherits its bytes");
+        }
+    }
+
     /// Bytes forwarded so far for `slot` by the kernel and by the fallback.
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
         let mut total = self.fallback.backend_bytes(slot);

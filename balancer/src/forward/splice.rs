@@ -184,6 +184,17 @@ impl SpliceEngine {
             })
             .unwrap_or_default()
     }
+
+    /// Zeroes the counters of `slot`, for a slot handed to another backend.
+    pub fn clear_slot(&self, slot: BackendSlot) {
+        if let Some(counters) = usize::try_from(slot.0)
+            .ok()
+            .and_then(|index| self.counters.get(index))
+        {
+            counters.up.store(0, Ordering::Relaxed);
+            counters.down.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Runs both directions until the pair ends, and says how it ended.
