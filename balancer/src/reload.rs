@@ -40,96 +40,93 @@ pub struct ReloadPlan {
 /// Compares `running` with `new` (both validated).
 #[must_use]
 pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
-    let mut needs_restart = Vec::new();
-    let mut applied = Vec::new();
-    let mut iptables_only = Vec::new();
-
-    let mut restart = |key: &str, differs: bool| {
-        if differs {
-            needs_restart.push(key.to_owned());
-        }
-    };
-    restart("instance", running.instance != new.instance);
-    restart("listeners", running.listeners != new.listeners);
     let (old_fw, new_fw) = (&running.forwarding, &new.forwarding);
-    restart("forwarding.engine", old_fw.engine != new_fw.engine);
-    restart(
-        "forwarding.connect_timeout",
-        old_fw.connect_timeout != new_fw.connect_timeout,
-    );
-    restart(
-        "forwarding.handshake_timeout",
-        old_fw.handshake_timeout != new_fw.handshake_timeout,
-    );
-    restart(
-        "forwarding.idle_timeout",
-        old_fw.idle_timeout != new_fw.idle_timeout,
-    );
-    restart(
-        "forwarding.socket_buffer",
-        old_fw.socket_buffer != new_fw.socket_buffer,
-    );
-    restart("forwarding.mark", old_fw.mark != new_fw.mark);
-    restart(
-        "metrics.listen",
-        running.metrics.listen != new.metrics.listen,
-    );
-    // The registry hands these to every backend's breaker and window when
-    // it creates them; changing them live would mean rebuilding health
-    // state that the reload promises to keep.
     let (old_h, new_h) = (&running.health, &new.health);
-    restart(
-        "health.circuit_threshold",
-        old_h.circuit_threshold != new_h.circuit_threshold,
-    );
-    restart(
-        "health.recovery_interval",
-        old_h.recovery_interval != new_h.recovery_interval,
-    );
-    restart(
-        "health.max_recovery_interval",
-        old_h.max_recovery_interval != new_h.max_recovery_interval,
-    );
-    restart(
-        "health.metrics_window_size",
-        old_h.metrics_window_size != new_h.metrics_window_size,
-    );
-    restart("health.panic_mode", old_h.panic_mode != new_h.panic_mode);
-    restart(
-        "health.runtime_idle_timeout",
-        old_h.runtime_idle_timeout != new_h.runtime_idle_timeout,
-    );
-
-    let old_b = &running.balancing;
-    let new_b = &new.balancing;
-    let mut live = |key: &str, differs: bool| {
-        if differs {
-            applied.push(key.to_owned());
-        }
+    let (old_b, new_b) = (&running.balancing, &new.balancing);
+    // The health keys here are handed to every backend's breaker and window
+    // when the registry creates it; changing them live would mean
+    // rebuilding health state that the reload promises to keep.
+    let restart_keys = [
+        ("instance", running.instance != new.instance),
+        ("listeners", running.listeners != new.listeners),
+        ("forwarding.engine", old_fw.engine != new_fw.engine),
+        (
+            "forwarding.connect_timeout",
+            old_fw.connect_timeout != new_fw.connect_timeout,
+        ),
+        (
+            "forwarding.handshake_timeout",
+            old_fw.handshake_timeout != new_fw.handshake_timeout,
+        ),
+        (
+            "forwarding.idle_timeout",
+            old_fw.idle_timeout != new_fw.idle_timeout,
+        ),
+        (
+            "forwarding.socket_buffer",
+            old_fw.socket_buffer != new_fw.socket_buffer,
+        ),
+        ("forwarding.mark", old_fw.mark != new_fw.mark),
+        (
+            "metrics.listen",
+            running.metrics.listen != new.metrics.listen,
+        ),
+        (
+            "health.circuit_threshold",
+            old_h.circuit_threshold != new_h.circuit_threshold,
+        ),
+        (
+            "health.recovery_interval",
+            old_h.recovery_interval != new_h.recovery_interval,
+        ),
+        (
+            "health.max_recovery_interval",
+            old_h.max_recovery_interval != new_h.max_recovery_interval,
+        ),
+        (
+            "health.metrics_window_size",
+            old_h.metrics_window_size != new_h.metrics_window_size,
+        ),
+        ("health.panic_mode", old_h.panic_mode != new_h.panic_mode),
+        (
+            "health.runtime_idle_timeout",
+            old_h.runtime_idle_timeout != new_h.runtime_idle_timeout,
+        ),
+    ];
+    let live_keys = [
+        ("backends", running.backends != new.backends),
+        ("balancing.strategy", old_b.strategy != new_b.strategy),
+        (
+            "balancing.max_attempts",
+            old_b.max_attempts != new_b.max_attempts,
+        ),
+        (
+            "balancing.max_active_backends",
+            old_b.max_active_backends != new_b.max_active_backends,
+        ),
+        (
+            "balancing.max_latency_ms",
+            old_b.max_latency_ms != new_b.max_latency_ms,
+        ),
+        (
+            "balancing.sticky_sessions",
+            old_b.sticky_sessions != new_b.sticky_sessions,
+        ),
+        ("health.probe", old_h.probe != new_h.probe),
+        (
+            "health.passive_monitoring",
+            old_h.passive_monitoring != new_h.passive_monitoring,
+        ),
+    ];
+    let changed = |keys: &[(&str, bool)]| -> Vec<String> {
+        keys.iter()
+            .filter(|(_, differs)| *differs)
+            .map(|(key, _)| (*key).to_owned())
+            .collect()
     };
-    live("backends", running.backends != new.backends);
-    live("balancing.strategy", old_b.strategy != new_b.strategy);
-    live(
-        "balancing.max_attempts",
-        old_b.max_attempts != new_b.max_attempts,
-    );
-    live(
-        "balancing.max_active_backends",
-        old_b.max_active_backends != new_b.max_active_backends,
-    );
-    live(
-        "balancing.max_latency_ms",
-        old_b.max_latency_ms != new_b.max_latency_ms,
-    );
-    live(
-        "balancing.sticky_sessions",
-        old_b.sticky_sessions != new_b.sticky_sessions,
-    );
-    live("health.probe", old_h.probe != new_h.probe);
-    live(
-        "health.passive_monitoring",
-        old_h.passive_monitoring != new_h.passive_monitoring,
-    );
+    let needs_restart = changed(&restart_keys);
+    let applied = changed(&live_keys);
+    let mut iptables_only = Vec::new();
 
     if running.transparent.tproxy_mark != new.transparent.tproxy_mark {
         iptables_only.push("transparent.tproxy_mark".to_owned());

@@ -292,13 +292,19 @@ pub struct MapEntries {
 #[derive(Debug)]
 struct Pins {
     dir: PathBuf,
-    /// Whether this instance created `dir` (then it removes it too).
-    created_dir: bool,
+    /// The directories this instance created, `dir` first and then its
+    /// new ancestors (e.g. `/sys/fs/bpf/balancer`): removed on drop when
+    /// empty, so a clean exit leaves bpffs as it found it.
+    created_dirs: Vec<PathBuf>,
 }
 
 impl Pins {
     fn create(dir: &Path, ebpf: &Ebpf) -> Result<Self, BpfError> {
-        let created_dir = !dir.exists();
+        let created_dirs = dir
+            .ancestors()
+            .take_while(|path| !path.exists())
+            .map(Path::to_path_buf)
+            .collect();
         fs::create_dir_all(dir).map_err(|source| BpfError::Pin {
             action: "create the directory for",
             path: dir.to_path_buf(),
@@ -306,7 +312,7 @@ impl Pins {
         })?;
         let pins = Self {
             dir: dir.to_path_buf(),
-            created_dir,
+            created_dirs,
         };
         for name in map::ALL {
             let path = dir.join(name);
@@ -346,10 +352,16 @@ impl Drop for Pins {
                 tracing::warn!(path = %path.display(), %err, "cannot remove BPF pin");
             }
         }
-        if self.created_dir
-            && let Err(err) = fs::remove_dir(&self.dir)
-        {
-            tracing::warn!(path = %self.dir.display(), %err, "cannot remove BPF pin directory");
+        for dir in &self.created_dirs {
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                // Another instance's pins live beside ours: its parent stays.
+                Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => break,
+                Err(err) => {
+                    tracing::warn!(path = %dir.display(), %err, "cannot remove BPF pin directory");
+                    break;
+                }
+            }
         }
     }
 }
@@ -456,10 +468,12 @@ mod tests {
 
     #[test]
     fn pins_are_replaced_when_stale_and_removed_on_drop() {
-        let dir = PathBuf::from(format!(
+        // Nested like /sys/fs/bpf/balancer/<instance>: both levels are new.
+        let parent = PathBuf::from(format!(
             "/sys/fs/bpf/balancer-test-pins-{}",
             std::process::id()
         ));
+        let dir = parent.join("instance");
         // The first instance plays a crashed run whose pins are still there.
         let stale = Bpf::load(Some(&dir)).expect("load with pins (needs root and bpffs)");
         let bpf = Bpf::load(Some(&dir)).expect("load over stale pins");
@@ -472,5 +486,6 @@ mod tests {
         }
         drop(stale);
         assert!(!dir.exists(), "pin directory left behind");
+        assert!(!parent.exists(), "parent pin directory left behind");
     }
 }

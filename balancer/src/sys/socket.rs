@@ -6,6 +6,7 @@
 use std::{
     io, mem,
     os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -30,6 +31,9 @@ pub fn set_rcvlowat(fd: impl AsFd, bytes: i32) -> io::Result<()> {
 /// slower than autotuning (see the engine benchmark). Without CAP_NET_ADMIN
 /// the plain options are the fallback, capped as the host's limits say.
 pub fn set_buffers(fd: impl AsFd, bytes: usize) -> io::Result<()> {
+    // Privilege does not change while the daemon runs: after one EPERM, go
+    // straight to the plain options instead of failing a syscall per socket.
+    static FORCE_DENIED: AtomicBool = AtomicBool::new(false);
     let value = i32::try_from(bytes).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -41,12 +45,16 @@ pub fn set_buffers(fd: impl AsFd, bytes: usize) -> io::Result<()> {
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
     ] {
-        match set_int(fd, libc::SOL_SOCKET, force, value) {
-            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
-                set_int(fd, libc::SOL_SOCKET, plain, value)?;
+        if !FORCE_DENIED.load(Ordering::Relaxed) {
+            match set_int(fd, libc::SOL_SOCKET, force, value) {
+                Ok(()) => continue,
+                Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                    FORCE_DENIED.store(true, Ordering::Relaxed);
+                }
+                Err(error) => return Err(error),
             }
-            other => other?,
         }
+        set_int(fd, libc::SOL_SOCKET, plain, value)?;
     }
     Ok(())
 }

@@ -267,6 +267,8 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{}", self.instance));
+        // Fails while another instance still has pins there, as it should.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/balancer");
     }
 }
 
@@ -303,51 +305,33 @@ pub enum Fault {
 /// A small SOCKS5-shaped server that fails in one way, on a fixed address in
 /// a namespace. Stops accepting (and frees the port) on drop.
 pub struct FaultBackend {
-    addr: SocketAddr,
+    server: ThreadServer,
+    /// Lets a `Slow` connection end early when the backend is dropped.
     stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
 }
 
 impl FaultBackend {
     pub fn start(ns: &NetNs, addr: SocketAddr, fault: Fault) -> Result<Self> {
-        let listener = ns.run(move || TcpListener::bind(addr))??;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let accept = thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let stopping = stopping.clone();
-                        thread::spawn(move || misbehave(stream, fault, &stopping));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Self {
-            addr,
-            stop,
-            accept: Some(accept),
-        })
+        let server = ThreadServer::start(ns, addr, move |stream| {
+            misbehave(stream, fault, &stopping);
+        })?;
+        Ok(Self { server, stop })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 }
 
 impl Drop for FaultBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
     }
 }
 
 fn misbehave(mut stream: TcpStream, fault: Fault, stop: &AtomicBool) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut greeting = [0u8; 3];
     if stream.read_exact(&mut greeting).is_err() {
