@@ -3,7 +3,9 @@
 //! file writer (for `balancer stats`) and the HTTP server on `metrics.listen`
 //! (`/metrics`, `/health`, the JSON API), applies reloaded configs (see
 //! [`crate::reload`]), and on shutdown stops accepting, lets live
-//! connections drain, then closes what is left.
+//! connections drain for `forwarding.drain_timeout`, then closes what is
+//! left. With `transparent.manage_rules` it also applies the iptables rules
+//! of its listeners once they are bound, and removes them last.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +24,10 @@ use crate::{
     config::{self, Config},
     forward::{Engine, EngineKind},
     health,
+    iptables::{
+        Plan,
+        runner::{Managed, Runner},
+    },
     listener::{Listener, ListenerSpec, Mode},
     reload::{self, ReloadPlan},
     select::{SelectionConfig, Selector, Strategy},
@@ -33,8 +39,6 @@ use crate::{
 
 /// Most connections served at once; each holds two sockets.
 const MAX_CONNECTIONS: usize = 50_000;
-/// How long live connections may finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` fires, then drains and cleans up. Config is already
 /// validated; so is every config received on `reloads`, which is applied as
@@ -85,6 +89,7 @@ pub async fn run(
         selectors.push((bound.spec.clone(), listener.pool.clone()));
         listeners.push(bound);
     }
+    let rules = manage_rules(&config)?;
     let source = Arc::new(StatsSource::new(
         config.instance.clone(),
         engine.clone(),
@@ -140,10 +145,14 @@ pub async fn run(
             Some(new) = reloads.recv() => live.reload(&new, &mut tasks),
         }
     }
-    tracing::info!(drain_timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections, draining live ones");
+    let drain_timeout = live.config.forwarding.drain_timeout.0;
+    tracing::info!(
+        ?drain_timeout,
+        "shutting down: no new connections, draining live ones"
+    );
     accepting.cancel();
     let drained = tokio::time::timeout(
-        DRAIN_TIMEOUT,
+        drain_timeout,
         limit.acquire_many(u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX)),
     )
     .await;
@@ -167,8 +176,34 @@ pub async fn run(
     )
     .await;
     drop(context);
+    // Last: the rules lead to listeners, which are closed now; connections
+    // already diverted keep their NAT entries.
+    drop(rules);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies the iptables rules of the redirect/tproxy listeners when the
+/// config asks the daemon to manage them.
+fn manage_rules(config: &Config) -> anyhow::Result<Option<Managed>> {
+    if !config.transparent.manage_rules {
+        return Ok(None);
+    }
+    let plan = Plan::for_config(config);
+    if plan.is_empty() {
+        tracing::warn!(
+            "transparent.manage_rules is set but no listener is redirect or tproxy: no rules to apply"
+        );
+        return Ok(None);
+    }
+    let (rules, applied) = Managed::apply(plan, Runner::host())
+        .context("applying the iptables rules (transparent.manage_rules)")?;
+    tracing::info!(
+        added = applied.added,
+        already_present = applied.present,
+        "iptables rules applied; they are removed when the daemon stops"
+    );
+    Ok(Some(rules))
 }
 
 /// What a reload can change in the running daemon.

@@ -1,7 +1,7 @@
 //! The netfilter rules and policy routes that bring traffic to `redirect`
 //! and `tproxy` listeners, built as data from a [`Config`]: no process is
-//! run here (`cmd::iptables` runs them), so the exact argv of every command
-//! is unit-tested.
+//! run here ([`runner`] runs them), so the exact argv of every command is
+//! unit-tested.
 //!
 //! Everything lives in one chain per table, `BALANCER-<instance>`, reached
 //! by one jump per built-in chain; removing the jumps and the chain removes
@@ -19,6 +19,8 @@
 //!
 //! IPv4 goes through `iptables`/`ip -4`, IPv6 through `ip6tables`/`ip -6`.
 //! A listener bound to `[::]` is dual-stack and gets both.
+
+pub mod runner;
 
 use std::net::IpAddr;
 

@@ -68,6 +68,14 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
         ),
         ("forwarding.mark", old_fw.mark != new_fw.mark),
         (
+            "forwarding.drain_timeout",
+            old_fw.drain_timeout != new_fw.drain_timeout,
+        ),
+        (
+            "transparent.manage_rules",
+            running.transparent.manage_rules != new.transparent.manage_rules,
+        ),
+        (
             "metrics.listen",
             running.metrics.listen != new.metrics.listen,
         ),

@@ -113,18 +113,19 @@ impl World {
     /// Starts the daemon with the port-range backend, these listeners (YAML
     /// list items) and this engine.
     fn start(&mut self, listeners: &str, engine: &str) -> &Daemon {
-        let backends = format!(
-            "  - {{ address: \"{}:{}-{}\" }}\n",
-            self.veth.b_addr,
-            self.first_port,
-            self.first_port + 2,
-        );
+        let backends = world_backends(self);
         self.start_with(listeners, &backends, engine)
     }
 
     /// Listener binds ending in `:0` get a free port each: the config
     /// rejects two listeners on the same `IP:0`.
     fn start_with(&mut self, listeners: &str, backends: &str, engine: &str) -> &Daemon {
+        let (instance, yaml) = self.config(listeners, backends, engine);
+        self.launch(&instance, &yaml)
+    }
+
+    /// A fresh instance name and its config.
+    fn config(&self, listeners: &str, backends: &str, engine: &str) -> (String, String) {
         let mut listeners = listeners.to_owned();
         while let Some(at) = listeners.find(":0\"") {
             let port = support::free_port(&self.front, Ipv4Addr::LOCALHOST);
@@ -140,8 +141,12 @@ impl World {
              forwarding: {{ engine: {engine}, connect_timeout: 1s, handshake_timeout: 2s, mark: 1 }}\n\
              transparent: {{ tproxy_mark: 2, route_table: 100 }}\n"
         );
+        (instance, yaml)
+    }
+
+    fn launch(&mut self, instance: &str, yaml: &str) -> &Daemon {
         self.daemon = None;
-        self.daemon = Some(Daemon::start(&self.front, &instance, &yaml).expect("daemon"));
+        self.daemon = Some(Daemon::start(&self.front, instance, yaml).expect("daemon"));
         self.daemon.as_ref().expect("just set")
     }
 
@@ -739,4 +744,106 @@ fn iptables_apply_is_idempotent_diverts_real_traffic_and_remove_restores_the_tab
     // Removing what is not there is not an error either.
     balancer_iptables(&world.front, "remove", &config);
     assert_eq!(ruleset(&world.front), before);
+}
+
+#[test]
+fn a_daemon_managing_its_rules_applies_them_drains_on_sigterm_and_removes_them_at_exit() {
+    let mut world = world();
+    let before = ruleset(&world.front);
+    let (instance, yaml) = world.config(REDIR4, &world_backends(&world), "auto");
+    let yaml = yaml
+        .replace(
+            "transparent: { tproxy_mark",
+            "transparent: { manage_rules: true, tproxy_mark",
+        )
+        .replace("mark: 1 }", "mark: 1, drain_timeout: 3s }");
+    assert!(yaml.contains("manage_rules: true") && yaml.contains("drain_timeout: 3s"));
+    world.launch(&instance, &yaml);
+    let running = ruleset(&world.front);
+    let listener = world.daemon().listener("redir4").port().to_string();
+    assert!(
+        running
+            .iter()
+            .any(|l| !before.contains(l) && l.contains("REDIRECT") && l.contains(&listener)),
+        "the daemon applied no REDIRECT rule to its listener: {running:#?}"
+    );
+
+    // Plain TCP clients diverted by the daemon's own rules: one pings, one
+    // will sit idle through the drain, one downloads after SIGTERM. (The
+    // target closes after a ping, so the other two send nothing yet.)
+    let target = world.target_v4();
+    let (idle, busy) = world
+        .front
+        .run(move || {
+            let mut pinged = TcpStream::connect(target).expect("connect (redirected)");
+            ping(&mut pinged).expect("ping through the managed rules");
+            let idle = TcpStream::connect(target).expect("connect (redirected)");
+            let busy = TcpStream::connect(target).expect("connect (redirected)");
+            // Past accept, SOCKS5 CONNECT and splicing: connections in the
+            // daemon's hands when the signal comes.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            (idle, busy)
+        })
+        .expect("netns");
+
+    let stop = std::time::Instant::now();
+    world.daemon().terminate().expect("SIGTERM");
+    let seed = 11;
+    let (bytes, sha) = world
+        .front
+        .run(move || {
+            let mut busy = busy;
+            // A new connection is refused from the signal on.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let refused = TcpStream::connect(target)
+                .and_then(|mut fresh| ping(&mut fresh))
+                .is_err();
+            assert!(refused, "a connection made after SIGTERM was served");
+            fetch(&mut busy, 16 << 20, seed).expect("download during the drain")
+        })
+        .expect("netns");
+    assert_eq!(bytes, 16 << 20, "download during the drain: length");
+    assert_eq!(
+        sha,
+        expected_digest(16 << 20, seed),
+        "download during the drain: SHA-256"
+    );
+
+    // The idle client holds the daemon until the drain timeout closes it.
+    let status = world
+        .daemon
+        .as_mut()
+        .expect("daemon")
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("the daemon exits after its drain timeout");
+    let took = stop.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took >= std::time::Duration::from_millis(2_900),
+        "exited after {took:?}, before the 3 s drain timeout, with a client connected"
+    );
+    let mut idle = idle;
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut idle, &mut byte), Ok(0) | Err(_)),
+        "the idle connection survived the daemon"
+    );
+    assert!(world.daemon().log_contains("iptables rules removed"));
+    assert_eq!(
+        ruleset(&world.front),
+        before,
+        "the rules outlived the daemon"
+    );
+}
+
+/// The port-range backend line of [`World::start`].
+fn world_backends(world: &World) -> String {
+    format!(
+        "  - {{ address: \"{}:{}-{}\" }}\n",
+        world.veth.b_addr,
+        world.first_port,
+        world.first_port + 2,
+    )
 }

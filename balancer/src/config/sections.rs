@@ -203,6 +203,10 @@ pub struct ForwardingConfig {
     /// listeners: the daemon's own connections pass nat OUTPUT too, and
     /// backends given by host name cannot be excluded by address.
     pub mark: u32,
+    /// On SIGTERM/SIGINT, how long open connections may go on before the
+    /// daemon closes them; new ones are refused from the signal on.
+    /// Default 10s; 0s closes at once.
+    pub drain_timeout: DurationValue,
 }
 
 /// See [`ForwardingConfig::socket_buffer`].
@@ -217,6 +221,7 @@ impl Default for ForwardingConfig {
             idle_timeout: DurationValue::from_secs(0),
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             mark: 0,
+            drain_timeout: DurationValue::from_secs(10),
         }
     }
 }
@@ -234,10 +239,16 @@ impl ForwardingConfig {
     }
 }
 
-/// Policy routing for `tproxy` listeners (`balancer iptables`).
+/// The rules that bring traffic to `redirect` and `tproxy` listeners, and
+/// the policy routing of `tproxy` (see [`crate::iptables`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransparentConfig {
+    /// The daemon applies the rules `balancer iptables apply` would when it
+    /// starts, and removes them when it stops (also after a failed start),
+    /// so traffic is diverted only while a listener takes it. Default
+    /// false: rules are the operator's (`balancer iptables apply|remove`).
+    pub manage_rules: bool,
     /// Firewall mark TPROXY puts on diverted packets, routed by `ip rule`
     /// to `route_table`; non-zero and different from `forwarding.mark`.
     /// Default 1.
@@ -250,6 +261,7 @@ pub struct TransparentConfig {
 impl Default for TransparentConfig {
     fn default() -> Self {
         Self {
+            manage_rules: false,
             tproxy_mark: 1,
             route_table: 100,
         }

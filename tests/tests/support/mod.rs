@@ -242,6 +242,30 @@ impl Daemon {
         .context("send SIGHUP to the daemon")
     }
 
+    /// Sends SIGTERM, as systemd or an operator would.
+    pub fn terminate(&self) -> Result<()> {
+        let pid = i32::try_from(self.child.id()).context("pid fits in i32")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .context("send SIGTERM to the daemon")
+    }
+
+    /// Waits up to `limit` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still alive (it must not crash on bad input).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
