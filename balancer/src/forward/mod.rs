@@ -171,9 +171,11 @@ impl Engine {
         pair: Pair,
         cancel: &CancellationToken,
     ) -> Result<PairSummary, ForwardError> {
+        // The splice future is the larger (pipes, chunk state); boxed, it
+        // no longer sets the size of every sockmap connection's future.
         match self {
             Self::Sockmap(engine) => Ok(engine.forward(pair, cancel).await?),
-            Self::Splice(engine) => Ok(engine.forward(pair, cancel).await?),
+            Self::Splice(engine) => Ok(Box::pin(engine.forward(pair, cancel)).await?),
         }
     }
 

@@ -170,7 +170,9 @@ impl SockmapEngine {
                     slot,
                 };
                 tracing::debug!("sockhash refused the pair; forwarding it with splice");
-                return Ok(self.fallback.forward(pair, cancel).await?);
+                // Boxed: inline, the rare splice future would set the size
+                // of every spliced connection's future.
+                return Ok(Box::pin(self.fallback.forward(pair, cancel)).await?);
             }
         };
         let end = self.watch(&spliced, cancel).await;
