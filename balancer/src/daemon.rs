@@ -53,6 +53,7 @@ pub async fn run(
         config::Engine::Sockmap => EngineKind::Sockmap,
         config::Engine::Splice => EngineKind::Splice,
     };
+    nofile_limit();
     let options = config.forwarding.forward_options(Some(config.pin_dir()));
     let engine = Arc::new(
         Engine::open(engine_kind, options)
@@ -181,6 +182,31 @@ pub async fn run(
     drop(rules);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the descriptor limit and says how many connections it allows.
+fn nofile_limit() {
+    match crate::sys::limits::raise_nofile() {
+        Ok(limit) => {
+            // Two sockets a connection, and room for listeners, pipes of
+            // the splice engine's first connections, probes and the API.
+            let connections = limit.now.saturating_sub(64) / 2;
+            if connections < MAX_CONNECTIONS as u64 {
+                tracing::warn!(
+                    nofile = limit.now,
+                    connections,
+                    "the descriptor limit allows about this many connections at once (2 sockets each, 4 more descriptors with splice); raise the hard limit (systemd LimitNOFILE=, ulimit -Hn) for more"
+                );
+            } else if limit.was < limit.now {
+                tracing::debug!(
+                    was = limit.was,
+                    now = limit.now,
+                    "raised the descriptor limit"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+    }
 }
 
 /// Applies the iptables rules of the redirect/tproxy listeners when the

@@ -3,5 +3,6 @@
 //! that `std`, `socket2` and `nix` do not offer. Every `unsafe` block says why
 //! it is sound.
 
+pub mod limits;
 pub mod socket;
 pub mod splice;
