@@ -26,7 +26,10 @@ use std::{
     io,
     net::TcpStream as StdTcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -257,6 +260,7 @@ impl SockmapEngine {
             bpf: &self.bpf,
             watcher: &self.watcher,
             events: None,
+            in_maps: AtomicBool::new(true),
         };
         self.bpf
             .set_peer(client_cookie, info(backend_cookie, direction::UP))?;
@@ -360,24 +364,26 @@ impl SockmapEngine {
             if state.shut == [true, true] {
                 return Ok(PairEnd::Closed);
             }
-            let last = pair
-                .last_activity_ns(&self.bpf)?
-                .max(state.last_progress_ns);
-            let now = socket::monotonic_ns();
-            if let Some(idle) = self.options.idle_timeout
-                && idle_expired(last, now, idle)
-            {
-                return Ok(PairEnd::IdleTimeout);
-            }
+            // The activity stamps cost two map lookups: read only when an
+            // idle timeout needs them.
+            let until_idle_timeout = match self.options.idle_timeout {
+                Some(idle) => {
+                    let last = pair
+                        .last_activity_ns(&self.bpf)?
+                        .max(state.last_progress_ns);
+                    let now = socket::monotonic_ns();
+                    if idle_expired(last, now, idle) {
+                        return Ok(PairEnd::IdleTimeout);
+                    }
+                    until_idle(last, now, idle)
+                }
+                None => Duration::from_secs(3600),
+            };
             let wait = if draining {
                 backoff
             } else {
                 backoff = DRAIN_BACKOFF_MIN;
-                self.options
-                    .idle_timeout
-                    .map_or(Duration::from_secs(3600), |idle| {
-                        until_idle(last, now, idle)
-                    })
+                until_idle_timeout
             };
             let event = match events.as_mut() {
                 Some(rx) => tokio::select! {
@@ -609,6 +615,10 @@ struct Spliced<'a> {
     bpf: &'a Bpf,
     watcher: &'a Watcher,
     events: Option<EventSlot>,
+    /// Whether the sockets may still be in the maps: removal happens once,
+    /// in `tear_down` or else on drop (a delete of a missing key is a
+    /// failing syscall, four per connection).
+    in_maps: AtomicBool,
 }
 
 fn gone() -> SockmapError {
@@ -638,11 +648,15 @@ impl Spliced<'_> {
     }
 
     fn remove_from_maps(&self) -> Result<(), SockmapError> {
+        if !self.in_maps.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         // SOCKETS first, both, so the verdict stops before its PEERS go.
         self.bpf.remove_socket(self.up.from_cookie)?;
         self.bpf.remove_socket(self.down.from_cookie)?;
         self.bpf.remove_peer(self.up.from_cookie)?;
         self.bpf.remove_peer(self.down.from_cookie)?;
+        self.in_maps.store(false, Ordering::Relaxed);
         Ok(())
     }
 }
