@@ -60,6 +60,8 @@ pub async fn run(
             .await
             .context("opening the forwarding engine")?,
     );
+    // What loading the BPF object parsed (kernel BTF) is garbage now.
+    crate::sys::memory::release_free_heap();
 
     let registry = Arc::new(Registry::new(health_config(&config.health)));
     registry

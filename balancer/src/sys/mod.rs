@@ -4,5 +4,6 @@
 //! it is sound.
 
 pub mod limits;
+pub mod memory;
 pub mod socket;
 pub mod splice;
