@@ -8,6 +8,8 @@
   const POLL_MS = 1000;
   const TIMEOUT_MS = 2500;
   const HISTORY_MS = 5 * 60 * 1000;
+  // The charts span the history, at least this much, at most HISTORY_MS.
+  const MIN_SPAN_MS = 60 * 1000;
   // A gap longer than this (no snapshot: disconnected) breaks the lines.
   const GAP_MS = 3500;
   // The namespace name createElementNS needs; nothing is fetched from it.
@@ -134,6 +136,23 @@
     return 10 * p;
   }
 
+  // The same in the binary unit `bytes()` will show it in (20 MiB, not
+  // 19.1 MiB).
+  function niceBytes(v) {
+    if (!(v > 0)) return 1;
+    let scale = 1;
+    while (v / scale >= 1024 && scale < Math.pow(1024, UNITS.length - 1)) scale *= 1024;
+    return niceCeiling(v / scale) * scale;
+  }
+
+  // [start, end] of the charts: the history so far, in whole minutes.
+  function span() {
+    const t1 = history.length > 0 ? history[history.length - 1].t : 0;
+    const have = history.length > 0 ? t1 - history[0].t : 0;
+    const minutes = Math.ceil(Math.max(MIN_SPAN_MS, Math.min(HISTORY_MS, have)) / 60000);
+    return [t1 - minutes * 60000, t1, minutes];
+  }
+
   // ---- SVG -------------------------------------------------------------------
 
   function svg(tag, attrs) {
@@ -177,8 +196,7 @@
     }
     el.append(svg("line", { class: "grid", x1: 0, x2: CHART_W, y1: CHART_H - 0.5, y2: CHART_H - 0.5 }));
     if (history.length === 0) return;
-    const t1 = history[history.length - 1].t;
-    const t0 = t1 - HISTORY_MS;
+    const [t0, t1] = span();
     for (const s of series) {
       const p = paths(s.points, t0, t1, yMax, CHART_W, CHART_H);
       if (s.area && p.area) el.append(paintable(svg("path", { class: `area ${s.cls || ""}`, d: p.area }), s.colour, true));
@@ -198,11 +216,11 @@
     el.append(svg("line", { class: "base", x1: 0, x2: SPARK_W, y1: SPARK_H - 0.5, y2: SPARK_H - 0.5 }));
     const max = peak(points.map(([, v]) => v));
     const title = svg("title", {});
-    title.textContent = `${label}: peak ${max === null ? "–" : format(max)} over the last ${Math.round(HISTORY_MS / 60000)} minutes`;
+    title.textContent = `${label}: peak ${max === null ? "–" : format(max)} over the last ${span()[2]} min`;
     el.append(title);
     if (history.length === 0 || max === null) return;
-    const t1 = history[history.length - 1].t;
-    const p = paths(points, t1 - HISTORY_MS, t1, max > 0 ? max * 1.1 : 1, SPARK_W, SPARK_H);
+    const [t0, t1] = span();
+    const p = paths(points, t0, t1, max > 0 ? max * 1.1 : 1, SPARK_W, SPARK_H);
     // `colour` is a class (theme colour) or a literal colour (per backend).
     const cls = colour.startsWith("#") ? "" : ` ${colour}`;
     if (p.area) el.append(paintable(svg("path", { class: `area${cls}`, d: p.area }), cls ? null : colour, true));
@@ -246,9 +264,11 @@
     success.append(cells.success, cells.failures);
     cells.latency = td("r c-latency");
     const bytesCell = td("r");
-    cells.bytesUp = el("span", "c-bytes-up");
     cells.bytesDown = el("span", "c-bytes-down");
-    bytesCell.append(cells.bytesUp, el("span", "sep", "/"), cells.bytesDown);
+    cells.bytesUp = el("span", "c-bytes-up");
+    const bytesSmall = el("span", "small");
+    bytesSmall.append(el("span", "", "↑ "), cells.bytesUp);
+    bytesCell.append(el("span", "", "↓ "), cells.bytesDown, bytesSmall);
     const rateCell = td("r");
     cells.rateDown = el("span", "c-rate-down");
     cells.rateSmall = el("span", "small");
@@ -337,7 +357,11 @@
     const by = (s) => snap.backends.filter((b) => b.state === s).length;
     const held = snap.backends.filter((b) => b.draining || b.disabled).length;
     set($("t-backends"), count(n));
-    set($("t-backends-sub"), `${by("closed")} closed · ${by("open")} open · ${by("half_open")} half-open · ${held} held`);
+    const parts = [`${by("closed")} closed`, `${by("open")} open`];
+    if (by("half_open") > 0) parts.push(`${by("half_open")} half-open`);
+    if (by("unknown") > 0) parts.push(`${by("unknown")} unknown`);
+    if (held > 0) parts.push(`${held} held`);
+    set($("t-backends-sub"), parts.join(" · "));
     set($("t-active"), count(snap.backends.reduce((a, b) => a + b.active, 0)));
     set($("t-accepted"), `${count(snap.counters.accepted)} accepted`);
     const latest = history.length > 0 ? history[history.length - 1] : null;
@@ -358,7 +382,10 @@
     const downs = history.map((h) => [h.t, h.down]);
     const ups = history.map((h) => [h.t, h.up]);
     const top = peak(downs.concat(ups).map(([, v]) => v));
-    const rateMax = niceCeiling(top === null ? 0 : top * 1.05);
+    const rateMax = niceBytes(top === null ? 0 : top * 1.05);
+    const from = `−${span()[2]} min`;
+    set($("c-rate-from"), from);
+    set($("c-latency-from"), from);
     set($("c-rate-max"), rate(top === null || top === 0 ? null : rateMax));
     set($("c-rate-peak"), `peak ${rate(top)}`);
     drawChart($("chart-rate"), [

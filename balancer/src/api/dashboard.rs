@@ -96,7 +96,10 @@ fn respond(asset: &'static Asset) -> Response {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
     ];
     (headers, asset.body).into_response()
 }
@@ -147,7 +150,10 @@ mod tests {
             .to_str()
             .expect("ascii");
         assert!(csp.contains("default-src 'none'"), "{csp}");
-        assert!(!csp.contains("unsafe-inline") && !csp.contains('*'), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains('*'),
+            "{csp}"
+        );
         let html = String::from_utf8(body(response).await).expect("utf-8");
         assert!(html.starts_with("<!doctype html>"), "{html}");
     }
@@ -214,12 +220,18 @@ mod tests {
             }
         }
         let html = text(&INDEX);
-        assert!(!html.contains("style=\""), "inline style would break the CSP");
+        assert!(
+            !html.contains("style=\""),
+            "inline style would break the CSP"
+        );
         assert!(!html.contains("<style"), "inline style would break the CSP");
         assert!(
             html.match_indices("<script").count() == 1 && html.contains("<script src=\"/assets/"),
             "one external script, no inline one"
         );
-        assert!(!text(&ASSETS[0]).contains("innerHTML"), "text goes in as text");
+        assert!(
+            !text(&ASSETS[0]).contains("innerHTML"),
+            "text goes in as text"
+        );
     }
 }
