@@ -28,10 +28,14 @@ use anyhow::{Context, Result, bail, ensure};
 use balancer_tests::{Microsocks, NetNs, require_command, require_root};
 use serde_json::{Value, json};
 use support::{
-    ChecksumTarget, Daemon, Target, expected_digest, fetch, free_port, socks_connect, unique,
+    ChecksumTarget, Daemon, Target, expected_digest, fetch, free_port, http_exchange,
+    socks_connect, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const TOKEN: &str = "e2e-dashboard-token";
+/// A backend name registered at run time that is markup, to be shown as text.
+const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>&amp;";
 /// Connections pushed through the daemon, and what each fetches.
 const CONNECTIONS: u64 = 8;
 const PER_CONNECTION: u64 = 4 << 20;
@@ -43,6 +47,7 @@ return {
   instance: text(document, '#instance'),
   live: text(document, '#live-text'),
   banner: !document.getElementById('banner').hidden,
+  markup: document.querySelectorAll('#backends tbody img, #c-latency-legend img').length,
   rows: Array.from(document.querySelectorAll('#backends tbody tr')).map((tr) => ({
     name: text(tr, '.c-name'),
     address: text(tr, '.c-address'),
@@ -426,7 +431,7 @@ fn yaml(
          balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
          health: {{ probe: {{ target: \"{probe_target}\", interval: 1s, timeout: 1s }} }}\n\
          forwarding: {{ engine: auto }}\n\
-         metrics: {{ listen: \"{metrics}\" }}\n",
+         metrics: {{ listen: \"{metrics}\", token: \"{TOKEN}\" }}\n",
         backends[0], backends[1],
     )
 }
@@ -462,10 +467,11 @@ fn the_dashboard_shows_live_backends_without_console_errors_and_survives_a_resta
     require_command("chromium", "chromium");
     let ns = NetNs::new().expect("netns");
     let target = ChecksumTarget::start(&ns, IpAddr::V4(LO)).expect("target");
-    let socks: Vec<Microsocks> = (0..2)
+    let socks: Vec<Microsocks> = (0..3)
         .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
         .collect();
     let backends: Vec<SocketAddr> = socks.iter().map(Microsocks::addr).collect();
+    // The third backend is registered at run time, under HOSTILE_NAME.
     let metrics = SocketAddr::from((LO, free_port(&ns, LO)));
     let instance = unique("dash");
     let config = yaml(&instance, metrics, &backends, target.addr());
@@ -570,6 +576,31 @@ fn the_dashboard_shows_live_backends_without_console_errors_and_survives_a_resta
             },
         )
         .expect("the page recovers with the new daemon's counters");
+
+    // A name that is markup shows as text: no element is made of it.
+    let body =
+        serde_json::to_string(&json!({ "address": backends[2].to_string(), "name": HOSTILE_NAME }))
+            .expect("JSON");
+    let (status, _, answer) = http_exchange(
+        &ns,
+        metrics,
+        format!(
+            "POST /api/v1/backends HTTP/1.0\r\nHost: {metrics}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!((200..300).contains(&status), "register: {status} {answer}");
+    let shown = browser
+        .wait_for(Duration::from_secs(8), "the run-time backend", |page| {
+            row(page, HOSTILE_NAME).is_some()
+        })
+        .expect("the registered backend appears");
+    assert_eq!(
+        shown["markup"], 0,
+        "a backend name became markup: {shown:#}"
+    );
+
     // The only errors since: the failed polls while nothing listened.
     let console = browser.console().expect("browser console");
     for (level, message) in &console {
@@ -578,6 +609,32 @@ fn the_dashboard_shows_live_backends_without_console_errors_and_survives_a_resta
             "unexpected console error while disconnected: {message}"
         );
     }
+
+    // The console check above can fail: a load from another origin is
+    // refused by the page's CSP and reported as an error.
+    browser
+        .execute(
+            "const i = document.createElement('img'); \
+             i.src = 'http://192.0.2.1/probe.png'; document.body.append(i); return true;",
+        )
+        .expect("inject an image");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = Vec::new();
+    while refused.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        refused = browser
+            .console()
+            .expect("browser console")
+            .into_iter()
+            .filter(|(level, message)| level == "SEVERE" && message.contains("192.0.2.1"))
+            .collect();
+    }
+    assert!(
+        refused
+            .iter()
+            .any(|(_, m)| m.contains("Content Security Policy")),
+        "an external image load was not reported as a CSP error: {refused:?}"
+    );
     drop(restarted);
     drop(socks);
 }
