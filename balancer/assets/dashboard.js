@@ -423,6 +423,7 @@
   function connected(snap) {
     failingSince = null;
     $("banner").hidden = true;
+    document.body.classList.remove("stale");
     $("live").className = "live ok";
     set($("live-text"), `live · ${clock(snap.written_unix_ms)}`);
   }
@@ -430,6 +431,8 @@
   function disconnected(error) {
     if (failingSince === null) failingSince = Date.now();
     $("banner").hidden = false;
+    // The figures below are the last ones seen: dim them.
+    document.body.classList.add("stale");
     const why = error && error.name === "AbortError" ? "no answer within 2.5 s" : String(error && error.message ? error.message : error);
     set($("banner-detail"), `cannot reach /api/v1/status since ${clock(failingSince)} (${why})`);
     $("live").className = "live down";
