@@ -21,6 +21,8 @@ APT_PACKAGES=(
   prometheus
   # the demo's HTTP target; benchmarks: CPU accounting, charts
   python3
+  # the dashboard's end-to-end test drives a headless browser
+  chromium chromium-driver
 )
 
 missing=()

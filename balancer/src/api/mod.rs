@@ -8,9 +8,11 @@
 //! - [`exposition`]: a snapshot in the OpenMetrics text format (pure).
 //! - [`auth`]: the bearer token check.
 //! - [`control`]: enable, disable, drain, register, unregister, reset.
+//! - [`dashboard`]: the live page at `/`, compiled into the binary.
 
 pub mod auth;
 pub mod control;
+pub mod dashboard;
 pub mod exposition;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
@@ -120,6 +122,8 @@ impl ApiServer {
 /// Every route over `state`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/api/v1/status", get(status))
