@@ -109,7 +109,7 @@ mod tests {
         let subjects = [SubjectReport {
             name: "x",
             path: "",
-            figures: figures(&[slower], &[backend.clone()], &[backend]),
+            figures: figures(&[slower], std::slice::from_ref(&backend), std::slice::from_ref(&backend)),
         }];
         let line = data(&subjects).lines().nth(1).expect("a row").to_owned();
         let cells: Vec<&str> = line.split('\t').collect();

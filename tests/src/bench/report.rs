@@ -259,7 +259,7 @@ mod tests {
         SubjectReport {
             name,
             path: "",
-            figures: figures(&[sample], &[backend.clone()], &[backend]),
+            figures: figures(&[sample], std::slice::from_ref(&backend), std::slice::from_ref(&backend)),
         }
     }
 

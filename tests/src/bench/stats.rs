@@ -120,7 +120,7 @@ pub fn median(values: &[f64]) -> f64 {
     let mid = sorted.len() / 2;
     if sorted.is_empty() {
         f64::NAN
-    } else if sorted.len() % 2 == 0 {
+    } else if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]

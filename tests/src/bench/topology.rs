@@ -11,7 +11,8 @@
 //!
 //! `lb` and `backend` forward IPv4 (`ip_forward=1`), so `direct` (client ->
 //! target, no proxy) crosses the same three veth pairs as every proxied path;
-//! only the TCP endpoints differ. Addresses come from [`Veth`] (RFC 2544
+//! only the TCP endpoints differ. `lb` has the nat table (conntrack) loaded
+//! for every subject. Addresses come from [`Veth`] (RFC 2544
 //! range); nothing leaves the namespaces.
 
 use std::net::Ipv4Addr;
@@ -138,6 +139,35 @@ impl Topology {
         for ns in [&self.client, &self.lb, &self.backend, &self.target] {
             ns.sysctl("net.core.somaxconn", "16384")?;
         }
+        // The redirect subjects need the nat table in `lb`, and with it
+        // connection tracking for everything `lb` forwards. Register it from
+        // the start with a rule that never matches (TEST-NET-1 source), so
+        // every subject pays for conntrack alike, not only those measured
+        // after the first REDIRECT rule.
+        let out = self
+            .lb
+            .ns()
+            .command("iptables")
+            .args([
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-s",
+                "192.0.2.1/32",
+                "-p",
+                "tcp",
+                "-j",
+                "RETURN",
+            ])
+            .output()
+            .context("run iptables")?;
+        ensure!(
+            out.status.success(),
+            "iptables in {}: {}",
+            self.lb.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         Ok(())
     }
 
