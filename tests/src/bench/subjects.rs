@@ -15,14 +15,16 @@ use anyhow::{Context, Result, ensure};
 
 use crate::bench::{process::Process, topology::Topology};
 
-/// Ports inside the namespaces (fresh namespaces per run: nothing else binds).
+/// Ports inside the namespaces (fresh per run), all below the ephemeral
+/// range [`topology`](crate::bench::topology) sets, so no outgoing connection
+/// or its TIME_WAIT can hold one when a subject binds it.
 pub const TARGET_PORT: u16 = 9000;
 const MICROSOCKS_PORTS: [u16; 3] = [1081, 1082, 1083];
 const DANTE_PORT: u16 = 1180;
 const BALANCER_SOCKS_PORT: u16 = 1080;
-const BALANCER_REDIRECT_PORT: u16 = 12345;
+const BALANCER_REDIRECT_PORT: u16 = 2345;
 const HAPROXY_PORT: u16 = 1090;
-const REDSOCKS_PORT: u16 = 12346;
+const REDSOCKS_PORT: u16 = 2346;
 /// `forwarding.mark` of the redirect subject (required by a redirect
 /// listener; the PREROUTING rule does not see the daemon's own traffic).
 const MARK: u32 = 4919;

@@ -133,7 +133,7 @@ impl Topology {
         // Tens of thousands of short connections per run: room for ports
         // and TIME_WAIT reuse on every side that opens connections.
         for ns in [&self.client, &self.lb, &self.backend] {
-            ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+            ns.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
             ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         }
         for ns in [&self.client, &self.lb, &self.backend, &self.target] {

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
-//!     [--runs 5] [--quick] [--bulk-mib 256] [--rounds 20000]
+//!     [--runs 5] [--quick] [--bulk-mib 192] [--rounds 20000]
 //!     [--connections 3000] [--rss-connections 10000] [--only a,b,...]
 //! ```
 //!
@@ -58,7 +58,7 @@ fn parse_args() -> Result<Args> {
     let mut json = None;
     let mut settings = Settings {
         runs: 5,
-        bulk_mib: 256,
+        bulk_mib: 192,
         ping_pong_rounds: 20_000,
         ping_pong_warmup: 500,
         connections: 3000,
