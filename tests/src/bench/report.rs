@@ -259,7 +259,11 @@ mod tests {
         SubjectReport {
             name,
             path: "",
-            figures: figures(&[sample], std::slice::from_ref(&backend), std::slice::from_ref(&backend)),
+            figures: figures(
+                &[sample],
+                std::slice::from_ref(&backend),
+                std::slice::from_ref(&backend),
+            ),
         }
     }
 

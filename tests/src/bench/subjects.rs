@@ -175,6 +175,15 @@ impl Backends {
         })
     }
 
+    /// Fails, with its log, if a backend process died (a crash under 10,000
+    /// connections would otherwise show up only as slow figures).
+    pub fn ensure_running(&mut self) -> Result<()> {
+        for (_, process) in &mut self.microsocks {
+            process.ensure_running()?;
+        }
+        self.dante.1.ensure_running()
+    }
+
     fn microsocks_addrs(&self) -> Vec<SocketAddr> {
         self.microsocks.iter().map(|(addr, _)| *addr).collect()
     }

@@ -139,7 +139,7 @@ const BULK: [(&str, Direction, usize); 3] = [
 fn measure(
     subject: Subject,
     topology: &Topology,
-    backends: &Backends,
+    backends: &mut Backends,
     balancer: &Path,
     dir: &Path,
     run: usize,
@@ -231,6 +231,10 @@ fn measure(
     running
         .ensure_running()
         .with_context(|| format!("{} died during the run", subject.name()))?;
+    drop(running);
+    backends
+        .ensure_running()
+        .with_context(|| format!("a backend died while measuring {}", subject.name()))?;
     Ok(sample)
 }
 
@@ -272,7 +276,7 @@ fn main() -> Result<()> {
             TARGET_PORT,
             &dir.0,
         )?;
-        let backends = Backends::start(&topology, &dir.0)?;
+        let mut backends = Backends::start(&topology, &dir.0)?;
         for (i, subject) in args.subjects.iter().enumerate() {
             eprintln!(
                 "bench_compare: run {}/{}: {} ({:.0} s)",
@@ -282,7 +286,13 @@ fn main() -> Result<()> {
                 began.elapsed().as_secs_f64()
             );
             let sample = measure(
-                *subject, &topology, &backends, &balancer, &dir.0, run, settings,
+                *subject,
+                &topology,
+                &mut backends,
+                &balancer,
+                &dir.0,
+                run,
+                settings,
             )?;
             samples[i].push(sample);
         }
