@@ -1,11 +1,13 @@
 //! What the comparison benchmark must undo if it is interrupted: child
-//! process groups and network namespaces. Every guard registers what it
-//! created here and unregisters it in its `Drop`; a signal thread (SIGINT,
+//! process groups, network namespaces, BPF pins and its scratch directory.
+//! Every guard registers what it created here and unregisters it in its
+//! `Drop`; a signal thread (SIGINT,
 //! SIGTERM, SIGHUP) removes whatever is still registered, then exits, so
 //! Ctrl-C leaves no namespace, rule or process behind. iptables rules live in
 //! the benchmark's namespaces and vanish with them.
 
 use std::{
+    path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard},
 };
@@ -19,11 +21,13 @@ use nix::{
 struct Registry {
     process_groups: Vec<i32>,
     namespaces: Vec<String>,
+    directories: Vec<PathBuf>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     process_groups: Vec::new(),
     namespaces: Vec::new(),
+    directories: Vec::new(),
 });
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -71,6 +75,15 @@ pub fn remove_namespace(name: &str) {
     registry().namespaces.retain(|known| known != name);
 }
 
+/// Remembers a scratch directory (configs, logs) to delete.
+pub fn add_directory(path: &Path) {
+    registry().directories.push(path.to_owned());
+}
+
+pub fn remove_directory(path: &Path) {
+    registry().directories.retain(|known| known != path);
+}
+
 fn remove_everything() {
     let mut registry = registry();
     for pgid in registry.process_groups.drain(..) {
@@ -89,4 +102,7 @@ fn remove_everything() {
         }
     }
     let _ = std::fs::remove_dir("/sys/fs/bpf/balancer");
+    for dir in registry.directories.drain(..) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,8 +1,8 @@
 //! Child processes of the comparison benchmark: started inside a namespace
 //! with `nsenter --net=` (not `ip netns exec`, which remounts /sys and hides
 //! bpffs from the balancer), in their own process group, with
-//! `RLIMIT_NOFILE` raised to its hard limit, stderr to a log file. Dropping one stops its whole group
-//! (SIGTERM, then SIGKILL after 3 s) and reaps it.
+//! `RLIMIT_NOFILE` raised to its hard limit, stderr to a log file. Dropping
+//! one stops its whole group (SIGTERM, then SIGKILL after 3 s) and reaps it.
 
 use std::{
     fs::File,

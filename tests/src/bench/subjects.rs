@@ -195,7 +195,8 @@ pub struct Running {
     pub access: Access,
     /// The process whose own CPU and RSS are reported (none for `direct`).
     pub daemon_pid: Option<i32>,
-    /// Dropped before `processes`: rules first, then the daemon.
+    /// Removed before `processes` stop, so no client is redirected to a
+    /// closed port.
     rules: Vec<RedirectRule>,
     processes: Vec<Process>,
     files: Vec<PathBuf>,

@@ -123,9 +123,18 @@ fn parse_args() -> Result<Args> {
 /// A directory for configs and logs, removed on drop.
 struct TempDir(PathBuf);
 
+impl TempDir {
+    fn create(path: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        cleanup::add_directory(&path);
+        Ok(Self(path))
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        cleanup::remove_directory(&self.0);
     }
 }
 
@@ -262,8 +271,9 @@ fn main() -> Result<()> {
     raise_nofile_limit(process::nofile_hard_limit())
         .context("raise RLIMIT_NOFILE for the client")?;
     let balancer = subjects::balancer_binary()?;
-    let dir = TempDir(std::env::temp_dir().join(format!("bench-compare-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)?;
+    let dir = TempDir::create(
+        std::env::temp_dir().join(format!("bench-compare-{}", std::process::id())),
+    )?;
     let began = Instant::now();
 
     // samples[subject][run]
