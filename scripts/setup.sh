@@ -16,7 +16,7 @@ APT_PACKAGES=(
   # real peers for tests, the demo and benchmarks
   microsocks dante-server curl proxychains4 iptables iproute2 nginx-light
   # what users run today instead of us (comparison benchmarks), load tools
-  haproxy redsocks iperf3 wrk
+  haproxy redsocks iperf3 wrk gnuplot-nox fonts-dejavu-core
   # `promtool check metrics` validates our Prometheus exposition
   prometheus
   # the demo's HTTP target; benchmarks: CPU accounting, charts

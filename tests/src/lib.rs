@@ -19,7 +19,10 @@
 //!   to hand to a forwarding `Engine`.
 //! - [`microsocks`] — [`Microsocks`], Debian's `microsocks` on an ephemeral
 //!   loopback port, killed on drop.
+//! - [`bench`] — the comparison benchmark (`bench_compare`): topology,
+//!   subjects, workloads, statistics, report and chart.
 
+pub mod bench;
 pub mod checksum;
 pub mod microsocks;
 pub mod netns;

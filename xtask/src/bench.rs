@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: runs the benchmark binaries of `balancer-tests`,
-//! each printing its table and writing its JSON under bench-results/, and
-//! the selection micro-benchmark of the `balancer` crate.
+//! each printing its table and writing its JSON under bench-results/
+//! (`compare` also writes `compare.md` and the chart `compare.png` beside
+//! its JSON), and the selection micro-benchmark of the `balancer` crate.
 
 use anyhow::{Context as _, Result, bail};
 
@@ -40,6 +41,13 @@ const BENCHES: &[Bench] = &[
         kind: Kind::TestsBinary {
             binary: "bench_failover",
             json: "bench-results/failover.json",
+        },
+    },
+    Bench {
+        name: "compare",
+        kind: Kind::TestsBinary {
+            binary: "bench_compare",
+            json: "bench-results/compare.json",
         },
     },
     Bench {
@@ -135,7 +143,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("known: engine, failover, select"),
+                .contains("known: engine, failover, compare, select"),
             "{error}"
         );
     }

@@ -1,0 +1,25 @@
+//! The comparison benchmark of issue 6 (`bench_compare`): `balancer` beside
+//! no proxy, one SOCKS5 backend alone, HAProxy and redsocks, on one
+//! namespace topology, with the same client workloads.
+//!
+//! - [`cleanup`] — what a signal must undo; the signal thread.
+//! - [`topology`] — client / lb / backend / target namespaces and routes.
+//! - [`process`] — child processes in a namespace, own group, raised nofile.
+//! - [`target`] — the Rust target: CRC-checked upload/download, echo.
+//! - [`subjects`] — what is compared and how each is started (configs).
+//! - [`workloads`] — bulk, ping-pong, connection rate, idle connections.
+//! - [`cpu`] — `/proc/stat` and `/proc/<pid>/stat`, VmRSS.
+//! - [`stats`] — medians, spreads, per-run ratios (pure).
+//! - [`report`] — Markdown, JSON and the issue's targets.
+//! - [`chart`] — the PNG of the main ratios (gnuplot).
+
+pub mod chart;
+pub mod cleanup;
+pub mod cpu;
+pub mod process;
+pub mod report;
+pub mod stats;
+pub mod subjects;
+pub mod target;
+pub mod topology;
+pub mod workloads;

@@ -1,0 +1,296 @@
+//! The comparison's output: a Markdown report (one table per workload,
+//! every cell `median (min–max) ×backend ×direct`, then the issue's targets
+//! with met / missed) and the JSON document with every run's figures.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::bench::stats::{
+    BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM,
+    CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, RSS_10K,
+    RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+};
+
+/// One subject's figures.
+#[derive(Debug, Serialize)]
+pub struct SubjectReport {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub figures: BTreeMap<&'static str, Figure>,
+}
+
+/// One target of the issue, checked against the medians.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: f64,
+    pub limit: f64,
+    pub met: bool,
+}
+
+/// Everything written to the JSON file.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub runs: usize,
+    pub settings: serde_json::Value,
+    pub topology: &'static str,
+    pub subjects: Vec<SubjectReport>,
+    pub targets: Vec<TargetCheck>,
+}
+
+const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "Bulk throughput, GB/s (higher is better)",
+        &[BULK_UP_1, BULK_DOWN_1, BULK_DOWN_8],
+    ),
+    (
+        "Request/response, 64 B ping-pong round trip, µs (lower is better)",
+        &[RTT_P50, RTT_P99, RTT_P999],
+    ),
+    (
+        "Connection rate: connect + SOCKS5 + 1 KiB echo + close, 16 concurrent",
+        &[CONN_RATE, CONN_SETUP_P99],
+    ),
+    (
+        "CPU seconds per GB moved in the bulk phases (lower is better)",
+        &[
+            CPU_USER,
+            CPU_SYSTEM,
+            CPU_SOFTIRQ,
+            CPU_TOTAL,
+            DAEMON_USER,
+            DAEMON_SYSTEM,
+        ],
+    ),
+    (
+        "Daemon memory (VmRSS): idle, then holding idle spliced connections",
+        &[RSS_IDLE, RSS_CONNECTIONS, RSS_LOADED, RSS_10K],
+    ),
+];
+
+fn metric(key: &str) -> Option<&'static Metric> {
+    METRICS.iter().find(|metric| metric.key == key)
+}
+
+fn cell(figure: Option<&Figure>, decimals: usize) -> String {
+    let Some(figure) = figure else {
+        return "–".to_owned();
+    };
+    let v = &figure.value;
+    let mut out = format!(
+        "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+        v.median, v.min, v.max
+    );
+    if let Some(ratio) = &figure.vs_backend {
+        let _ = write!(out, " ×{:.2}b", ratio.median);
+    }
+    if let Some(ratio) = &figure.vs_direct {
+        let _ = write!(out, " ×{:.2}d", ratio.median);
+    }
+    out
+}
+
+/// The Markdown report.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Each cell: median over {} runs (min–max), then the median of the per-run \
+         ratio to `backend` (b) and to `direct` (d).\n\nTopology: {}\n",
+        report.runs, report.topology
+    );
+    let _ = writeln!(out, "| subject | path |\n| --- | --- |");
+    for subject in &report.subjects {
+        let _ = writeln!(out, "| {} | {} |", subject.name, subject.path);
+    }
+    for (title, keys) in GROUPS {
+        let _ = writeln!(out, "\n**{title}**\n");
+        let metrics: Vec<&Metric> = keys.iter().filter_map(|key| metric(key)).collect();
+        let mut header = "| subject |".to_owned();
+        let mut rule = "| --- |".to_owned();
+        for metric in &metrics {
+            let _ = write!(header, " {} ({}) |", metric.label, metric.unit);
+            rule.push_str(" ---: |");
+        }
+        let _ = writeln!(out, "{header}\n{rule}");
+        for subject in &report.subjects {
+            if !metrics
+                .iter()
+                .any(|metric| subject.figures.contains_key(metric.key))
+            {
+                continue;
+            }
+            let _ = write!(out, "| {} |", subject.name);
+            for metric in &metrics {
+                let _ = write!(
+                    out,
+                    " {} |",
+                    cell(subject.figures.get(metric.key), metric.decimals)
+                );
+            }
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n**Targets of issue 6** (medians of this run; a benchmark, not a test)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | measured | limit | met |\n| --- | ---: | ---: | --- |"
+    );
+    for check in &report.targets {
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} | {:.3} | {} |",
+            check.target,
+            check.measured,
+            check.limit,
+            if check.met { "yes" } else { "**no**" }
+        );
+    }
+    out
+}
+
+/// The issue's targets against the medians; a target whose inputs were not
+/// measured is left out.
+pub fn targets(subjects: &[SubjectReport]) -> Vec<TargetCheck> {
+    let get = |name: &str, key: &str| {
+        subjects
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.figures.get(key))
+    };
+    let value = |name: &str, key: &str| get(name, key).map(|f| f.value.median);
+    let added = |name: &str, key: &str| {
+        get(name, key)
+            .and_then(|f| f.minus_backend.as_ref())
+            .map(|s| s.median)
+    };
+    let vs_backend = |name: &str, key: &str| {
+        get(name, key)
+            .and_then(|f| f.vs_backend.as_ref())
+            .map(|s| s.median)
+    };
+    let mut checks = Vec::new();
+    let mut push = |target: String, measured: Option<f64>, limit: Option<f64>, at_most: bool| {
+        if let (Some(measured), Some(limit)) = (measured, limit) {
+            let met = if at_most {
+                measured <= limit
+            } else {
+                measured >= limit
+            };
+            checks.push(TargetCheck {
+                target,
+                measured,
+                limit,
+                met,
+            });
+        }
+    };
+    let lb = "balancer-sockmap";
+    push(
+        "added p50 RTT vs backend, µs <= 10".into(),
+        added(lb, RTT_P50),
+        Some(10.0),
+        true,
+    );
+    push(
+        "added p50 RTT vs backend, µs <= half of haproxy's".into(),
+        added(lb, RTT_P50),
+        added("haproxy", RTT_P50).map(|h| h / 2.0),
+        true,
+    );
+    for key in [BULK_UP_1, BULK_DOWN_1, BULK_DOWN_8] {
+        push(
+            format!("{key}: ratio to backend >= 0.90"),
+            vs_backend(lb, key),
+            Some(0.9),
+            false,
+        );
+        push(
+            format!("{key}: GB/s >= haproxy"),
+            value(lb, key),
+            value("haproxy", key),
+            false,
+        );
+    }
+    push(
+        "connections/s >= haproxy".into(),
+        value(lb, CONN_RATE),
+        value("haproxy", CONN_RATE),
+        false,
+    );
+    push(
+        "connections/s >= 3 x redsocks".into(),
+        value(lb, CONN_RATE),
+        value("redsocks", CONN_RATE).map(|r| 3.0 * r),
+        false,
+    );
+    push(
+        "daemon user CPU s/GB, sockmap < 5% of splice's".into(),
+        value(lb, DAEMON_USER),
+        value("balancer-splice", DAEMON_USER).map(|s| 0.05 * s),
+        true,
+    );
+    for name in [lb, "balancer-splice"] {
+        // 64 MB = 61.04 MiB.
+        push(
+            format!(
+                "{name}: RSS MiB with 10,000 idle connections < 64 MB (linear from those held)"
+            ),
+            value(name, RSS_10K),
+            Some(64e6 / 1_048_576.0),
+            true,
+        );
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::stats::{Sample, figures};
+
+    fn subject(name: &'static str, pairs: &[(&'static str, f64)]) -> SubjectReport {
+        let sample: Sample = pairs.iter().copied().collect();
+        let backend: Sample = [(RTT_P50, 50.0), (CONN_RATE, 1000.0)].into_iter().collect();
+        SubjectReport {
+            name,
+            path: "",
+            figures: figures(
+                &[sample],
+                std::slice::from_ref(&backend),
+                std::slice::from_ref(&backend),
+            ),
+        }
+    }
+
+    #[test]
+    fn added_latency_is_judged_against_ten_microseconds_and_half_of_haproxy() {
+        let subjects = [
+            subject("balancer-sockmap", &[(RTT_P50, 58.0)]),
+            subject("haproxy", &[(RTT_P50, 70.0)]),
+        ];
+        let checks = targets(&subjects);
+        assert_eq!(checks[0].measured, 8.0);
+        assert!(checks[0].met);
+        assert_eq!(checks[1].limit, 10.0);
+        assert!(checks[1].met);
+    }
+
+    #[test]
+    fn connection_rate_must_beat_three_times_redsocks() {
+        let subjects = [
+            subject("balancer-sockmap", &[(CONN_RATE, 2000.0)]),
+            subject("redsocks", &[(CONN_RATE, 1000.0)]),
+        ];
+        let check = targets(&subjects)
+            .into_iter()
+            .find(|c| c.target.contains("redsocks"))
+            .expect("redsocks target");
+        assert_eq!(check.limit, 3000.0);
+        assert!(!check.met);
+    }
+}

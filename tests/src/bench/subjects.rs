@@ -1,0 +1,536 @@
+//! What is compared, and how each one is started: the config files
+//! (balancer YAML, haproxy.cfg, redsocks.conf, danted.conf) are written to
+//! the run's temporary directory, processes run in the topology's
+//! namespaces, iptables REDIRECT rules go into `lb`'s PREROUTING for the
+//! client's traffic to the target and are removed on drop (and vanish with
+//! the namespace anyway).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::bench::{process::Process, topology::Topology};
+
+/// Ports inside the namespaces (fresh per run), all below the ephemeral
+/// range [`topology`](crate::bench::topology) sets, so no outgoing connection
+/// or its TIME_WAIT can hold one when a subject binds it.
+pub const TARGET_PORT: u16 = 9000;
+const MICROSOCKS_PORTS: [u16; 3] = [1081, 1082, 1083];
+const DANTE_PORT: u16 = 1180;
+const BALANCER_SOCKS_PORT: u16 = 1080;
+const BALANCER_REDIRECT_PORT: u16 = 2345;
+const HAPROXY_PORT: u16 = 1090;
+const REDSOCKS_PORT: u16 = 2346;
+/// `forwarding.mark` of the redirect subject (required by a redirect
+/// listener; the PREROUTING rule does not see the daemon's own traffic).
+const MARK: u32 = 4919;
+
+/// A forwarding engine of the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sockmap,
+    Splice,
+}
+
+impl Engine {
+    /// File descriptors the daemon holds per proxied connection: both
+    /// sockets, and for splice two pipes (two ends each).
+    pub fn fds_per_connection(self) -> u64 {
+        match self {
+            Self::Sockmap => 2,
+            Self::Splice => 6,
+        }
+    }
+
+    fn yaml(self) -> &'static str {
+        match self {
+            Self::Sockmap => "sockmap",
+            Self::Splice => "splice",
+        }
+    }
+}
+
+/// One row of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// Client -> target, no proxy (same veth path).
+    Direct,
+    /// Client -> one microsocks -> target: the baseline of every ratio.
+    Backend,
+    /// Client -> one dante-server -> target (its own ceiling).
+    Dante,
+    /// Client -SOCKS5-> balancer -> microsocks x3 -> target.
+    BalancerSocks(Engine),
+    /// Client -> target, REDIRECTed in `lb` to balancer -> microsocks x3.
+    BalancerRedirect(Engine),
+    /// Client -SOCKS5-> haproxy (tcp, leastconn, checks) -> microsocks x3.
+    Haproxy,
+    /// Client -> target, REDIRECTed in `lb` to redsocks -> one microsocks.
+    Redsocks,
+}
+
+impl Subject {
+    /// Every subject in the order of the report.
+    pub const ALL: [Self; 8] = [
+        Self::Direct,
+        Self::Backend,
+        Self::Dante,
+        Self::BalancerSocks(Engine::Sockmap),
+        Self::BalancerSocks(Engine::Splice),
+        Self::BalancerRedirect(Engine::Sockmap),
+        Self::Haproxy,
+        Self::Redsocks,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Backend => "backend",
+            Self::Dante => "backend-dante",
+            Self::BalancerSocks(Engine::Sockmap) => "balancer-sockmap",
+            Self::BalancerSocks(Engine::Splice) => "balancer-splice",
+            Self::BalancerRedirect(Engine::Sockmap) => "balancer-sockmap-redirect",
+            Self::BalancerRedirect(Engine::Splice) => "balancer-splice-redirect",
+            Self::Haproxy => "haproxy",
+            Self::Redsocks => "redsocks",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Direct => "client -> target, no proxy",
+            Self::Backend => "client -SOCKS5-> microsocks -> target",
+            Self::Dante => "client -SOCKS5-> dante-server -> target",
+            Self::BalancerSocks(_) => "client -SOCKS5-> balancer (socks5 listener) -> 3 microsocks",
+            Self::BalancerRedirect(_) => {
+                "client -> iptables REDIRECT -> balancer (redirect listener) -> 3 microsocks"
+            }
+            Self::Haproxy => "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 microsocks",
+            Self::Redsocks => "client -> iptables REDIRECT -> redsocks -> 1 microsocks",
+        }
+    }
+
+    /// The engine whose daemon the RSS workload (idle spliced connections)
+    /// measures; `None` where it does not apply.
+    pub fn rss_engine(self) -> Option<Engine> {
+        match self {
+            Self::BalancerSocks(engine) => Some(engine),
+            _ => None,
+        }
+    }
+}
+
+/// How the client reaches the target through a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Connect to the target itself (no proxy, or transparent redirection).
+    Plain,
+    /// SOCKS5 CONNECT through this proxy.
+    Socks5(SocketAddr),
+}
+
+/// The SOCKS5 backends of one run, in the `backend` namespace.
+#[derive(Debug)]
+pub struct Backends {
+    pub microsocks: Vec<(SocketAddr, Process)>,
+    pub dante: (SocketAddr, Process),
+}
+
+impl Backends {
+    pub fn start(topology: &Topology, dir: &Path) -> Result<Self> {
+        let ip = topology.backend_addr();
+        let mut microsocks = Vec::new();
+        for port in MICROSOCKS_PORTS {
+            let addr = SocketAddr::from((ip, port));
+            let mut process = Process::spawn(
+                topology.backend.ns(),
+                &format!("microsocks-{port}"),
+                Path::new("microsocks"),
+                &["-i", &ip.to_string(), "-p", &port.to_string()],
+                &[],
+                dir,
+            )?;
+            process.wait_accepting(topology.backend.ns(), addr)?;
+            microsocks.push((addr, process));
+        }
+        let addr = SocketAddr::from((ip, DANTE_PORT));
+        let config = dir.join("danted.conf");
+        std::fs::write(&config, dante_conf(addr, topology.backend_external_addr()))?;
+        let mut dante = Process::spawn(
+            topology.backend.ns(),
+            "danted",
+            Path::new("danted"),
+            &["-f", &config.to_string_lossy()],
+            &[],
+            dir,
+        )?;
+        dante.wait_accepting(topology.backend.ns(), addr)?;
+        Ok(Self {
+            microsocks,
+            dante: (addr, dante),
+        })
+    }
+
+    /// Fails, with its log, if a backend process died (a crash under 10,000
+    /// connections would otherwise show up only as slow figures).
+    pub fn ensure_running(&mut self) -> Result<()> {
+        for (_, process) in &mut self.microsocks {
+            process.ensure_running()?;
+        }
+        self.dante.1.ensure_running()
+    }
+
+    fn microsocks_addrs(&self) -> Vec<SocketAddr> {
+        self.microsocks.iter().map(|(addr, _)| *addr).collect()
+    }
+}
+
+/// A subject while it runs: its processes and rules, and how to reach it.
+#[derive(Debug)]
+pub struct Running {
+    pub access: Access,
+    /// The process whose own CPU and RSS are reported (none for `direct`).
+    pub daemon_pid: Option<i32>,
+    /// Removed before `processes` stop, so no client is redirected to a
+    /// closed port.
+    rules: Vec<RedirectRule>,
+    processes: Vec<Process>,
+    files: Vec<PathBuf>,
+    bpf_instance: Option<String>,
+}
+
+impl Running {
+    /// Fails, with the daemon's log, if one of the subject's processes died.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        self.processes
+            .iter_mut()
+            .try_for_each(Process::ensure_running)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.rules.clear();
+        self.processes.clear();
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Some(instance) = &self.bpf_instance {
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/balancer/{instance}"));
+            let _ = std::fs::remove_dir("/sys/fs/bpf/balancer");
+        }
+    }
+}
+
+/// Starts `subject` for one run; `run` makes instance names unique.
+pub fn start(
+    subject: Subject,
+    topology: &Topology,
+    backends: &Backends,
+    balancer: &Path,
+    dir: &Path,
+    run: usize,
+) -> Result<Running> {
+    let lb = topology.lb.ns();
+    let mut running = Running {
+        access: Access::Plain,
+        daemon_pid: None,
+        rules: Vec::new(),
+        processes: Vec::new(),
+        files: Vec::new(),
+        bpf_instance: None,
+    };
+    let target = SocketAddr::from((topology.target_addr(), TARGET_PORT));
+    match subject {
+        Subject::Direct => {}
+        Subject::Backend => {
+            running.access = Access::Socks5(backends.microsocks[0].0);
+            running.daemon_pid = Some(backends.microsocks[0].1.pid());
+        }
+        Subject::Dante => {
+            running.access = Access::Socks5(backends.dante.0);
+            running.daemon_pid = Some(backends.dante.1.pid());
+        }
+        Subject::BalancerSocks(engine) | Subject::BalancerRedirect(engine) => {
+            let redirect = matches!(subject, Subject::BalancerRedirect(_));
+            // At most 19 characters; the cleanup thread finds pins by prefix.
+            let instance = format!(
+                "bc{}r{run}{}",
+                std::process::id(),
+                if redirect { "r" } else { "s" }.to_owned() + &engine.yaml()[..2]
+            );
+            let socks = SocketAddr::from((topology.lb_addr(), BALANCER_SOCKS_PORT));
+            let config = dir.join(format!("{instance}.yaml"));
+            std::fs::write(
+                &config,
+                balancer_yaml(
+                    &instance,
+                    socks,
+                    redirect,
+                    &backends.microsocks_addrs(),
+                    engine,
+                    target,
+                ),
+            )?;
+            running.files.push(config.clone());
+            running.bpf_instance = Some(instance.clone());
+            let mut daemon = Process::spawn(
+                lb,
+                &instance,
+                balancer,
+                &["run", "--config", &config.to_string_lossy()],
+                &[("RUST_LOG", "warn"), ("NO_COLOR", "1")],
+                dir,
+            )?;
+            daemon.wait_accepting(lb, socks)?;
+            running.daemon_pid = Some(daemon.pid());
+            running.processes.push(daemon);
+            if redirect {
+                running
+                    .rules
+                    .push(RedirectRule::add(topology, target, BALANCER_REDIRECT_PORT)?);
+            } else {
+                running.access = Access::Socks5(socks);
+            }
+        }
+        Subject::Haproxy => {
+            let bind = SocketAddr::from((topology.lb_addr(), HAPROXY_PORT));
+            let config = dir.join("haproxy.cfg");
+            std::fs::write(&config, haproxy_cfg(bind, &backends.microsocks_addrs()))?;
+            running.files.push(config.clone());
+            let mut haproxy = Process::spawn(
+                lb,
+                "haproxy",
+                Path::new("haproxy"),
+                &["-db", "-f", &config.to_string_lossy()],
+                &[],
+                dir,
+            )?;
+            haproxy.wait_accepting(lb, bind)?;
+            running.access = Access::Socks5(bind);
+            running.daemon_pid = Some(haproxy.pid());
+            running.processes.push(haproxy);
+        }
+        Subject::Redsocks => {
+            let config = dir.join("redsocks.conf");
+            std::fs::write(&config, redsocks_conf(backends.microsocks[0].0))?;
+            running.files.push(config.clone());
+            let mut redsocks = Process::spawn(
+                lb,
+                "redsocks",
+                Path::new("redsocks"),
+                &["-c", &config.to_string_lossy()],
+                &[],
+                dir,
+            )?;
+            redsocks.wait_accepting(lb, SocketAddr::from((topology.lb_addr(), REDSOCKS_PORT)))?;
+            running.daemon_pid = Some(redsocks.pid());
+            running.processes.push(redsocks);
+            running
+                .rules
+                .push(RedirectRule::add(topology, target, REDSOCKS_PORT)?);
+        }
+    }
+    Ok(running)
+}
+
+/// Defaults everywhere except listeners, backends, the strategy (to match
+/// haproxy's leastconn), the engine under test, the probe target (the
+/// default, example.com, does not exist here) and the mark a redirect
+/// listener requires.
+fn balancer_yaml(
+    instance: &str,
+    socks: SocketAddr,
+    redirect: bool,
+    backends: &[SocketAddr],
+    engine: Engine,
+    probe_target: SocketAddr,
+) -> String {
+    let listener = if redirect {
+        format!(
+            "  - {{ name: redir, mode: redirect, bind: \"0.0.0.0:{BALANCER_REDIRECT_PORT}\" }}\n"
+        )
+    } else {
+        String::new()
+    };
+    let backends: String = backends
+        .iter()
+        .map(|addr| format!("  - {{ address: \"{addr}\" }}\n"))
+        .collect();
+    let mark = if redirect {
+        format!(", mark: {MARK}")
+    } else {
+        String::new()
+    };
+    format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"{socks}\" }}\n{listener}\
+         backends:\n{backends}\
+         balancing: {{ strategy: least_connections }}\n\
+         forwarding: {{ engine: {}{mark} }}\n\
+         health: {{ probe: {{ target: \"{probe_target}\" }} }}\n",
+        engine.yaml()
+    )
+}
+
+fn haproxy_cfg(bind: SocketAddr, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("  server s{i} {addr} check inter 2s\n"))
+        .collect();
+    format!(
+        "global\n  maxconn 9000\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\
+         frontend socks\n  bind {bind}\n  default_backend pool\n\
+         backend pool\n  balance leastconn\n{servers}"
+    )
+}
+
+fn redsocks_conf(backend: SocketAddr) -> String {
+    format!(
+        "base {{\n  log_debug = off;\n  log_info = off;\n  log = stderr;\n  daemon = off;\n  redirector = iptables;\n}}\n\
+         redsocks {{\n  local_ip = 0.0.0.0;\n  local_port = {REDSOCKS_PORT};\n  ip = {};\n  port = {};\n  type = socks5;\n}}\n",
+        backend.ip(),
+        backend.port()
+    )
+}
+
+fn dante_conf(internal: SocketAddr, external: Ipv4Addr) -> String {
+    format!(
+        "logoutput: stderr\n\
+         internal: {} port = {}\n\
+         external: {external}\n\
+         clientmethod: none\n\
+         socksmethod: none\n\
+         user.privileged: root\n\
+         user.unprivileged: nobody\n\
+         client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
+         socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n",
+        internal.ip(),
+        internal.port()
+    )
+}
+
+/// `iptables -t nat PREROUTING` in `lb`: the client's TCP to the target is
+/// redirected to a local port. Removed on drop.
+#[derive(Debug)]
+pub struct RedirectRule {
+    lb: String,
+    spec: Vec<String>,
+}
+
+impl RedirectRule {
+    fn add(topology: &Topology, target: SocketAddr, port: u16) -> Result<Self> {
+        let spec: Vec<String> = [
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-s",
+            &topology.client_addr().to_string(),
+            "-d",
+            &target.ip().to_string(),
+            "--dport",
+            &target.port().to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let rule = Self {
+            lb: topology.lb.name().to_owned(),
+            spec,
+        };
+        rule.iptables("-A")?;
+        Ok(rule)
+    }
+
+    fn iptables(&self, action: &str) -> Result<()> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.lb, "iptables", "-t", "nat", action])
+            .args(&self.spec)
+            .output()
+            .context("run iptables")?;
+        ensure!(
+            out.status.success(),
+            "iptables {action} {}: {}",
+            self.spec.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for RedirectRule {
+    fn drop(&mut self) {
+        let _ = self.iptables("-D");
+    }
+}
+
+/// The release `balancer` binary beside this executable, built by cargo
+/// if needed (cargo makes it a no-op when it is fresh).
+pub fn balancer_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("BALANCER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has a directory")?;
+    let profile = dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("release")
+        .to_owned();
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.args(["build", "-p", "balancer"]);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        build.env("CARGO_TARGET_DIR", target);
+    }
+    let status = build.status().context("run cargo build -p balancer")?;
+    ensure!(status.success(), "cargo build -p balancer failed");
+    let bin = dir.join("balancer");
+    ensure!(bin.exists(), "{} missing after build", bin.display());
+    Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balancer_config_keeps_defaults_but_listeners_backends_and_engine() {
+        let yaml = balancer_yaml(
+            "bcx",
+            "10.0.0.1:1080".parse().expect("addr"),
+            true,
+            &["10.0.0.2:1081".parse().expect("addr")],
+            Engine::Splice,
+            "10.0.0.3:9000".parse().expect("addr"),
+        );
+        assert!(yaml.contains("mode: redirect"), "{yaml}");
+        assert!(yaml.contains("engine: splice, mark: 4919"), "{yaml}");
+        assert!(yaml.contains("strategy: least_connections"), "{yaml}");
+    }
+
+    #[test]
+    fn haproxy_checks_every_server_and_balances_by_least_connections() {
+        let cfg = haproxy_cfg(
+            "10.0.0.1:1090".parse().expect("addr"),
+            &[
+                "10.0.0.2:1081".parse().expect("addr"),
+                "10.0.0.2:1082".parse().expect("addr"),
+            ],
+        );
+        assert_eq!(cfg.matches(" check").count(), 2, "{cfg}");
+        assert!(cfg.contains("balance leastconn"), "{cfg}");
+    }
+}

@@ -1,0 +1,370 @@
+//! The client side of every measurement, run on threads inside the client
+//! namespace: bulk transfers, 64 B ping-pong, connection rate and idle
+//! connections for RSS. Each one checks what came back (CRC-32 of bulk
+//! data, echoed bytes compared) and fails the run on any mismatch. Every
+//! loop is bounded by its count and every socket has a 30 s timeout.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Barrier,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, ensure};
+
+use crate::{
+    bench::{
+        cpu::{GroupCpu, SystemCpu},
+        subjects::Access,
+        target::{CHUNK, DOWNLOAD, ECHO, Pattern, UPLOAD},
+    },
+    netns::NetNs,
+};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens a connection to `target` through `access`: a plain connect, or a
+/// SOCKS5 no-auth CONNECT whose success reply is read exactly.
+pub fn connect(access: Access, target: SocketAddr) -> Result<TcpStream> {
+    let proxy = match access {
+        Access::Plain => target,
+        Access::Socks5(proxy) => proxy,
+    };
+    let mut stream = TcpStream::connect_timeout(&proxy, IO_TIMEOUT)
+        .with_context(|| format!("connect to {proxy}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    if let Access::Socks5(_) = access {
+        socks5_connect(&mut stream, target).with_context(|| format!("SOCKS5 via {proxy}"))?;
+    }
+    Ok(stream)
+}
+
+fn socks5_connect(stream: &mut TcpStream, target: SocketAddr) -> Result<()> {
+    let SocketAddr::V4(target) = target else {
+        return Err(anyhow!("IPv4 targets only"));
+    };
+    // Greeting, then the request once the method is chosen, as curl does.
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend_from_slice(&target.ip().octets());
+    hello.extend_from_slice(&target.port().to_be_bytes());
+    stream.write_all(&hello[..3])?;
+    let mut choice = [0; 2];
+    stream.read_exact(&mut choice)?;
+    ensure!(choice == [5, 0], "method reply {choice:?}");
+    stream.write_all(&hello[3..])?;
+    let mut head = [0; 4];
+    stream.read_exact(&mut head)?;
+    ensure!(head[0] == 5 && head[1] == 0, "CONNECT reply {head:?}");
+    let rest = match head[3] {
+        1 => 4 + 2,
+        4 => 16 + 2,
+        3 => {
+            let mut len = [0; 1];
+            stream.read_exact(&mut len)?;
+            usize::from(len[0]) + 2
+        }
+        other => return Err(anyhow!("reply address type {other}")),
+    };
+    let mut addr = vec![0; rest];
+    stream.read_exact(&mut addr)?;
+    Ok(())
+}
+
+/// Direction of a bulk transfer, seen from the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// What a measured phase cost: wall time and CPU, system-wide and of the
+/// daemon's process group.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    pub seconds: f64,
+    pub system: SystemCpu,
+    pub daemon: GroupCpu,
+}
+
+/// Snapshots taken at the start of a phase.
+struct Meter {
+    began: Instant,
+    system: SystemCpu,
+    daemon: Option<(i32, GroupCpu)>,
+}
+
+impl Meter {
+    fn start(daemon: Option<i32>) -> Result<Self> {
+        let daemon = daemon
+            .map(|pid| GroupCpu::read(pid).map(|cpu| (pid, cpu)))
+            .transpose()?;
+        Ok(Self {
+            began: Instant::now(),
+            system: SystemCpu::read()?,
+            daemon,
+        })
+    }
+
+    fn stop(self) -> Result<Cost> {
+        let seconds = self.began.elapsed().as_secs_f64();
+        let system = SystemCpu::read()? - self.system;
+        let daemon = match self.daemon {
+            Some((pid, before)) => GroupCpu::read(pid)? - before,
+            None => GroupCpu::default(),
+        };
+        Ok(Cost {
+            seconds,
+            system,
+            daemon,
+        })
+    }
+}
+
+/// Moves `total` bytes over `streams` parallel connections in `direction`,
+/// every stream's CRC checked. The clock runs from the moment every stream
+/// is connected until the last CRC is in.
+pub fn bulk(
+    ns: &NetNs,
+    access: Access,
+    target: SocketAddr,
+    direction: Direction,
+    streams: usize,
+    total: u64,
+    daemon: Option<i32>,
+) -> Result<Cost> {
+    let per_stream = total / streams as u64;
+    ns.run(move || -> Result<Cost> {
+        let barrier = Barrier::new(streams + 1);
+        thread::scope(|scope| {
+            let workers: Vec<_> = (0..streams)
+                .map(|i| {
+                    let barrier = &barrier;
+                    scope.spawn(move || -> Result<()> {
+                        let stream = connect(access, target);
+                        barrier.wait();
+                        let mut stream = stream?;
+                        match direction {
+                            Direction::Up => upload(&mut stream, per_stream, i as u64),
+                            Direction::Down => download(&mut stream, per_stream),
+                        }
+                    })
+                })
+                .collect();
+            let meter = Meter::start(daemon);
+            barrier.wait();
+            let meter = meter?;
+            for worker in workers {
+                worker
+                    .join()
+                    .map_err(|_| anyhow!("bulk stream panicked"))??;
+            }
+            meter.stop()
+        })
+    })?
+}
+
+fn upload(stream: &mut TcpStream, len: u64, seed: u64) -> Result<()> {
+    let pattern = Pattern::new(seed);
+    let mut header = vec![UPLOAD];
+    header.extend_from_slice(&len.to_be_bytes());
+    stream.write_all(&header)?;
+    let mut crc = crc32fast::Hasher::new();
+    let (mut left, mut index) = (len, 0u64);
+    while left > 0 {
+        let chunk = pattern.chunk(index, usize::try_from(left).unwrap_or(CHUNK));
+        crc.update(chunk);
+        stream.write_all(chunk)?;
+        left -= chunk.len() as u64;
+        index += 1;
+    }
+    let mut theirs = [0; 4];
+    stream.read_exact(&mut theirs)?;
+    let ours = crc.finalize();
+    ensure!(
+        u32::from_be_bytes(theirs) == ours,
+        "upload of {len} bytes: target CRC {:08x}, sent {ours:08x}",
+        u32::from_be_bytes(theirs)
+    );
+    Ok(())
+}
+
+fn download(stream: &mut TcpStream, len: u64) -> Result<()> {
+    let mut header = vec![DOWNLOAD];
+    header.extend_from_slice(&len.to_be_bytes());
+    stream.write_all(&header)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        let n = stream.read(&mut buf[..want])?;
+        ensure!(n > 0, "download: EOF with {left} of {len} bytes missing");
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut theirs = [0; 4];
+    stream.read_exact(&mut theirs)?;
+    let ours = crc.finalize();
+    ensure!(
+        u32::from_be_bytes(theirs) == ours,
+        "download of {len} bytes: target CRC {:08x}, received {ours:08x}",
+        u32::from_be_bytes(theirs)
+    );
+    Ok(())
+}
+
+/// Round-trip times in microseconds of `rounds` 64-byte echoes on one
+/// connection, after `warmup` unrecorded ones.
+pub fn ping_pong(
+    ns: &NetNs,
+    access: Access,
+    target: SocketAddr,
+    warmup: usize,
+    rounds: usize,
+) -> Result<Vec<f64>> {
+    ns.run(move || -> Result<Vec<f64>> {
+        let mut stream = connect(access, target)?;
+        stream.write_all(&[ECHO])?;
+        let mut times = Vec::with_capacity(rounds);
+        let mut back = [0u8; 64];
+        for i in 0..warmup + rounds {
+            let message = [(i % 251) as u8; 64];
+            let began = Instant::now();
+            stream.write_all(&message)?;
+            stream.read_exact(&mut back)?;
+            let took = began.elapsed();
+            ensure!(back == message, "echo {i} came back altered");
+            if i >= warmup {
+                times.push(took.as_secs_f64() * 1e6);
+            }
+        }
+        Ok(times)
+    })?
+}
+
+/// Result of [`connection_rate`].
+#[derive(Debug)]
+pub struct Rate {
+    pub per_second: f64,
+    /// Connect (+ SOCKS5 handshake) until the stream is usable, µs.
+    pub setup_us: Vec<f64>,
+}
+
+/// `total` connections at `concurrency`: connect (+ SOCKS5 CONNECT), send
+/// 1 KiB, read its echo, compare, close.
+pub fn connection_rate(
+    ns: &NetNs,
+    access: Access,
+    target: SocketAddr,
+    concurrency: usize,
+    total: usize,
+) -> Result<Rate> {
+    ns.run(move || -> Result<Rate> {
+        let next = AtomicUsize::new(0);
+        let began = Instant::now();
+        let setup_us = thread::scope(|scope| -> Result<Vec<f64>> {
+            let workers: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let next = &next;
+                    scope.spawn(move || -> Result<Vec<f64>> {
+                        let mut times = Vec::new();
+                        let mut payload = vec![ECHO];
+                        payload.extend((0..1024).map(|i| (i % 253) as u8));
+                        let mut back = vec![0u8; 1024];
+                        while next.fetch_add(1, Ordering::Relaxed) < total {
+                            let started = Instant::now();
+                            let mut stream = connect(access, target)?;
+                            times.push(started.elapsed().as_secs_f64() * 1e6);
+                            stream.write_all(&payload)?;
+                            stream.read_exact(&mut back)?;
+                            ensure!(back == payload[1..], "1 KiB exchange came back altered");
+                        }
+                        Ok(times)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(total);
+            for worker in workers {
+                all.extend(
+                    worker
+                        .join()
+                        .map_err(|_| anyhow!("connection worker panicked"))??,
+                );
+            }
+            Ok(all)
+        })?;
+        let seconds = began.elapsed().as_secs_f64();
+        Ok(Rate {
+            per_second: setup_us.len() as f64 / seconds,
+            setup_us,
+        })
+    })?
+}
+
+/// Resident memory of the daemon, MiB: before, and with `count` idle
+/// proxied connections open (every 100th checked with a 64 B echo first).
+#[derive(Debug)]
+pub struct Rss {
+    pub idle_mib: f64,
+    pub loaded_mib: f64,
+}
+
+pub fn rss_with_idle_connections(
+    ns: &NetNs,
+    access: Access,
+    target: SocketAddr,
+    count: usize,
+    pid: i32,
+) -> Result<Rss> {
+    let idle_mib = crate::bench::cpu::rss_mib(pid)?;
+    let streams = ns.run(move || -> Result<Vec<TcpStream>> {
+        let threads = 8;
+        thread::scope(|scope| -> Result<Vec<TcpStream>> {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || -> Result<Vec<TcpStream>> {
+                        let mut mine = Vec::new();
+                        for i in (t..count).step_by(threads) {
+                            let mut stream = connect(access, target)
+                                .with_context(|| format!("idle connection {i}"))?;
+                            stream.write_all(&[ECHO])?;
+                            if i % 100 == 0 {
+                                let message = [7u8; 64];
+                                let mut back = [0u8; 64];
+                                stream.write_all(&message)?;
+                                stream.read_exact(&mut back)?;
+                                ensure!(back == message, "echo on idle connection {i} altered");
+                            }
+                            mine.push(stream);
+                        }
+                        Ok(mine)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(count);
+            for worker in workers {
+                all.extend(
+                    worker
+                        .join()
+                        .map_err(|_| anyhow!("idle-connection worker panicked"))??,
+                );
+            }
+            Ok(all)
+        })
+    })??;
+    // Let the daemon finish its bookkeeping for the last connections.
+    thread::sleep(Duration::from_millis(500));
+    let loaded_mib = crate::bench::cpu::rss_mib(pid)?;
+    drop(streams);
+    Ok(Rss {
+        idle_mib,
+        loaded_mib,
+    })
+}

@@ -1,0 +1,349 @@
+//! `bench_compare`: issue 6's comparison. Builds the namespace topology of
+//! [`balancer_tests::bench::topology`] once per run, starts the target and
+//! the SOCKS5 backends, then measures every subject in turn with the same
+//! client workloads (bulk 1 stream up / down and 8 streams down, 64 B
+//! ping-pong, connection rate, CPU per GB; RSS with idle connections for
+//! the balancer), and reports medians over runs with ratios to `backend`
+//! and `direct` of the same run.
+//!
+//! ```text
+//! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
+//!     [--runs 5] [--quick] [--bulk-mib 192] [--rounds 20000]
+//!     [--connections 3000] [--rss-connections 10000] [--only a,b,...]
+//! ```
+//!
+//! Writes OUT.json, OUT.md (the table, also printed) and OUT.png (chart).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use balancer_tests::{
+    bench::{
+        chart, cleanup, process,
+        report::{self, Report, SubjectReport},
+        stats::{self, Sample},
+        subjects::{self, Backends, Subject, TARGET_PORT},
+        target::{self, Target},
+        topology::Topology,
+        workloads::{self, Cost, Direction},
+    },
+    raise_nofile_limit, require_command, require_root,
+};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+struct Settings {
+    runs: usize,
+    bulk_mib: u64,
+    ping_pong_rounds: usize,
+    ping_pong_warmup: usize,
+    connections: usize,
+    concurrency: usize,
+    rss_connections: usize,
+    subjects: Vec<&'static str>,
+}
+
+#[derive(Debug)]
+struct Args {
+    json: Option<PathBuf>,
+    settings: Settings,
+    subjects: Vec<Subject>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut json = None;
+    let mut settings = Settings {
+        runs: 5,
+        bulk_mib: 192,
+        ping_pong_rounds: 20_000,
+        ping_pong_warmup: 500,
+        connections: 3000,
+        concurrency: 16,
+        rss_connections: 10_000,
+        subjects: Vec::new(),
+    };
+    let mut subjects = Subject::ALL.to_vec();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "--runs" => settings.runs = value()?.parse().context("--runs")?,
+            "--bulk-mib" => settings.bulk_mib = value()?.parse().context("--bulk-mib")?,
+            "--rounds" => settings.ping_pong_rounds = value()?.parse().context("--rounds")?,
+            "--connections" => settings.connections = value()?.parse().context("--connections")?,
+            "--rss-connections" => {
+                settings.rss_connections = value()?.parse().context("--rss-connections")?;
+            }
+            "--quick" => {
+                settings.runs = 1;
+                settings.bulk_mib = 64;
+                settings.ping_pong_rounds = 2000;
+                settings.connections = 500;
+                settings.rss_connections = 1000;
+            }
+            "--only" => {
+                let names = value()?;
+                subjects = names
+                    .split(',')
+                    .map(|name| {
+                        Subject::ALL
+                            .into_iter()
+                            .find(|s| s.name() == name)
+                            .with_context(|| {
+                                let known: Vec<_> = Subject::ALL.iter().map(|s| s.name()).collect();
+                                format!("unknown subject {name:?}; known: {}", known.join(", "))
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+                // Ratios need the baselines of the same run.
+                for baseline in [Subject::Backend, Subject::Direct] {
+                    if !subjects.contains(&baseline) {
+                        subjects.insert(0, baseline);
+                    }
+                }
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    ensure!(settings.runs > 0, "--runs must be at least 1");
+    ensure!(settings.bulk_mib >= 8, "--bulk-mib must be at least 8");
+    settings.subjects = subjects.iter().map(|s| s.name()).collect();
+    Ok(Args {
+        json,
+        settings,
+        subjects,
+    })
+}
+
+/// A directory for configs and logs, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(path: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        cleanup::add_directory(&path);
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        cleanup::remove_directory(&self.0);
+    }
+}
+
+const BULK: [(&str, Direction, usize); 3] = [
+    (stats::BULK_UP_1, Direction::Up, 1),
+    (stats::BULK_DOWN_1, Direction::Down, 1),
+    (stats::BULK_DOWN_8, Direction::Down, 8),
+];
+
+/// Measures one subject once; the returned sample holds every metric.
+fn measure(
+    subject: Subject,
+    topology: &Topology,
+    backends: &mut Backends,
+    balancer: &Path,
+    dir: &Path,
+    run: usize,
+    settings: &Settings,
+) -> Result<Sample> {
+    let mut running = subjects::start(subject, topology, backends, balancer, dir, run)?;
+    let access = running.access;
+    let target = SocketAddr::from((topology.target_addr(), TARGET_PORT));
+    let client = topology.client.ns();
+    let mut sample = Sample::new();
+
+    let bytes = settings.bulk_mib << 20;
+    let mut total = Cost::default();
+    let mut moved = 0u64;
+    for (key, direction, streams) in BULK {
+        let cost = workloads::bulk(
+            client,
+            access,
+            target,
+            direction,
+            streams,
+            bytes,
+            running.daemon_pid,
+        )
+        .with_context(|| format!("{}: {key}", subject.name()))?;
+        let exact = bytes / streams as u64 * streams as u64;
+        sample.insert(key, exact as f64 / cost.seconds / 1e9);
+        moved += exact;
+        total.system.user += cost.system.user;
+        total.system.system += cost.system.system;
+        total.system.softirq += cost.system.softirq;
+        total.daemon.user += cost.daemon.user;
+        total.daemon.system += cost.daemon.system;
+    }
+    let gb = moved as f64 / 1e9;
+    sample.insert(stats::CPU_USER, total.system.user / gb);
+    sample.insert(stats::CPU_SYSTEM, total.system.system / gb);
+    sample.insert(stats::CPU_SOFTIRQ, total.system.softirq / gb);
+    sample.insert(stats::CPU_TOTAL, total.system.total() / gb);
+    if running.daemon_pid.is_some() {
+        sample.insert(stats::DAEMON_USER, total.daemon.user / gb);
+        sample.insert(stats::DAEMON_SYSTEM, total.daemon.system / gb);
+    }
+
+    let rtts = workloads::ping_pong(
+        client,
+        access,
+        target,
+        settings.ping_pong_warmup,
+        settings.ping_pong_rounds,
+    )
+    .with_context(|| format!("{}: ping-pong", subject.name()))?;
+    sample.insert(stats::RTT_P50, stats::percentile(&rtts, 0.5));
+    sample.insert(stats::RTT_P99, stats::percentile(&rtts, 0.99));
+    sample.insert(stats::RTT_P999, stats::percentile(&rtts, 0.999));
+
+    let rate = workloads::connection_rate(
+        client,
+        access,
+        target,
+        settings.concurrency,
+        settings.connections,
+    )
+    .with_context(|| format!("{}: connection rate", subject.name()))?;
+    sample.insert(stats::CONN_RATE, rate.per_second);
+    sample.insert(
+        stats::CONN_SETUP_P99,
+        stats::percentile(&rate.setup_us, 0.99),
+    );
+
+    if let (Some(engine), Some(pid)) = (subject.rss_engine(), running.daemon_pid) {
+        // The daemon cannot raise its own RLIMIT_NOFILE past the hard limit
+        // (no CAP_SYS_RESOURCE here): hold as many as its descriptors allow
+        // and extrapolate linearly to 10,000.
+        let budget = process::nofile_hard_limit().saturating_sub(1000);
+        let count = settings
+            .rss_connections
+            .min(usize::try_from(budget / engine.fds_per_connection()).unwrap_or(usize::MAX));
+        let rss = workloads::rss_with_idle_connections(client, access, target, count, pid)
+            .with_context(|| format!("{}: {count} idle connections", subject.name()))?;
+        sample.insert(stats::RSS_IDLE, rss.idle_mib);
+        sample.insert(stats::RSS_CONNECTIONS, count as f64);
+        sample.insert(stats::RSS_LOADED, rss.loaded_mib);
+        sample.insert(
+            stats::RSS_10K,
+            rss.idle_mib + (rss.loaded_mib - rss.idle_mib) * 10_000.0 / count.max(1) as f64,
+        );
+    }
+    running
+        .ensure_running()
+        .with_context(|| format!("{} died during the run", subject.name()))?;
+    drop(running);
+    backends
+        .ensure_running()
+        .with_context(|| format!("a backend died while measuring {}", subject.name()))?;
+    Ok(sample)
+}
+
+fn main() -> Result<()> {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some(target::SERVE_FLAG) {
+        let addr = argv.next().context("--serve-target needs IP:PORT")?;
+        return target::serve_forever(addr.parse().context("--serve-target IP:PORT")?);
+    }
+    cleanup::install().context("install signal handling")?;
+    let args = parse_args()?;
+    require_root("network namespaces, iptables and BPF");
+    for (program, package) in [
+        ("microsocks", "microsocks"),
+        ("danted", "dante-server"),
+        ("haproxy", "haproxy"),
+        ("redsocks", "redsocks"),
+        ("iptables", "iptables"),
+        ("gnuplot", "gnuplot-nox"),
+        ("nsenter", "util-linux"),
+    ] {
+        require_command(program, package);
+    }
+    let settings = &args.settings;
+    raise_nofile_limit(process::nofile_hard_limit())
+        .context("raise RLIMIT_NOFILE for the client")?;
+    let balancer = subjects::balancer_binary()?;
+    let dir = TempDir::create(
+        std::env::temp_dir().join(format!("bench-compare-{}", std::process::id())),
+    )?;
+    let began = Instant::now();
+
+    // samples[subject][run]
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.subjects.len()];
+    for run in 0..settings.runs {
+        let topology = Topology::new()?;
+        let _target = Target::start(
+            topology.target.ns(),
+            topology.target_addr(),
+            TARGET_PORT,
+            &dir.0,
+        )?;
+        let mut backends = Backends::start(&topology, &dir.0)?;
+        for (i, subject) in args.subjects.iter().enumerate() {
+            eprintln!(
+                "bench_compare: run {}/{}: {} ({:.0} s)",
+                run + 1,
+                settings.runs,
+                subject.name(),
+                began.elapsed().as_secs_f64()
+            );
+            let sample = measure(
+                *subject,
+                &topology,
+                &mut backends,
+                &balancer,
+                &dir.0,
+                run,
+                settings,
+            )?;
+            samples[i].push(sample);
+        }
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+
+    let index = |wanted: Subject| args.subjects.iter().position(|s| *s == wanted);
+    let backend = index(Subject::Backend)
+        .map(|i| samples[i].clone())
+        .unwrap_or_default();
+    let direct = index(Subject::Direct)
+        .map(|i| samples[i].clone())
+        .unwrap_or_default();
+    let subject_reports: Vec<SubjectReport> = args
+        .subjects
+        .iter()
+        .zip(&samples)
+        .map(|(subject, runs)| SubjectReport {
+            name: subject.name(),
+            path: subject.describe(),
+            figures: stats::figures(runs, &backend, &direct),
+        })
+        .collect();
+    let targets = report::targets(&subject_reports);
+    let report = Report {
+        runs: settings.runs,
+        settings: serde_json::to_value(settings)?,
+        topology: "client -veth- lb -veth- backend -veth- target (namespaces; lb and backend \
+                   forward IPv4, so `direct` crosses the same three veth pairs)",
+        subjects: subject_reports,
+        targets,
+    };
+    let markdown = report::markdown(&report);
+    println!("{markdown}");
+    eprintln!("bench_compare: {elapsed:.0} s in total");
+    if let Some(json) = &args.json {
+        std::fs::write(json, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", json.display()))?;
+        let md = json.with_extension("md");
+        std::fs::write(&md, &markdown).with_context(|| format!("write {}", md.display()))?;
+        chart::draw(&report.subjects, settings.runs, &json.with_extension("png"))?;
+    }
+    Ok(())
+}
