@@ -234,22 +234,18 @@ impl Daemon {
     /// Sends SIGHUP: the daemon re-reads [`Daemon::config_path`]. The child
     /// is the daemon itself: `nsenter` without `--fork` execs the program.
     pub fn reload(&self) -> Result<()> {
-        let pid = i32::try_from(self.child.id()).context("pid fits in i32")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .context("send SIGHUP to the daemon")
+        self.signal(nix::sys::signal::Signal::SIGHUP)
     }
 
     /// Sends SIGTERM, as systemd or an operator would.
     pub fn terminate(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
         let pid = i32::try_from(self.child.id()).context("pid fits in i32")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .context("send SIGTERM to the daemon")
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .with_context(|| format!("send {signal} to the daemon"))
     }
 
     /// Waits up to `limit` for the process to exit; its status if it did.
