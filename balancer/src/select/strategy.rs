@@ -1,12 +1,32 @@
 //! Strategies: each orders a filtered set of pool indices and returns the
-//! best `limit` of them, distinct, in O(n) plus O(limit log limit) (a
-//! partial selection, never a full sort per pick).
+//! best `limit` of them, distinct. None costs O(n) per pick on a large set:
+//!
+//! - `round_robin`: a cursor, O(limit).
+//! - `least_connections`: an exact partial selection while the set is
+//!   small ([`EXACT_LEAST_CONNECTIONS`]), where it is cheap and a tie
+//!   rotation spreads equal backends; above, power of two choices (P2C,
+//!   as linkerd2 and Finagle do): the less loaded of two random
+//!   candidates. P2C never picks the most loaded backend and avoids the
+//!   herd an exact minimum sends to one freshly emptied backend from many
+//!   threads; the price is that the winner is the better of two, not the
+//!   best of all.
+//! - `lowest_latency`: a ranking cached per filtered set (see
+//!   [`super::Selector`]).
+//! - `weighted_random`: one draw from a cumulative-weight table of the
+//!   filtered set and a binary search, O(log n); built once per filtered
+//!   set, so it never yields a filtered backend.
+//! - `consistent_hash`: a ring with points per unit of weight, built once
+//!   per pool generation; a binary search for the key, then a bounded walk
+//!   clockwise past filtered backends. When few backends pass, a ring of
+//!   just those (same points, so the same answers) is built once per
+//!   filtered set instead.
 
 use std::net::IpAddr;
 
 use rand::Rng;
 
-use crate::backend::{Pool, hash_bytes, mix64};
+use super::tables::{Ring, WeightTable};
+use crate::backend::{Pool, hash_bytes};
 
 /// How candidates are ordered once filters have run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -14,14 +34,16 @@ pub enum Strategy {
     /// Each pick starts one backend further.
     #[default]
     RoundRobin,
-    /// Fewest open connections per unit of weight first.
+    /// Fewest open connections per unit of weight: exact on a small set,
+    /// the less loaded of two random picks (P2C) on a large one.
     LeastConnections,
     /// Lowest latency EMA first, with a tolerance band against flapping.
     LowestLatency,
     /// Random in proportion to weight (injected RNG).
     WeightedRandom,
-    /// Weighted rendezvous hashing on the client IP: a client keeps its
-    /// backend, and removing a backend moves only that backend's clients.
+    /// A weighted consistent-hash ring on the client IP: a client keeps
+    /// its backend, and removing a backend moves only that backend's
+    /// clients.
     ConsistentHash,
 }
 
@@ -123,6 +145,7 @@ pub(crate) fn lowest_latency(pool: &Pool, set: &[u32], limit: usize) -> Vec<u32>
 
 /// Efraimidis–Spirakis weighted sampling without replacement: key
 /// `-ln(u) / w`, smallest first. Weight 0 only after everything else.
+/// O(n): the fallback of [`weighted_draws`].
 pub(crate) fn weighted_random<R: Rng + ?Sized>(
     pool: &Pool,
     set: &[u32],
@@ -141,6 +164,122 @@ pub(crate) fn weighted_random<R: Rng + ?Sized>(
     })
 }
 
+/// Weighted sampling without replacement by repeated draws from `table`
+/// (built for `set`), skipping repeats: the first candidate is exactly
+/// weight-proportional. If the draws run out before `limit` distinct ones
+/// (zero weights, or one backend holding nearly all the weight), the rest
+/// come from [`weighted_random`] over the set, so every member stays
+/// reachable.
+pub(crate) fn weighted_draws<R: Rng + ?Sized>(
+    table: &WeightTable,
+    pool: &Pool,
+    set: &[u32],
+    limit: usize,
+    rng: &mut R,
+) -> Vec<u32> {
+    let limit = limit.min(set.len());
+    let mut chosen = Vec::with_capacity(limit);
+    for _ in 0..DRAWS_PER_CANDIDATE * limit {
+        if chosen.len() == limit {
+            return chosen;
+        }
+        let Some(pos) = table.draw(rng) else { break };
+        if !chosen.contains(&set[pos]) {
+            chosen.push(set[pos]);
+        }
+    }
+    if chosen.len() < limit {
+        for index in weighted_random(pool, set, limit, rng) {
+            if chosen.len() == limit {
+                break;
+            }
+            if !chosen.contains(&index) {
+                chosen.push(index);
+            }
+        }
+    }
+    chosen
+}
+
+/// Random draws allowed per wanted candidate before a sampler falls back
+/// to a scan; at least half of the set is always still unchosen, so the
+/// fallback is for degenerate weights, not bad luck.
+const DRAWS_PER_CANDIDATE: usize = 32;
+
+/// Up to this many backends in the filtered set, `least_connections` is an
+/// exact scan; above, power of two choices.
+pub(crate) const EXACT_LEAST_CONNECTIONS: usize = 16;
+
+/// Whether backend `a` should be preferred to `b`: fewer active
+/// connections per unit of weight; on a tie, a known lower latency EMA;
+/// otherwise `a` (the first random draw, so ties stay random).
+fn less_loaded(pool: &Pool, a: u32, b: u32) -> bool {
+    let (x, y) = (&pool.backends()[a as usize], &pool.backends()[b as usize]);
+    // Compared as x.active / x.weight vs y.active / y.weight, without division.
+    let lhs = u128::from(x.active()) * u128::from(y.weight().max(1));
+    let rhs = u128::from(y.active()) * u128::from(x.weight().max(1));
+    match lhs.cmp(&rhs) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => match (x.latency(), y.latency()) {
+            (Some(lx), Some(ly)) => lx <= ly,
+            _ => true,
+        },
+    }
+}
+
+/// Power of two choices: each candidate is the less loaded of two distinct
+/// members of `set` drawn at random among those not yet chosen. Use it
+/// while at most half of the set is wanted (so draws rarely repeat); if
+/// the draw budget still runs out, the rest come from an exact scan.
+pub(crate) fn two_choices<R: Rng + ?Sized>(
+    pool: &Pool,
+    set: &[u32],
+    limit: usize,
+    rng: &mut R,
+) -> Vec<u32> {
+    let limit = limit.min(set.len());
+    let mut chosen: Vec<u32> = Vec::with_capacity(limit);
+    let mut budget = DRAWS_PER_CANDIDATE * limit;
+    let mut draw = |chosen: &[u32], other: Option<u32>, budget: &mut usize| {
+        while *budget > 0 {
+            *budget -= 1;
+            let index = set[rng.random_range(0..set.len())];
+            if Some(index) != other && !chosen.contains(&index) {
+                return Some(index);
+            }
+        }
+        None
+    };
+    while chosen.len() < limit {
+        let Some(a) = draw(&chosen, None, &mut budget) else {
+            break;
+        };
+        // The last member left has no rival.
+        let winner = if set.len() - chosen.len() == 1 {
+            a
+        } else {
+            let Some(b) = draw(&chosen, Some(a), &mut budget) else {
+                break;
+            };
+            if less_loaded(pool, a, b) { a } else { b }
+        };
+        chosen.push(winner);
+    }
+    if chosen.len() < limit {
+        let rest = least_connections(pool, set, limit, 0);
+        for index in rest {
+            if chosen.len() == limit {
+                break;
+            }
+            if !chosen.contains(&index) {
+                chosen.push(index);
+            }
+        }
+    }
+    chosen
+}
+
 /// Stable hash of a client address.
 #[must_use]
 pub fn hash_ip(client: IpAddr) -> u64 {
@@ -150,17 +289,29 @@ pub fn hash_ip(client: IpAddr) -> u64 {
     }
 }
 
-/// Weighted rendezvous: the same key ordering as `-ln(u) / w` with `u`
-/// drawn from hash(client, backend) instead of an RNG.
-pub(crate) fn consistent_hash(pool: &Pool, set: &[u32], limit: usize, client: IpAddr) -> Vec<u32> {
-    let (keys, weights) = (pool.key_hashes(), pool.weights());
-    let client = hash_ip(client);
-    smallest_k(set, limit, |_, index| {
-        let h = mix64(client ^ keys[index as usize]);
-        #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
-        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -u.ln() / f64::from(weights[index as usize].max(1))
-    })
+/// Points walked per wanted candidate on the whole-pool ring before it
+/// gives up and the caller uses a ring of the filtered set: at least a
+/// quarter of the points are allowed when the whole ring is walked, so
+/// this is rarely reached.
+pub(crate) const RING_WALK_STEPS: usize = 64;
+
+/// A filtered set smaller than the pool by more than this factor walks a
+/// ring of its own: walking the whole ring would skip too many points.
+pub(crate) const SPARSE_FACTOR: usize = 4;
+
+/// The first `limit` distinct backends clockwise from the client's hash on
+/// `ring`, skipping those `allowed` rejects; `None` if the bounded walk
+/// did not find them all.
+pub(crate) fn consistent_hash(
+    ring: &Ring,
+    limit: usize,
+    client: IpAddr,
+    allowed: impl FnMut(u32) -> bool,
+    max_steps: usize,
+) -> Option<Vec<u32>> {
+    let mut out = Vec::with_capacity(limit);
+    ring.walk(hash_ip(client), limit, max_steps, allowed, &mut out)
+        .then_some(out)
 }
 
 #[cfg(test)]
