@@ -228,9 +228,12 @@ fn less_loaded(pool: &Pool, a: u32, b: u32) -> bool {
     }
 }
 
-/// Power of two choices: each candidate is the less loaded of two distinct
-/// members of `set` drawn at random among those not yet chosen. Use it
-/// while at most half of the set is wanted (so draws rarely repeat); if
+/// Power of two choices: the first candidate is the less loaded of two
+/// distinct members of `set` drawn at random; each next one is the less
+/// loaded of the previous round's loser and a fresh draw, so every
+/// candidate still beats a rival and a pick reads `limit + 1` backends,
+/// not `2 * limit` (on a large pool each read is a cache miss). Use it
+/// while at most half of the set is wanted, so draws rarely repeat; if
 /// the draw budget still runs out, the rest come from an exact scan.
 pub(crate) fn two_choices<R: Rng + ?Sized>(
     pool: &Pool,
@@ -241,30 +244,34 @@ pub(crate) fn two_choices<R: Rng + ?Sized>(
     let limit = limit.min(set.len());
     let mut chosen: Vec<u32> = Vec::with_capacity(limit);
     let mut budget = DRAWS_PER_CANDIDATE * limit;
-    let mut draw = |chosen: &[u32], other: Option<u32>, budget: &mut usize| {
+    let mut draw = |chosen: &[u32], rival: Option<u32>, budget: &mut usize| {
         while *budget > 0 {
             *budget -= 1;
             let index = set[rng.random_range(0..set.len())];
-            if Some(index) != other && !chosen.contains(&index) {
+            if Some(index) != rival && !chosen.contains(&index) {
                 return Some(index);
             }
         }
         None
     };
+    let mut rival = draw(&chosen, None, &mut budget);
     while chosen.len() < limit {
-        let Some(a) = draw(&chosen, None, &mut budget) else {
+        let Some(a) = rival else { break };
+        // The last member left has no rival.
+        if set.len() - chosen.len() == 1 {
+            chosen.push(a);
+            break;
+        }
+        let Some(b) = draw(&chosen, Some(a), &mut budget) else {
             break;
         };
-        // The last member left has no rival.
-        let winner = if set.len() - chosen.len() == 1 {
-            a
+        let (winner, loser) = if less_loaded(pool, a, b) {
+            (a, b)
         } else {
-            let Some(b) = draw(&chosen, Some(a), &mut budget) else {
-                break;
-            };
-            if less_loaded(pool, a, b) { a } else { b }
+            (b, a)
         };
         chosen.push(winner);
+        rival = Some(loser);
     }
     if chosen.len() < limit {
         let rest = least_connections(pool, set, limit, 0);
