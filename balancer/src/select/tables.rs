@@ -31,31 +31,53 @@ pub(crate) fn cached<T>(
     value
 }
 
-/// Cumulative weights of one filtered set: a weighted draw is one random
-/// number and a binary search.
+/// An alias table (Vose) of one filtered set: a weighted draw is two
+/// random numbers and two independent reads, O(1), where a binary search
+/// of cumulative weights would be a chain of dependent reads that miss
+/// the cache on a large pool. Integer thresholds keep it exact.
 #[derive(Debug)]
 pub(crate) struct WeightTable {
     // Held so its address stays unique while the table lives, which makes
     // `Arc::ptr_eq` a sound cache key.
     set: Arc<[u32]>,
-    // `cumulative[i]` is the total weight of `set[..=i]`.
-    cumulative: Vec<u64>,
+    // Sum of the weights; every bucket holds exactly this much.
+    total: u64,
+    // Bucket `i` is position `i` below `threshold[i]`, else `alias[i]`.
+    threshold: Vec<u64>,
+    alias: Vec<u32>,
 }
 
 impl WeightTable {
     /// The table of `set` (pool indices) under `weights` (by pool index).
     pub(crate) fn new(set: &Arc<[u32]>, weights: &[u32]) -> Self {
-        let mut total = 0u64;
-        let cumulative = set
+        let n = set.len();
+        let total: u64 = set.iter().map(|&i| u64::from(weights[i as usize])).sum();
+        // Weights scaled by n so that the mean bucket is exactly `total`
+        // (n is at most the pool size and a weight 32 bits: no overflow).
+        let count = u64::try_from(n).unwrap_or(u64::MAX);
+        let mut scaled: Vec<u64> = set
             .iter()
-            .map(|&index| {
-                total += u64::from(weights[index as usize]);
-                total
-            })
+            .map(|&i| u64::from(weights[i as usize]) * count)
             .collect();
+        let mut alias: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
+        let (mut small, mut large): (Vec<u32>, Vec<u32>) =
+            alias.iter().partition(|&&p| scaled[p as usize] < total);
+        while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+            small.pop();
+            // `s` keeps its own weight; `l` fills the rest of the bucket.
+            alias[s as usize] = l;
+            scaled[l as usize] -= total - scaled[s as usize];
+            if scaled[l as usize] < total {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // With exact integers whatever is left is exactly full.
         Self {
             set: Arc::clone(set),
-            cumulative,
+            total,
+            threshold: scaled,
+            alias,
         }
     }
 
@@ -67,9 +89,15 @@ impl WeightTable {
     /// A position in the set, drawn in proportion to weight; `None` when
     /// every weight is zero.
     pub(crate) fn draw<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<usize> {
-        let total = self.cumulative.last().copied().filter(|t| *t > 0)?;
-        let target = rng.random_range(0..total);
-        Some(self.cumulative.partition_point(|&c| c <= target))
+        if self.total == 0 {
+            return None;
+        }
+        let bucket = rng.random_range(0..self.threshold.len());
+        if rng.random_range(0..self.total) < self.threshold[bucket] {
+            Some(bucket)
+        } else {
+            Some(self.alias[bucket] as usize)
+        }
     }
 }
 
