@@ -34,7 +34,7 @@ use rand::Rng;
 use crate::backend::{Backend, BackendId, Pool};
 pub use sticky::StickyMap;
 pub use strategy::Strategy;
-use tables::{Ring, WeightTable, cached};
+use tables::{Members, Ring, WeightTable, cached};
 
 /// Selection tuning of one listener.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,8 +188,10 @@ pub struct Selector {
     scan: ArcSwapOption<Scan>,
     latency_rank: Mutex<Option<LatencyRank>>,
     weight_table: ArcSwapOption<WeightTable>,
-    // The whole pool's ring, and a ring of a sparse filtered set.
+    // The whole pool's ring, the filtered set as a bitmap to walk it, and
+    // a ring of a sparse filtered set.
     ring: ArcSwapOption<Ring>,
+    members: ArcSwapOption<Members>,
     set_ring: ArcSwapOption<Ring>,
 }
 
@@ -223,6 +225,7 @@ impl Selector {
             latency_rank: Mutex::new(None),
             weight_table: ArcSwapOption::empty(),
             ring: ArcSwapOption::empty(),
+            members: ArcSwapOption::empty(),
             set_ring: ArcSwapOption::empty(),
         }
     }
@@ -499,10 +502,19 @@ impl Selector {
                 |ring| ring.is_for_pool(generation),
                 || Ring::for_pool(generation, pool.key_hashes(), pool.weights()),
             );
-            let everyone = set.len() == pool.len();
-            let allowed = |index: u32| everyone || set.binary_search(&index).is_ok();
             let steps = strategy::RING_WALK_STEPS * limit.max(1);
-            if let Some(order) = strategy::consistent_hash(&ring, limit, client, allowed, steps) {
+            let found = if set.len() == pool.len() {
+                strategy::consistent_hash(&ring, limit, client, |_| true, steps)
+            } else {
+                let members = cached(
+                    &self.members,
+                    |members| members.is_for(set),
+                    || Members::new(set, pool.len()),
+                );
+                let allowed = |index| members.contains(index);
+                strategy::consistent_hash(&ring, limit, client, allowed, steps)
+            };
+            if let Some(order) = found {
                 return order;
             }
         }
