@@ -34,7 +34,7 @@ use rand::Rng;
 use crate::backend::{Backend, BackendId, Pool};
 pub use sticky::StickyMap;
 pub use strategy::Strategy;
-use tables::{Members, Ring, WeightTable, cached};
+use tables::{WeightTable, cached};
 
 /// Selection tuning of one listener.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,11 +188,7 @@ pub struct Selector {
     scan: ArcSwapOption<Scan>,
     latency_rank: Mutex<Option<LatencyRank>>,
     weight_table: ArcSwapOption<WeightTable>,
-    // The whole pool's ring, the filtered set as a bitmap to walk it, and
-    // a ring of a sparse filtered set.
-    ring: ArcSwapOption<Ring>,
-    members: ArcSwapOption<Members>,
-    set_ring: ArcSwapOption<Ring>,
+    rings: strategy::HashRings,
 }
 
 #[derive(Debug)]
@@ -224,9 +220,7 @@ impl Selector {
             scan: ArcSwapOption::empty(),
             latency_rank: Mutex::new(None),
             weight_table: ArcSwapOption::empty(),
-            ring: ArcSwapOption::empty(),
-            members: ArcSwapOption::empty(),
-            set_ring: ArcSwapOption::empty(),
+            rings: strategy::HashRings::default(),
         }
     }
 
@@ -479,52 +473,8 @@ impl Selector {
                 );
                 strategy::weighted_draws(&table, pool, set, limit, rng)
             }
-            Strategy::ConsistentHash => self.consistent_hash(pool, set, limit, client),
+            Strategy::ConsistentHash => self.rings.order(pool, set, limit, client),
         }
-    }
-
-    /// The whole pool's ring, walked past filtered backends, while at
-    /// least a quarter of the pool passes; otherwise (or if the bounded
-    /// walk fell short) a ring of the filtered set alone, which gives the
-    /// same answers.
-    fn consistent_hash(
-        &self,
-        pool: &Pool,
-        set: &Arc<[u32]>,
-        limit: usize,
-        client: IpAddr,
-    ) -> Vec<u32> {
-        let limit = limit.min(set.len());
-        let generation = pool.generation();
-        if set.len() * strategy::SPARSE_FACTOR >= pool.len() {
-            let ring = cached(
-                &self.ring,
-                |ring| ring.is_for_pool(generation),
-                || Ring::for_pool(generation, pool.key_hashes(), pool.weights()),
-            );
-            let steps = strategy::RING_WALK_STEPS * limit.max(1);
-            let found = if set.len() == pool.len() {
-                strategy::consistent_hash(&ring, limit, client, |_| true, steps)
-            } else {
-                let members = cached(
-                    &self.members,
-                    |members| members.is_for(set),
-                    || Members::new(set, pool.len()),
-                );
-                let allowed = |index| members.contains(index);
-                strategy::consistent_hash(&ring, limit, client, allowed, steps)
-            };
-            if let Some(order) = found {
-                return order;
-            }
-        }
-        let ring = cached(
-            &self.set_ring,
-            |ring| ring.is_for_set(generation, set),
-            || Ring::for_set(generation, set, pool.key_hashes(), pool.weights()),
-        );
-        // Every point of this ring is allowed: one lap finds them all.
-        strategy::consistent_hash(&ring, limit, client, |_| true, usize::MAX).unwrap_or_default()
     }
 
     /// The latency ranking of `set`, reused for `scan_cache_ttl` while the
@@ -624,5 +574,7 @@ impl Selector {
     }
 }
 
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

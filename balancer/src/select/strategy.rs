@@ -22,10 +22,12 @@
 //!   filtered set instead.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use rand::Rng;
 
-use super::tables::{Ring, WeightTable};
+use super::tables::{Members, Ring, WeightTable, cached};
 use crate::backend::{Pool, hash_bytes};
 
 /// How candidates are ordered once filters have run.
@@ -306,19 +308,65 @@ pub(crate) const RING_WALK_STEPS: usize = 64;
 /// ring of its own: walking the whole ring would skip too many points.
 pub(crate) const SPARSE_FACTOR: usize = 4;
 
-/// The first `limit` distinct backends clockwise from the client's hash on
-/// `ring`, skipping those `allowed` rejects; `None` if the bounded walk
-/// did not find them all.
-pub(crate) fn consistent_hash(
-    ring: &Ring,
-    limit: usize,
-    client: IpAddr,
-    allowed: impl FnMut(u32) -> bool,
-    max_steps: usize,
-) -> Option<Vec<u32>> {
-    let mut out = Vec::with_capacity(limit);
-    ring.walk(hash_ip(client), limit, max_steps, allowed, &mut out)
-        .then_some(out)
+/// The rings `consistent_hash` walks, each rebuilt only when what it
+/// depends on changes: the whole pool's ring (per pool generation), the
+/// filtered set as a bitmap to walk it with, and the ring of a sparse
+/// filtered set (both per filtered set).
+#[derive(Debug, Default)]
+pub(crate) struct HashRings {
+    ring: ArcSwapOption<Ring>,
+    members: ArcSwapOption<Members>,
+    set_ring: ArcSwapOption<Ring>,
+}
+
+impl HashRings {
+    /// The first `limit` distinct members of `set` clockwise from the
+    /// client's hash: on the whole pool's ring, walked past filtered
+    /// backends, while at least a quarter of the pool passes; otherwise
+    /// (or if the bounded walk fell short) on a ring of the filtered set
+    /// alone, which gives the same answers.
+    pub(crate) fn order(
+        &self,
+        pool: &Pool,
+        set: &Arc<[u32]>,
+        limit: usize,
+        client: IpAddr,
+    ) -> Vec<u32> {
+        let limit = limit.min(set.len());
+        let key = hash_ip(client);
+        let generation = pool.generation();
+        let mut out = Vec::with_capacity(limit);
+        if set.len() * SPARSE_FACTOR >= pool.len() {
+            let ring = cached(
+                &self.ring,
+                |ring| ring.is_for_pool(generation),
+                || Ring::for_pool(generation, pool.key_hashes(), pool.weights()),
+            );
+            let steps = RING_WALK_STEPS * limit.max(1);
+            let found = if set.len() == pool.len() {
+                ring.walk(key, limit, steps, |_| true, &mut out)
+            } else {
+                let members = cached(
+                    &self.members,
+                    |members| members.is_for(set),
+                    || Members::new(set, pool.len()),
+                );
+                ring.walk(key, limit, steps, |i| members.contains(i), &mut out)
+            };
+            if found {
+                return out;
+            }
+            out.clear();
+        }
+        let ring = cached(
+            &self.set_ring,
+            |ring| ring.is_for_set(generation, set),
+            || Ring::for_set(generation, set, pool.key_hashes(), pool.weights()),
+        );
+        // Every point of this ring is allowed: one lap finds them all.
+        ring.walk(key, limit, usize::MAX, |_| true, &mut out);
+        out
+    }
 }
 
 #[cfg(test)]
