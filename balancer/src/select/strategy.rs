@@ -2,19 +2,20 @@
 //! best `limit` of them, distinct. None costs O(n) per pick on a large set:
 //!
 //! - `round_robin`: a cursor, O(limit).
-//! - `least_connections`: an exact partial selection while the set is
-//!   small ([`EXACT_LEAST_CONNECTIONS`]), where it is cheap and a tie
-//!   rotation spreads equal backends; above, power of two choices (P2C,
-//!   as linkerd2 and Finagle do): the less loaded of two random
-//!   candidates. P2C never picks the most loaded backend and avoids the
-//!   herd an exact minimum sends to one freshly emptied backend from many
-//!   threads; the price is that the winner is the better of two, not the
-//!   best of all.
+//! - `least_connections`: an exact partial selection while the set has at
+//!   most [`EXACT_LEAST_CONNECTIONS`] backends, where it is cheap and a
+//!   tie rotation spreads equal backends; above, power of two choices
+//!   (P2C, as linkerd2 and Finagle do): the less loaded of two random
+//!   candidates, O(limit). P2C never puts the most loaded backend first
+//!   and avoids the herd an exact minimum sends to one freshly emptied
+//!   backend from many tasks at once (the counts they read are a moment
+//!   old); the price is that the winner is the better of two, not the
+//!   best of all, which on a pool that large evens out over picks.
 //! - `lowest_latency`: a ranking cached per filtered set (see
 //!   [`super::Selector`]).
-//! - `weighted_random`: one draw from a cumulative-weight table of the
-//!   filtered set and a binary search, O(log n); built once per filtered
-//!   set, so it never yields a filtered backend.
+//! - `weighted_random`: draws from an alias table of the filtered set,
+//!   O(1) each; built once per filtered set, so it never yields a
+//!   filtered backend and always finds one if any passes.
 //! - `consistent_hash`: a ring with points per unit of weight, built once
 //!   per pool generation; a binary search for the key, then a bounded walk
 //!   clockwise past filtered backends. When few backends pass, a ring of
@@ -213,8 +214,10 @@ const DRAWS_PER_CANDIDATE: usize = 32;
 pub(crate) const EXACT_LEAST_CONNECTIONS: usize = 16;
 
 /// Whether backend `a` should be preferred to `b`: fewer active
-/// connections per unit of weight; on a tie, a known lower latency EMA;
-/// otherwise `a` (the first random draw, so ties stay random).
+/// connections per unit of weight; on a tie the higher weight (more
+/// capacity), then `a` (the first random draw, so ties stay random). Not
+/// latency: on a large pool reading the EMA too costs one more cache miss
+/// per sample, which doubled the pick (`lowest_latency` is for that).
 fn less_loaded(pool: &Pool, a: u32, b: u32) -> bool {
     let (x, y) = (&pool.backends()[a as usize], &pool.backends()[b as usize]);
     // Compared as x.active / x.weight vs y.active / y.weight, without division.
@@ -223,10 +226,7 @@ fn less_loaded(pool: &Pool, a: u32, b: u32) -> bool {
     match lhs.cmp(&rhs) {
         std::cmp::Ordering::Less => true,
         std::cmp::Ordering::Greater => false,
-        std::cmp::Ordering::Equal => match (x.latency(), y.latency()) {
-            (Some(lx), Some(ly)) => lx <= ly,
-            _ => true,
-        },
+        std::cmp::Ordering::Equal => x.weight() >= y.weight(),
     }
 }
 
