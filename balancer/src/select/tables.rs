@@ -243,12 +243,17 @@ impl Ring {
         out: &mut Vec<u32>,
     ) -> bool {
         let len = self.hashes.len();
-        let start = self.hashes.partition_point(|&h| h < key);
-        for step in 0..len.min(max_steps) {
+        let mut at = self.hashes.partition_point(|&h| h < key);
+        for _ in 0..len.min(max_steps) {
             if out.len() >= limit {
                 break;
             }
-            let owner = self.owners[(start + step) % len];
+            // Past the last point the ring starts over (no division per step).
+            if at == len {
+                at = 0;
+            }
+            let owner = self.owners[at];
+            at += 1;
             if !out.contains(&owner) && allowed(owner) {
                 out.push(owner);
             }
