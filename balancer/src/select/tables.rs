@@ -1,10 +1,10 @@
 //! Lookup tables that make a pick cost O(log n) at most instead of O(n):
 //! an alias table of one filtered set (`weighted_random`), a consistent-hash
 //! ring and a membership bitmap (`consistent_hash`). They are built when
-//! what they depend on
-//! changes (a new filtered set, a new pool generation), shared behind
-//! `ArcSwapOption` so concurrent picks read them without a lock, and are
-//! pure: no clock, no I/O, randomness from the caller's RNG.
+//! what they depend on changes (a new filtered set, a new pool
+//! generation), shared behind `ArcSwapOption` so concurrent picks read
+//! them without a lock, and are pure: no clock, no I/O, randomness from
+//! the caller's RNG.
 
 use std::sync::Arc;
 
