@@ -10,22 +10,31 @@
 //! the pool allows panic mode, the least recently failed selectable
 //! backends are offered and [`Candidates::panic`] says so.
 //!
+//! A pick costs the same on 10 or 10,000 backends: the filtered set is
+//! cached (see [`Selector`]) and every strategy reads it, or a table built
+//! from it, in O(log n) at most. Caches that every pick reads sit behind
+//! `ArcSwapOption`, not a lock.
+//!
 //! - [`strategy`]: the orderings.
 //! - [`sticky`]: client → backend memory.
+//! - `tables`: the weight table and hash ring that keep picks sublinear.
 
 pub mod sticky;
 pub mod strategy;
+mod tables;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use rand::Rng;
 
 use crate::backend::{Backend, BackendId, Pool};
 pub use sticky::StickyMap;
 pub use strategy::Strategy;
+use tables::{WeightTable, cached};
 
 /// Selection tuning of one listener.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,8 +185,10 @@ pub struct Selector {
     active: Mutex<ActiveSet>,
     leader: Mutex<Option<BackendId>>,
     sticky: Option<Mutex<StickyMap>>,
-    scan: Mutex<Option<Arc<Scan>>>,
+    scan: ArcSwapOption<Scan>,
     latency_rank: Mutex<Option<LatencyRank>>,
+    weight_table: ArcSwapOption<WeightTable>,
+    rings: strategy::HashRings,
 }
 
 #[derive(Debug)]
@@ -206,8 +217,10 @@ impl Selector {
             active: Mutex::new(ActiveSet::default()),
             leader: Mutex::new(None),
             sticky,
-            scan: Mutex::new(None),
+            scan: ArcSwapOption::empty(),
             latency_rank: Mutex::new(None),
+            weight_table: ArcSwapOption::empty(),
+            rings: strategy::HashRings::default(),
         }
     }
 
@@ -304,18 +317,18 @@ impl Selector {
     /// Admitted, in-scope, fast-enough backends of the first tier that has
     /// any; reused while the pool, every breaker and the clock (within
     /// `scan_cache_ttl`) stay put, so a pick need not touch every backend.
+    /// A rescan that finds the same set keeps the same `Arc`, so tables
+    /// built for it survive.
     fn scan(&self, pool: &Pool, now: Instant) -> Arc<Scan> {
         let version = pool.health_version();
+        let previous = self.scan.load_full();
+        if let Some(scan) = previous.as_ref()
+            && scan.generation == pool.generation()
+            && scan.version == version
+            && now >= scan.at
+            && now.saturating_duration_since(scan.at) < self.config.scan_cache_ttl
         {
-            let cache = lock(&self.scan);
-            if let Some(scan) = cache.as_ref()
-                && scan.generation == pool.generation()
-                && scan.version == version
-                && now >= scan.at
-                && now.saturating_duration_since(scan.at) < self.config.scan_cache_ttl
-            {
-                return Arc::clone(scan);
-            }
+            return Arc::clone(scan);
         }
         let mut result = Scan {
             generation: pool.generation(),
@@ -348,11 +361,16 @@ impl Selector {
             };
             result.tier = tier;
             result.latency_filtered = latency_filtered;
-            result.set = Arc::from(set);
+            result.set = match previous {
+                Some(old) if old.generation == result.generation && *old.set == *set => {
+                    Arc::clone(&old.set)
+                }
+                _ => Arc::from(set),
+            };
             break;
         }
         let result = Arc::new(result);
-        *lock(&self.scan) = Some(Arc::clone(&result));
+        self.scan.store(Some(Arc::clone(&result)));
         result
     }
 
@@ -437,13 +455,25 @@ impl Selector {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 strategy::round_robin(set, limit, start)
             }
+            Strategy::LeastConnections
+                if set.len() > strategy::EXACT_LEAST_CONNECTIONS && limit * 2 <= set.len() =>
+            {
+                strategy::two_choices(pool, set, limit, rng)
+            }
             Strategy::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 strategy::least_connections(pool, set, limit, start)
             }
             Strategy::LowestLatency => self.lowest_latency(pool, set, limit, now),
-            Strategy::WeightedRandom => strategy::weighted_random(pool, set, limit, rng),
-            Strategy::ConsistentHash => strategy::consistent_hash(pool, set, limit, client),
+            Strategy::WeightedRandom => {
+                let table = cached(
+                    &self.weight_table,
+                    |table| table.is_for(set),
+                    || WeightTable::new(set, pool.weights()),
+                );
+                strategy::weighted_draws(&table, pool, set, limit, rng)
+            }
+            Strategy::ConsistentHash => self.rings.order(pool, set, limit, client),
         }
     }
 
@@ -544,5 +574,7 @@ impl Selector {
     }
 }
 
+#[cfg(test)]
+mod scale_tests;
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,35 @@
 //! Strategies: each orders a filtered set of pool indices and returns the
-//! best `limit` of them, distinct, in O(n) plus O(limit log limit) (a
-//! partial selection, never a full sort per pick).
+//! best `limit` of them, distinct. None costs O(n) per pick on a large set:
+//!
+//! - `round_robin`: a cursor, O(limit).
+//! - `least_connections`: an exact partial selection while the set has at
+//!   most [`EXACT_LEAST_CONNECTIONS`] backends, where it is cheap and a
+//!   tie rotation spreads equal backends; above, power of two choices
+//!   (P2C, as linkerd2 and Finagle do): the less loaded of two random
+//!   candidates, O(limit). P2C never puts the most loaded backend first
+//!   and avoids the herd an exact minimum sends to one freshly emptied
+//!   backend from many tasks at once (the counts they read are a moment
+//!   old); the price is that the winner is the better of two, not the
+//!   best of all, which on a pool that large evens out over picks.
+//! - `lowest_latency`: a ranking cached per filtered set (see
+//!   [`super::Selector`]).
+//! - `weighted_random`: draws from an alias table of the filtered set,
+//!   O(1) each; built once per filtered set, so it never yields a
+//!   filtered backend and always finds one if any passes.
+//! - `consistent_hash`: a ring with points per unit of weight, built once
+//!   per pool generation; a binary search for the key, then a bounded walk
+//!   clockwise past filtered backends. When few backends pass, a ring of
+//!   just those (same points, so the same answers) is built once per
+//!   filtered set instead.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use rand::Rng;
 
-use crate::backend::{Pool, hash_bytes, mix64};
+use super::tables::{Members, Ring, WeightTable, cached};
+use crate::backend::{Pool, hash_bytes};
 
 /// How candidates are ordered once filters have run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -14,14 +37,16 @@ pub enum Strategy {
     /// Each pick starts one backend further.
     #[default]
     RoundRobin,
-    /// Fewest open connections per unit of weight first.
+    /// Fewest open connections per unit of weight: exact on a small set,
+    /// the less loaded of two random picks (P2C) on a large one.
     LeastConnections,
     /// Lowest latency EMA first, with a tolerance band against flapping.
     LowestLatency,
     /// Random in proportion to weight (injected RNG).
     WeightedRandom,
-    /// Weighted rendezvous hashing on the client IP: a client keeps its
-    /// backend, and removing a backend moves only that backend's clients.
+    /// A weighted consistent-hash ring on the client IP: a client keeps
+    /// its backend, and removing a backend moves only that backend's
+    /// clients.
     ConsistentHash,
 }
 
@@ -123,6 +148,7 @@ pub(crate) fn lowest_latency(pool: &Pool, set: &[u32], limit: usize) -> Vec<u32>
 
 /// Efraimidis–Spirakis weighted sampling without replacement: key
 /// `-ln(u) / w`, smallest first. Weight 0 only after everything else.
+/// O(n): the fallback of [`weighted_draws`].
 pub(crate) fn weighted_random<R: Rng + ?Sized>(
     pool: &Pool,
     set: &[u32],
@@ -141,6 +167,128 @@ pub(crate) fn weighted_random<R: Rng + ?Sized>(
     })
 }
 
+/// Weighted sampling without replacement by repeated draws from `table`
+/// (built for `set`), skipping repeats: the first candidate is exactly
+/// weight-proportional. If the draws run out before `limit` distinct ones
+/// (zero weights, or one backend holding nearly all the weight), the rest
+/// come from [`weighted_random`] over the set, so every member stays
+/// reachable.
+pub(crate) fn weighted_draws<R: Rng + ?Sized>(
+    table: &WeightTable,
+    pool: &Pool,
+    set: &[u32],
+    limit: usize,
+    rng: &mut R,
+) -> Vec<u32> {
+    let limit = limit.min(set.len());
+    let mut chosen = Vec::with_capacity(limit);
+    for _ in 0..DRAWS_PER_CANDIDATE * limit {
+        if chosen.len() == limit {
+            return chosen;
+        }
+        let Some(pos) = table.draw(rng) else { break };
+        if !chosen.contains(&set[pos]) {
+            chosen.push(set[pos]);
+        }
+    }
+    if chosen.len() < limit {
+        for index in weighted_random(pool, set, limit, rng) {
+            if chosen.len() == limit {
+                break;
+            }
+            if !chosen.contains(&index) {
+                chosen.push(index);
+            }
+        }
+    }
+    chosen
+}
+
+/// Random draws allowed per wanted candidate before a sampler falls back
+/// to a scan; at least half of the set is always still unchosen, so the
+/// fallback is for degenerate weights, not bad luck.
+const DRAWS_PER_CANDIDATE: usize = 32;
+
+/// Up to this many backends in the filtered set, `least_connections` is an
+/// exact scan; above, power of two choices.
+pub(crate) const EXACT_LEAST_CONNECTIONS: usize = 16;
+
+/// Whether backend `a` should be preferred to `b`: fewer active
+/// connections per unit of weight; on a tie the higher weight (more
+/// capacity), then `a` (the first random draw, so ties stay random). Not
+/// latency: on a large pool reading the EMA too costs one more cache miss
+/// per sample, which doubled the pick (`lowest_latency` is for that).
+fn less_loaded(pool: &Pool, a: u32, b: u32) -> bool {
+    let (x, y) = (&pool.backends()[a as usize], &pool.backends()[b as usize]);
+    // Compared as x.active / x.weight vs y.active / y.weight, without division.
+    let lhs = u128::from(x.active()) * u128::from(y.weight().max(1));
+    let rhs = u128::from(y.active()) * u128::from(x.weight().max(1));
+    match lhs.cmp(&rhs) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => x.weight() >= y.weight(),
+    }
+}
+
+/// Power of two choices: the first candidate is the less loaded of two
+/// distinct members of `set` drawn at random; each next one is the less
+/// loaded of the previous round's loser and a fresh draw, so every
+/// candidate still beats a rival and a pick reads `limit + 1` backends,
+/// not `2 * limit` (on a large pool each read is a cache miss). Use it
+/// while at most half of the set is wanted, so draws rarely repeat; if
+/// the draw budget still runs out, the rest come from an exact scan.
+pub(crate) fn two_choices<R: Rng + ?Sized>(
+    pool: &Pool,
+    set: &[u32],
+    limit: usize,
+    rng: &mut R,
+) -> Vec<u32> {
+    let limit = limit.min(set.len());
+    let mut chosen: Vec<u32> = Vec::with_capacity(limit);
+    let mut budget = DRAWS_PER_CANDIDATE * limit;
+    let mut draw = |chosen: &[u32], rival: Option<u32>, budget: &mut usize| {
+        while *budget > 0 {
+            *budget -= 1;
+            let index = set[rng.random_range(0..set.len())];
+            if Some(index) != rival && !chosen.contains(&index) {
+                return Some(index);
+            }
+        }
+        None
+    };
+    let mut rival = draw(&chosen, None, &mut budget);
+    while chosen.len() < limit {
+        let Some(a) = rival else { break };
+        // The last member left has no rival.
+        if set.len() - chosen.len() == 1 {
+            chosen.push(a);
+            break;
+        }
+        let Some(b) = draw(&chosen, Some(a), &mut budget) else {
+            break;
+        };
+        let (winner, loser) = if less_loaded(pool, a, b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        chosen.push(winner);
+        rival = Some(loser);
+    }
+    if chosen.len() < limit {
+        let rest = least_connections(pool, set, limit, 0);
+        for index in rest {
+            if chosen.len() == limit {
+                break;
+            }
+            if !chosen.contains(&index) {
+                chosen.push(index);
+            }
+        }
+    }
+    chosen
+}
+
 /// Stable hash of a client address.
 #[must_use]
 pub fn hash_ip(client: IpAddr) -> u64 {
@@ -150,17 +298,75 @@ pub fn hash_ip(client: IpAddr) -> u64 {
     }
 }
 
-/// Weighted rendezvous: the same key ordering as `-ln(u) / w` with `u`
-/// drawn from hash(client, backend) instead of an RNG.
-pub(crate) fn consistent_hash(pool: &Pool, set: &[u32], limit: usize, client: IpAddr) -> Vec<u32> {
-    let (keys, weights) = (pool.key_hashes(), pool.weights());
-    let client = hash_ip(client);
-    smallest_k(set, limit, |_, index| {
-        let h = mix64(client ^ keys[index as usize]);
-        #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64 exactly")]
-        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -u.ln() / f64::from(weights[index as usize].max(1))
-    })
+/// Points walked per wanted candidate on the whole-pool ring before it
+/// gives up and the caller uses a ring of the filtered set: at least a
+/// quarter of the points are allowed when the whole ring is walked, so
+/// this is rarely reached.
+pub(crate) const RING_WALK_STEPS: usize = 64;
+
+/// A filtered set smaller than the pool by more than this factor walks a
+/// ring of its own: walking the whole ring would skip too many points.
+pub(crate) const SPARSE_FACTOR: usize = 4;
+
+/// The rings `consistent_hash` walks, each rebuilt only when what it
+/// depends on changes: the whole pool's ring (per pool generation), the
+/// filtered set as a bitmap to walk it with, and the ring of a sparse
+/// filtered set (both per filtered set).
+#[derive(Debug, Default)]
+pub(crate) struct HashRings {
+    ring: ArcSwapOption<Ring>,
+    members: ArcSwapOption<Members>,
+    set_ring: ArcSwapOption<Ring>,
+}
+
+impl HashRings {
+    /// The first `limit` distinct members of `set` clockwise from the
+    /// client's hash: on the whole pool's ring, walked past filtered
+    /// backends, while at least a quarter of the pool passes; otherwise
+    /// (or if the bounded walk fell short) on a ring of the filtered set
+    /// alone, which gives the same answers.
+    pub(crate) fn order(
+        &self,
+        pool: &Pool,
+        set: &Arc<[u32]>,
+        limit: usize,
+        client: IpAddr,
+    ) -> Vec<u32> {
+        let limit = limit.min(set.len());
+        let key = hash_ip(client);
+        let generation = pool.generation();
+        let mut out = Vec::with_capacity(limit);
+        if set.len() * SPARSE_FACTOR >= pool.len() {
+            let ring = cached(
+                &self.ring,
+                |ring| ring.is_for_pool(generation),
+                || Ring::for_pool(generation, pool.key_hashes(), pool.weights()),
+            );
+            let steps = RING_WALK_STEPS * limit.max(1);
+            let found = if set.len() == pool.len() {
+                ring.walk(key, limit, steps, |_| true, &mut out)
+            } else {
+                let members = cached(
+                    &self.members,
+                    |members| members.is_for(set),
+                    || Members::new(set, pool.len()),
+                );
+                ring.walk(key, limit, steps, |i| members.contains(i), &mut out)
+            };
+            if found {
+                return out;
+            }
+            out.clear();
+        }
+        let ring = cached(
+            &self.set_ring,
+            |ring| ring.is_for_set(generation, set),
+            || Ring::for_set(generation, set, pool.key_hashes(), pool.weights()),
+        );
+        // Every point of this ring is allowed: one lap finds them all.
+        ring.walk(key, limit, usize::MAX, |_| true, &mut out);
+        out
+    }
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use crate::backend::{
     Admission, BackendSpec, BreakerState, FailureCategory, HealthConfig, Origin, Registry,
 };
 
-fn ip(n: u32) -> IpAddr {
+pub(super) fn ip(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0xc000_0200 + n))
 }
 
-fn registry_with(specs: Vec<BackendSpec>, now: Instant) -> Registry {
+pub(super) fn registry_with(specs: Vec<BackendSpec>, now: Instant) -> Registry {
     let registry = Registry::new(HealthConfig::default());
     for spec in specs {
         registry
@@ -27,28 +27,28 @@ fn registry_with(specs: Vec<BackendSpec>, now: Instant) -> Registry {
     registry
 }
 
-fn named(n: usize) -> Vec<BackendSpec> {
+pub(super) fn named(n: usize) -> Vec<BackendSpec> {
     (0..n)
         .map(|i| BackendSpec::new(format!("b{i}"), format!("b{i}.test:1080")))
         .collect()
 }
 
-fn names(candidates: &Candidates) -> Vec<String> {
+pub(super) fn names(candidates: &Candidates) -> Vec<String> {
     candidates.iter().map(|b| b.name().to_owned()).collect()
 }
 
-fn selector(strategy: Strategy) -> Selector {
+pub(super) fn selector(strategy: Strategy) -> Selector {
     Selector::new(SelectionConfig {
         strategy,
         ..SelectionConfig::default()
     })
 }
 
-fn open(backend: &Backend, now: Instant) {
+pub(super) fn open(backend: &Backend, now: Instant) {
     backend.force(BreakerState::Open, now);
 }
 
-fn rng() -> StdRng {
+pub(super) fn rng() -> StdRng {
     StdRng::seed_from_u64(42)
 }
 
