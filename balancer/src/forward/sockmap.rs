@@ -45,7 +45,7 @@ use super::{
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
-    bpf::{Bpf, BpfError, MapEntries},
+    bpf::{Bpf, BpfError, MapEntries, MappedWords},
     sys::socket,
 };
 
@@ -183,6 +183,13 @@ impl SockmapEngine {
             end,
             engine: EngineName::Sockmap,
         })
+    }
+
+    /// The mapped `BACKEND_STATS` and `DAEMON_STATS` maps, where the daemon
+    /// keeps its own counters beside the kernel's.
+    #[must_use]
+    pub fn stats_memory(&self) -> (Arc<MappedWords>, Arc<MappedWords>) {
+        (self.bpf.backend_stats(), self.bpf.daemon_stats())
     }
 
     /// Zeroes the kernel's and the fallback's counters of `slot`.
