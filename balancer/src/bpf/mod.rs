@@ -1,7 +1,9 @@
 //! The BPF object of the sockmap engine: loads the verdict program embedded at
 //! build time, attaches it to the `SOCKETS` sockhash, pins the maps for
-//! `balancer stats`, and offers typed access to the maps. The only module
-//! that imports aya.
+//! `balancer stats`, and offers typed access to the maps: the mmap-able
+//! `BACKEND_STATS` / `DAEMON_STATS` mapped into the daemon ([`MappedWords`])
+//! and every pinned counter map opened by `balancer stats`
+//! ([`PinnedStats`]). The only module that imports aya.
 //!
 //! Minimum kernel: Linux 5.15 (`stream_verdict` without a stream parser).
 

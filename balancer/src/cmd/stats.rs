@@ -71,6 +71,12 @@ fn read(instance: &str) -> anyhow::Result<(Snapshot, Source)> {
                 .map(|snapshot| (snapshot, Source::StatusFile))
                 .map_err(|_| error.into())
         }
+        // Pins without an identity file: starting, or shutting down (the
+        // files go first); the status file says which plainly.
+        Some(Err(PinnedError::NoIdentity { .. })) => Ok((
+            status_file::read_live(instance, &dir, clock::wall_now())?,
+            Source::StatusFile,
+        )),
         Some(Err(error)) => Err(error.into()),
     }
 }

@@ -55,6 +55,14 @@ pub fn read(
     let pins = PinnedStats::open(pin_dir)?;
     let daemon = pins.daemon_stats();
     let pid = daemon.words[daemon_stat::PID];
+    let no_identity = || PinnedError::NoIdentity {
+        instance: instance.to_owned(),
+        dir: run_dir.display().to_string(),
+    };
+    // Pinned but not stamped yet: the daemon is starting.
+    if pid == 0 {
+        return Err(no_identity());
+    }
     if !u32::try_from(pid).is_ok_and(status_file::pid_alive) {
         return Err(PinnedError::DeadPid {
             instance: instance.to_owned(),
@@ -62,10 +70,6 @@ pub fn read(
             pid,
         });
     }
-    let no_identity = || PinnedError::NoIdentity {
-        instance: instance.to_owned(),
-        dir: run_dir.display().to_string(),
-    };
     let identity = identity::read(run_dir)?.ok_or_else(no_identity)?;
     if u64::from(identity.pid) != pid {
         return Err(no_identity());
@@ -195,6 +199,81 @@ mod tests {
         assert_eq!((row.attempts, row.successes, row.active), (2, 1, 1));
         assert_eq!(row.failures["connect_refused"], 1);
         assert_eq!(row.success_rate, Some(0.5));
+    }
+
+    // Needs root (CAP_BPF): real pins of a loaded object, read back the way
+    // `balancer stats` reads them.
+    #[test]
+    fn pins_read_back_what_the_daemon_wrote_and_need_a_live_pid_and_an_identity() {
+        let pin_dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/balancer-test-pinned-{}",
+            std::process::id()
+        ));
+        let run_dir =
+            std::env::temp_dir().join(format!("balancer-pinned-run-{}", std::process::id()));
+        let bpf = crate::bpf::Bpf::load(Some(&pin_dir)).expect("load with pins (needs root)");
+        let daemon = Arc::new(crate::stats::shared::SharedWords::Mapped(
+            bpf.daemon_stats(),
+        ));
+        let counters = crate::stats::Counters::in_words(
+            crate::stats::shared::View::entry(&daemon, 0).expect("entry 0"),
+        );
+        let store = BackendStore::new(
+            Arc::new(crate::stats::shared::SharedWords::Mapped(
+                bpf.backend_stats(),
+            )),
+            clock::now(),
+        );
+        let registry = Registry::new(HealthConfig {
+            stats: Some(store),
+            ..HealthConfig::default()
+        });
+        let backend = registry
+            .register(
+                BackendSpec::new("a", "10.0.0.1:1080"),
+                crate::backend::Origin::Config,
+                clock::now(),
+            )
+            .expect("registers");
+        let _ = backend.record(Err(FailureCategory::ConnectTimeout), clock::now());
+        counters.accepted.fetch_add(2, Ordering::Relaxed);
+
+        let not_started = read("t", &pin_dir, &run_dir, clock::wall_now());
+        assert!(
+            matches!(not_started, Err(PinnedError::NoIdentity { .. })),
+            "{not_started:?}"
+        );
+        counters.stamp_owner(4_194_305, 0);
+        let dead = read("t", &pin_dir, &run_dir, clock::wall_now());
+        assert!(matches!(dead, Err(PinnedError::DeadPid { .. })), "{dead:?}");
+        counters.stamp_owner(std::process::id(), 0);
+        identity::write(
+            &run_dir,
+            &identity::Identity {
+                instance: "t".to_owned(),
+                pid: std::process::id(),
+                engine: "sockmap".to_owned(),
+                started_unix_ms: 0,
+                backends: vec![SlotOwner {
+                    slot: backend.slot.0,
+                    id: backend.id.0,
+                    name: "a".to_owned(),
+                    address: "10.0.0.1:1080".to_owned(),
+                    scope: None,
+                }],
+            },
+        )
+        .expect("identity");
+        let snapshot = read("t", &pin_dir, &run_dir, clock::wall_now());
+        identity::remove(&run_dir);
+        let _ = std::fs::remove_dir(&run_dir);
+        drop(bpf);
+        let snapshot = snapshot.expect("a live instance");
+        assert_eq!(snapshot.counters.accepted, 2);
+        assert_eq!(snapshot.backends.len(), 1);
+        assert_eq!(snapshot.backends[0].attempts, 1);
+        assert_eq!(snapshot.backends[0].failures["connect_timeout"], 1);
+        assert_eq!(snapshot.backends[0].success_rate, Some(0.0));
     }
 
     fn backend_row(owner: &SlotOwner, stats: &BackendStats) -> BackendSnapshot {
