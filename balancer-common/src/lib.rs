@@ -170,8 +170,13 @@ pub mod stat {
     pub const LAST_SUCCESS_NS: usize = LAST_ATTEMPT_NS + 1;
     /// Last failure, as [`LAST_ATTEMPT_NS`].
     pub const LAST_FAILURE_NS: usize = LAST_SUCCESS_NS + 1;
+    /// Bytes client -> backend that user space forwarded (splice) for pairs
+    /// of this slot the sockmap could not take; add to `BACKEND_BYTES.up`.
+    pub const FALLBACK_BYTES_UP: usize = LAST_FAILURE_NS + 1;
+    /// As [`FALLBACK_BYTES_UP`], backend -> client.
+    pub const FALLBACK_BYTES_DOWN: usize = FALLBACK_BYTES_UP + 1;
     /// One past the last word in use; the rest of the entry is reserved.
-    pub const USED: usize = LAST_FAILURE_NS + 1;
+    pub const USED: usize = FALLBACK_BYTES_DOWN + 1;
 }
 const _: () = assert!(stat::USED <= BACKEND_STAT_WORDS);
 
@@ -262,6 +267,8 @@ mod tests {
             stat::LAST_ATTEMPT_NS,
             stat::LAST_SUCCESS_NS,
             stat::LAST_FAILURE_NS,
+            stat::FALLBACK_BYTES_UP,
+            stat::FALLBACK_BYTES_DOWN,
         ];
         let mut used = [0u8; BACKEND_STAT_WORDS];
         let ranges = singles.iter().map(|&i| i..i + 1).chain([

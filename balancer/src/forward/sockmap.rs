@@ -46,6 +46,7 @@ use super::{
 };
 use crate::{
     bpf::{Bpf, BpfError, MapEntries, MappedWords},
+    stats::shared::SharedWords,
     sys::socket,
 };
 
@@ -120,7 +121,12 @@ impl SockmapEngine {
         let bpf = Box::new(Bpf::load(options.pin_dir.as_deref())?);
         let watcher = Arc::new(Watcher::new()?);
         let dispatcher = tokio::spawn(Arc::clone(&watcher).dispatch());
-        let fallback = SpliceEngine::new(options.clone())?;
+        // The fallback counts into the slot blocks of BACKEND_STATS, so the
+        // pinned maps hold every byte of a slot, whichever engine moved it.
+        let fallback = SpliceEngine::with_shared_counters(
+            options.clone(),
+            Arc::new(SharedWords::Mapped(bpf.backend_stats())),
+        )?;
         let engine = Self {
             bpf,
             watcher,

@@ -81,8 +81,14 @@ pub fn read(
         if stats.words[stat::BACKEND_ID] != owner.id {
             continue;
         }
+        // The kernel's bytes plus those the splice fallback moved for pairs
+        // the sockmap could not take (each byte counted in one of them).
         let bytes = pins.backend_bytes(owner.slot)?;
-        backends.push(backend(owner, &stats, bytes.up, bytes.down));
+        let up = bytes.up.wrapping_add(stats.words[stat::FALLBACK_BYTES_UP]);
+        let down = bytes
+            .down
+            .wrapping_add(stats.words[stat::FALLBACK_BYTES_DOWN]);
+        backends.push(backend(owner, &stats, up, down));
     }
     let written_unix_ms = status_file::unix_ms(now);
     Ok(Snapshot {
