@@ -20,8 +20,21 @@ pub mod map {
     pub const BACKEND_BYTES: &str = "BACKEND_BYTES";
     /// `PERCPU_ARRAY`: [`crate::Global`] counters, index 0.
     pub const GLOBAL: &str = "GLOBAL";
+    /// `ARRAY` with `BPF_F_MMAPABLE`: backend slot (`u32`) ->
+    /// [`crate::BackendStats`]. Written by the daemon through a shared
+    /// mapping with atomics (no syscall per update), read by `balancer stats`.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `ARRAY` with `BPF_F_MMAPABLE`: [`crate::DaemonStats`] at index 0.
+    pub const DAEMON_STATS: &str = "DAEMON_STATS";
     /// Every map above (tests check that the object defines each).
-    pub const ALL: [&str; 4] = [SOCKETS, PEERS, BACKEND_BYTES, GLOBAL];
+    pub const ALL: [&str; 6] = [
+        SOCKETS,
+        PEERS,
+        BACKEND_BYTES,
+        GLOBAL,
+        BACKEND_STATS,
+        DAEMON_STATS,
+    ];
 }
 
 /// Program names as they appear in the BPF object.
@@ -99,6 +112,123 @@ pub struct Global {
 }
 const _: () = assert!(core::mem::size_of::<Global>() == 32);
 
+/// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`): the array map can be `mmap`ed.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Words of one [`BackendStats`] entry.
+pub const BACKEND_STAT_WORDS: usize = 64;
+/// Failure categories the daemon counts (its `FAILURE_LABELS`, same order).
+pub const FAILURE_CATEGORIES: usize = 14;
+/// Latency histogram buckets (the daemon's bounds plus `+Inf`).
+pub const LATENCY_BUCKETS: usize = 13;
+
+/// Word indices of a [`BackendStats`] entry. Every word is a `u64` updated
+/// atomically by the daemon; readers see each word atomically, not the
+/// entry as a whole.
+pub mod stat {
+    use crate::{FAILURE_CATEGORIES, LATENCY_BUCKETS};
+
+    /// Id of the backend that owns the slot (never reused by a daemon run);
+    /// 0 while the slot is free. Joins the slot with the identity file.
+    pub const BACKEND_ID: usize = 0;
+    /// Connections open through the backend now (a gauge).
+    pub const ACTIVE: usize = 1;
+    /// Client connection attempts ever.
+    pub const ATTEMPTS: usize = 2;
+    /// Attempts that reached a forwarded connection.
+    pub const SUCCESSES: usize = 3;
+    /// First of [`FAILURE_CATEGORIES`] failure counters, in the order of the
+    /// daemon's `FAILURE_LABELS`.
+    pub const FAILURES_0: usize = 4;
+    /// Attempts that were failovers from another backend.
+    pub const RETRIES: usize = FAILURES_0 + FAILURE_CATEGORIES;
+    /// Active probes that succeeded.
+    pub const PROBES_OK: usize = RETRIES + 1;
+    /// Active probes that failed.
+    pub const PROBES_FAILED: usize = PROBES_OK + 1;
+    /// Breaker state: 0 unknown, 1 closed, 2 open, 3 half-open.
+    pub const BREAKER_STATE: usize = PROBES_FAILED + 1;
+    /// Operator state: 0 enabled, 1 disabled, 2 draining.
+    pub const ADMIN_STATE: usize = BREAKER_STATE + 1;
+    /// 1 once a reload or unregister removed the backend from the pool.
+    pub const REMOVED: usize = ADMIN_STATE + 1;
+    /// Success rate over the outcome window in parts per million;
+    /// [`crate::UNKNOWN`] while the window is empty.
+    pub const SUCCESS_RATE_PPM: usize = REMOVED + 1;
+    /// Latency EMA: the bits of an `f64` in seconds; [`crate::UNKNOWN`]
+    /// before the first sample.
+    pub const LATENCY_EMA_SECONDS_F64: usize = SUCCESS_RATE_PPM + 1;
+    /// First of [`LATENCY_BUCKETS`] latency histogram buckets (not
+    /// cumulative; the last one is `+Inf`).
+    pub const LATENCY_BUCKET_0: usize = LATENCY_EMA_SECONDS_F64 + 1;
+    /// Sum of every latency sample, microseconds.
+    pub const LATENCY_SUM_MICROS: usize = LATENCY_BUCKET_0 + LATENCY_BUCKETS;
+    /// Last client attempt: nanoseconds since [`crate::daemon_stat::EPOCH_UNIX_MS`]
+    /// plus one; 0 is never.
+    pub const LAST_ATTEMPT_NS: usize = LATENCY_SUM_MICROS + 1;
+    /// Last success, as [`LAST_ATTEMPT_NS`].
+    pub const LAST_SUCCESS_NS: usize = LAST_ATTEMPT_NS + 1;
+    /// Last failure, as [`LAST_ATTEMPT_NS`].
+    pub const LAST_FAILURE_NS: usize = LAST_SUCCESS_NS + 1;
+    /// Bytes client -> backend that user space forwarded (splice) for pairs
+    /// of this slot the sockmap could not take; add to `BACKEND_BYTES.up`.
+    pub const FALLBACK_BYTES_UP: usize = LAST_FAILURE_NS + 1;
+    /// As [`FALLBACK_BYTES_UP`], backend -> client.
+    pub const FALLBACK_BYTES_DOWN: usize = FALLBACK_BYTES_UP + 1;
+    /// One past the last word in use; the rest of the entry is reserved.
+    pub const USED: usize = FALLBACK_BYTES_DOWN + 1;
+}
+const _: () = assert!(stat::USED <= BACKEND_STAT_WORDS);
+
+/// A gauge word that has no value yet (an empty window, no latency sample).
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// The daemon's figures for one backend slot, value of
+/// [`map::BACKEND_STATS`]: words indexed by [`stat`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendStats {
+    pub words: [u64; BACKEND_STAT_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 512);
+
+/// Words of the [`DaemonStats`] entry.
+pub const DAEMON_STAT_WORDS: usize = 32;
+/// Client handshake failure reasons (the daemon's `HandshakeFailure::ALL`).
+pub const HANDSHAKE_REASONS: usize = 7;
+
+/// Word indices of the [`DaemonStats`] entry.
+pub mod daemon_stat {
+    use crate::HANDSHAKE_REASONS;
+
+    /// Connections accepted on every listener.
+    pub const ACCEPTED: usize = 0;
+    /// Attempts that were failovers to another backend.
+    pub const RETRIES: usize = 1;
+    /// Connections for which every attempt failed.
+    pub const EXHAUSTED: usize = 2;
+    /// First of [`HANDSHAKE_REASONS`] client handshake failure counters, in
+    /// the order of the daemon's `HandshakeFailure::ALL`.
+    pub const HANDSHAKE_FAILED_0: usize = 3;
+    /// Process id of the daemon that writes the maps.
+    pub const PID: usize = HANDSHAKE_FAILED_0 + HANDSHAKE_REASONS;
+    /// Wall time the daemon started, milliseconds since the Unix epoch; the
+    /// `*_NS` timestamps of [`crate::stat`] count from here.
+    pub const EPOCH_UNIX_MS: usize = PID + 1;
+    /// One past the last word in use.
+    pub const USED: usize = EPOCH_UNIX_MS + 1;
+}
+const _: () = assert!(daemon_stat::USED <= DAEMON_STAT_WORDS);
+
+/// Daemon-wide figures, value of [`map::DAEMON_STATS`] at index 0: words
+/// indexed by [`daemon_stat`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DaemonStats {
+    pub words: [u64; DAEMON_STAT_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<DaemonStats>() == 256);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: each type is #[repr(C)], has no padding (asserted by size above)
@@ -108,4 +238,70 @@ mod user {
     unsafe impl aya::Pod for super::BackendBytes {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Global {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DaemonStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_stat_indices_are_distinct_and_inside_the_entry() {
+        let singles = [
+            stat::BACKEND_ID,
+            stat::ACTIVE,
+            stat::ATTEMPTS,
+            stat::SUCCESSES,
+            stat::RETRIES,
+            stat::PROBES_OK,
+            stat::PROBES_FAILED,
+            stat::BREAKER_STATE,
+            stat::ADMIN_STATE,
+            stat::REMOVED,
+            stat::SUCCESS_RATE_PPM,
+            stat::LATENCY_EMA_SECONDS_F64,
+            stat::LATENCY_SUM_MICROS,
+            stat::LAST_ATTEMPT_NS,
+            stat::LAST_SUCCESS_NS,
+            stat::LAST_FAILURE_NS,
+            stat::FALLBACK_BYTES_UP,
+            stat::FALLBACK_BYTES_DOWN,
+        ];
+        let mut used = [0u8; BACKEND_STAT_WORDS];
+        let ranges = singles.iter().map(|&i| i..i + 1).chain([
+            stat::FAILURES_0..stat::FAILURES_0 + FAILURE_CATEGORIES,
+            stat::LATENCY_BUCKET_0..stat::LATENCY_BUCKET_0 + LATENCY_BUCKETS,
+        ]);
+        for range in ranges {
+            for index in range {
+                assert!(index < stat::USED, "index {index} past USED");
+                used[index] += 1;
+            }
+        }
+        assert!(used[..stat::USED].iter().all(|&n| n == 1), "{used:?}");
+    }
+
+    #[test]
+    fn daemon_stat_indices_are_distinct_and_inside_the_entry() {
+        let mut used = [0u8; DAEMON_STAT_WORDS];
+        for index in [
+            daemon_stat::ACCEPTED,
+            daemon_stat::RETRIES,
+            daemon_stat::EXHAUSTED,
+            daemon_stat::PID,
+            daemon_stat::EPOCH_UNIX_MS,
+        ]
+        .into_iter()
+        .chain(daemon_stat::HANDSHAKE_FAILED_0..daemon_stat::HANDSHAKE_FAILED_0 + HANDSHAKE_REASONS)
+        {
+            used[index] += 1;
+        }
+        assert!(
+            used[..daemon_stat::USED].iter().all(|&n| n == 1),
+            "{used:?}"
+        );
+    }
 }

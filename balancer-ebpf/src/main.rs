@@ -23,10 +23,13 @@ use aya_ebpf::{
     bindings::sk_action,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{map, stream_verdict},
-    maps::{HashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, PerCpuArray, SockHash},
     programs::SkBuffContext,
 };
-use balancer_common::{BackendBytes, Global, MAX_BACKENDS, MAX_SOCKETS, PeerInfo, direction};
+use balancer_common::{
+    BPF_F_MMAPABLE, BackendBytes, BackendStats, DaemonStats, Global, MAX_BACKENDS, MAX_SOCKETS,
+    PeerInfo, direction,
+};
 
 #[map(name = "SOCKETS")]
 static SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
@@ -39,6 +42,15 @@ static BACKEND_BYTES: PerCpuArray<BackendBytes> = PerCpuArray::with_max_entries(
 
 #[map(name = "GLOBAL")]
 static GLOBAL: PerCpuArray<Global> = PerCpuArray::with_max_entries(1, 0);
+
+// The daemon's own counters: the program never touches them, the object
+// only creates them so that they are pinned beside the kernel's counters and
+// `balancer stats` reads one place. User space maps them (BPF_F_MMAPABLE).
+#[map(name = "BACKEND_STATS")]
+static BACKEND_STATS: Array<BackendStats> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+
+#[map(name = "DAEMON_STATS")]
+static DAEMON_STATS: Array<DaemonStats> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Redirects every skb received on a spliced socket to its peer's egress.
 #[stream_verdict]

@@ -33,7 +33,13 @@ use crate::{
     select::{SelectionConfig, Selector, Strategy},
     session::Context,
     socks5::{Credentials, ServerAuth},
-    stats::{Counters, source::StatsSource, writer::StatusWriter},
+    stats::{
+        Counters,
+        shared::{BackendStore, SharedWords, View},
+        source::StatsSource,
+        status_file,
+        writer::StatusWriter,
+    },
     upstream::DialOptions,
 };
 
@@ -63,7 +69,30 @@ pub async fn run(
     // What loading the BPF object parsed (kernel BTF) is garbage now.
     crate::sys::memory::release_free_heap();
 
-    let registry = Arc::new(Registry::new(health_config(&config.health)));
+    // The daemon's counters go where `balancer stats` reads them: the
+    // mapped BPF maps under sockmap, process memory (and the status file)
+    // otherwise.
+    let epoch = (clock::now(), clock::wall_now());
+    let (store, counters) = match engine.stats_memory() {
+        Some((backends, daemon)) => {
+            let daemon = Arc::new(SharedWords::Mapped(daemon));
+            let counters = View::entry(&daemon, 0).map(Counters::in_words);
+            (
+                Some(BackendStore::new(
+                    Arc::new(SharedWords::Mapped(backends)),
+                    epoch.0,
+                )),
+                counters.unwrap_or_default(),
+            )
+        }
+        None => (None, Counters::default()),
+    };
+    counters.stamp_owner(std::process::id(), status_file::unix_ms(epoch.1));
+    let counters = Arc::new(counters);
+    let registry = Arc::new(Registry::new(HealthConfig {
+        stats: store,
+        ..health_config(&config.health)
+    }));
     registry
         .replace_all(reload::backend_specs(&config), clock::now())
         .context("building the backend registry")?;
@@ -72,7 +101,6 @@ pub async fn run(
         handshake_timeout: config.forwarding.handshake_timeout.0,
         mark: (config.forwarding.mark != 0).then_some(config.forwarding.mark),
     };
-    let counters = Arc::new(Counters::default());
     let hard_stop = CancellationToken::new();
     let context = Arc::new(Context::new(
         engine.clone(),

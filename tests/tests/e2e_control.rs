@@ -17,7 +17,8 @@ use std::{
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use support::{
-    ChecksumTarget, Daemon, Target, free_port, http_exchange, ping, socks_connect, unique,
+    ChecksumTarget, Daemon, Target, free_port, http_exchange, ping, socks_connect, stats_json,
+    unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -265,8 +266,40 @@ fn control_api_disables_drains_registers_unregisters_and_resets() {
         .iter()
         .map(|b| (b["name"].to_string(), b["state"].to_string()))
         .collect();
+    let bytes = |snapshot: &Value| -> u64 {
+        snapshot["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| b["bytes_up"].as_u64().unwrap_or(0) + b["bytes_down"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = stats_json(&instance);
+    assert!(
+        bytes(&before) > 0,
+        "no bytes counted before reset: {before:#}"
+    );
     let body = control(&ns, api, "POST", "/api/v1/reset", "", 200);
-    assert_eq!(body["bytes_reset"], false, "{body}");
+    assert_eq!(body["bytes_reset"], true, "{body}");
+    // Read as `balancer stats` reads it: the pinned maps under sockmap (the
+    // kernel's BACKEND_BYTES), the status file under splice, whose next
+    // rewrite is at most a second away.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after_reset = loop {
+        let snapshot = stats_json(&instance);
+        if bytes(&snapshot) == 0 || Instant::now() > deadline {
+            break snapshot;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        bytes(&after_reset),
+        0,
+        "bytes kept after reset: {after_reset:#}"
+    );
+    if after_reset["engine"] == "sockmap" {
+        assert_eq!(after_reset["source"], "bpf_maps", "{after_reset:#}");
+    }
     let (_, all) = http(&ns, api, "GET", "/api/v1/backends", None, "");
     let list = all.as_array().expect("a list");
     let after: Vec<(String, String)> = list

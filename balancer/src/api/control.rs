@@ -306,8 +306,8 @@ pub async fn reset(_: Authorized, State(source): State<Arc<StatsSource>>) -> Res
             json!({
                 "action": "reset",
                 "backends": backends,
-                "bytes_reset": false,
-                "note": "counters zeroed; breaker states, latency and byte counters are kept",
+                "bytes_reset": true,
+                "note": "counters and byte counters zeroed; breaker states, latency and timestamps are kept",
             }),
         )),
     )

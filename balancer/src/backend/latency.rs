@@ -15,7 +15,8 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-const NO_SAMPLE: u64 = u64::MAX;
+/// The EMA word before the first sample (the maps' "unknown").
+pub const NO_SAMPLE: u64 = balancer_common::UNKNOWN;
 
 /// Exponential moving average of latency, lock-free.
 #[derive(Debug)]
@@ -42,26 +43,46 @@ impl LatencyEma {
 
     /// Folds one sample in; the first sample becomes the average.
     pub fn record(&self, sample: Duration) {
+        self.record_in(&self.bits, sample);
+    }
+
+    /// Folds one sample into an average kept in `bits` (the `f64` bits of
+    /// seconds, or [`NO_SAMPLE`]), e.g. a word of a shared map.
+    pub fn record_in(&self, bits: &AtomicU64, sample: Duration) {
         let sample = sample.as_secs_f64();
-        let _ = self
-            .bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let next = if bits == NO_SAMPLE {
-                    sample
-                } else {
-                    let old = f64::from_bits(bits);
-                    old + self.alpha * (sample - old)
-                };
-                Some(next.to_bits())
-            });
+        let _ = bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let next = if bits == NO_SAMPLE {
+                sample
+            } else {
+                let old = f64::from_bits(bits);
+                old + self.alpha * (sample - old)
+            };
+            Some(next.to_bits())
+        });
     }
 
     /// The average, `None` before the first sample.
     #[must_use]
     pub fn get(&self) -> Option<Duration> {
-        let bits = self.bits.load(Ordering::Relaxed);
+        Self::read(self.bits.load(Ordering::Relaxed))
+    }
+
+    /// The average an EMA word holds, `None` for [`NO_SAMPLE`].
+    #[must_use]
+    pub fn read(bits: u64) -> Option<Duration> {
         (bits != NO_SAMPLE).then(|| Duration::from_secs_f64(f64::from_bits(bits).max(0.0)))
     }
+}
+
+/// The bucket of [`LATENCY_BUCKETS_SECONDS`] (or `+Inf`, the last) a sample
+/// falls in.
+#[must_use]
+pub fn bucket_index(sample: Duration) -> usize {
+    let seconds = sample.as_secs_f64();
+    LATENCY_BUCKETS_SECONDS
+        .iter()
+        .position(|bound| seconds <= *bound)
+        .unwrap_or(LATENCY_BUCKETS_SECONDS.len())
 }
 
 /// Latency histogram over [`LATENCY_BUCKETS_SECONDS`].
@@ -95,12 +116,7 @@ impl Default for LatencyHistogram {
 impl LatencyHistogram {
     /// Counts one sample.
     pub fn record(&self, sample: Duration) {
-        let seconds = sample.as_secs_f64();
-        let index = LATENCY_BUCKETS_SECONDS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket_index(sample)].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -108,19 +124,27 @@ impl LatencyHistogram {
     /// A cumulative snapshot.
     #[must_use]
     pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot::from_buckets(&self.buckets, &self.sum_micros)
+    }
+}
+
+impl HistogramSnapshot {
+    /// A cumulative copy of per-bucket counts (the last is `+Inf`) and a
+    /// sum in microseconds, e.g. words of a shared map.
+    #[must_use]
+    pub fn from_buckets(buckets: &[AtomicU64], sum_micros: &AtomicU64) -> Self {
         let mut running = 0;
-        let cumulative: Vec<u64> = self
-            .buckets
+        let cumulative: Vec<u64> = buckets
             .iter()
             .map(|bucket| {
                 running += bucket.load(Ordering::Relaxed);
                 running
             })
             .collect();
-        HistogramSnapshot {
+        Self {
             count: running,
             cumulative,
-            sum: Duration::from_micros(self.sum_micros.load(Ordering::Relaxed)),
+            sum: Duration::from_micros(sum_micros.load(Ordering::Relaxed)),
         }
     }
 }

@@ -29,11 +29,17 @@ pub use latency::{HistogramSnapshot, LATENCY_BUCKETS_SECONDS};
 pub use outcome::{FAILURE_LABELS, FailureCategory, Outcome};
 pub use registry::{CleanupReport, Pool, Registry, RegistryError, ReplaceReport};
 
+use balancer_common::{BACKEND_STAT_WORDS, FAILURE_CATEGORIES, LATENCY_BUCKETS, UNKNOWN, stat};
+
 use crate::forward::BackendSlot;
+use crate::stats::shared::{BackendStore, View};
 use admin::AdminCell;
 use breaker::{Signal, Source};
-use latency::{LatencyEma, LatencyHistogram};
+use latency::LatencyEma;
 use window::OutcomeWindow;
+
+const _: () = assert!(FAILURE_LABELS.len() == FAILURE_CATEGORIES);
+const _: () = assert!(LATENCY_BUCKETS_SECONDS.len() + 1 == LATENCY_BUCKETS);
 
 /// Health tuning shared by every backend of a registry.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +58,9 @@ pub struct HealthConfig {
     pub runtime_idle_timeout: Duration,
     /// Seed of the per-backend jitter RNGs (each backend mixes in its id).
     pub seed: u64,
+    /// Where each backend's counters live (the mapped `BACKEND_STATS`
+    /// under sockmap); `None` gives every backend a block of its own.
+    pub stats: Option<BackendStore>,
 }
 
 impl Default for HealthConfig {
@@ -63,6 +72,7 @@ impl Default for HealthConfig {
             panic_mode: true,
             runtime_idle_timeout: Duration::from_secs(600),
             seed: 0x5eed_ba1a_11ce_0001,
+            stats: None,
         }
     }
 }
@@ -165,67 +175,152 @@ impl Census {
 /// Live state of a backend. Shared by the successive [`Backend`] values a
 /// reload creates when only tunables (weight, scope...) change, so its
 /// counters survive.
+///
+/// Counters, gauges, latency and timestamps live in `cells`, a block laid
+/// out as `balancer_common::stat` says: the backend's slot of the mapped
+/// `BACKEND_STATS` under sockmap, so every update below is one atomic
+/// instruction on the map that `balancer stats` reads.
 #[derive(Debug)]
 pub struct Health {
     created: Instant,
+    // The instant the `*_NS` timestamps count from.
+    epoch: Instant,
     breaker: Breaker,
     window: OutcomeWindow,
     ema: LatencyEma,
-    histogram: LatencyHistogram,
-    active: AtomicU64,
-    attempts: AtomicU64,
-    successes: AtomicU64,
-    failures: [AtomicU64; FAILURE_LABELS.len()],
-    retries: AtomicU64,
-    probes_ok: AtomicU64,
-    probes_failed: AtomicU64,
-    // Nanoseconds since `created` plus one; 0 is "never".
-    last_attempt: AtomicU64,
-    last_success: AtomicU64,
-    last_failure: AtomicU64,
+    cells: View<[AtomicU64; BACKEND_STAT_WORDS]>,
     draining: AtomicBool,
     admin: AdminCell,
     census: Arc<Census>,
 }
 
+/// The breaker state as the maps store it (`stat::BREAKER_STATE`).
+#[must_use]
+pub fn breaker_code(state: BreakerState) -> u64 {
+    match state {
+        BreakerState::Unknown => 0,
+        BreakerState::Closed => 1,
+        BreakerState::Open => 2,
+        BreakerState::HalfOpen => 3,
+    }
+}
+
+/// The breaker state of a `stat::BREAKER_STATE` word.
+#[must_use]
+pub fn breaker_from_code(code: u64) -> Option<BreakerState> {
+    [
+        BreakerState::Unknown,
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ]
+    .into_iter()
+    .find(|state| breaker_code(*state) == code)
+}
+
+/// The operator state as the maps store it (`stat::ADMIN_STATE`).
+#[must_use]
+pub fn admin_code(state: AdminState) -> u64 {
+    match state {
+        AdminState::Enabled => 0,
+        AdminState::Disabled => 1,
+        AdminState::Draining => 2,
+    }
+}
+
+/// The operator state of a `stat::ADMIN_STATE` word.
+#[must_use]
+pub fn admin_from_code(code: u64) -> Option<AdminState> {
+    [
+        AdminState::Enabled,
+        AdminState::Disabled,
+        AdminState::Draining,
+    ]
+    .into_iter()
+    .find(|state| admin_code(*state) == code)
+}
+
+/// A success rate as `stat::SUCCESS_RATE_PPM` stores it.
+fn rate_ppm(rate: Option<f64>) -> u64 {
+    rate.map_or(UNKNOWN, |rate| (rate.clamp(0.0, 1.0) * 1e6).round() as u64)
+}
+
 impl Health {
-    fn new(config: &HealthConfig, now: Instant, seed: u64, census: Arc<Census>) -> Self {
+    fn new(
+        config: &HealthConfig,
+        now: Instant,
+        seed: u64,
+        (id, slot): (BackendId, BackendSlot),
+        census: Arc<Census>,
+    ) -> Self {
         census.admitted.fetch_add(1, Ordering::Relaxed);
+        let (cells, epoch) = match &config.stats {
+            Some(store) => (store.slot(slot.0).unwrap_or_else(View::alone), store.epoch),
+            None => (View::alone(), now),
+        };
+        let breaker = Breaker::new(config.breaker.clone(), now, seed);
+        // The slot's previous owner is gone (the registry frees a slot only
+        // then): start from zero, and say whose the block is now.
+        for cell in cells.iter() {
+            cell.store(0, Ordering::Relaxed);
+        }
+        cells[stat::SUCCESS_RATE_PPM].store(UNKNOWN, Ordering::Relaxed);
+        cells[stat::LATENCY_EMA_SECONDS_F64].store(latency::NO_SAMPLE, Ordering::Relaxed);
+        cells[stat::BREAKER_STATE].store(breaker_code(breaker.state()), Ordering::Relaxed);
+        cells[stat::BACKEND_ID].store(id.0, Ordering::Release);
         Self {
             created: now,
-            breaker: Breaker::new(config.breaker.clone(), now, seed),
+            epoch,
+            breaker,
             window: OutcomeWindow::new(config.window_size),
             ema: LatencyEma::new(config.ema_alpha),
-            histogram: LatencyHistogram::default(),
-            active: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
-            successes: AtomicU64::new(0),
-            failures: std::array::from_fn(|_| AtomicU64::new(0)),
-            retries: AtomicU64::new(0),
-            probes_ok: AtomicU64::new(0),
-            probes_failed: AtomicU64::new(0),
-            last_attempt: AtomicU64::new(0),
-            last_success: AtomicU64::new(0),
-            last_failure: AtomicU64::new(0),
+            cells,
             draining: AtomicBool::new(false),
             admin: AdminCell::default(),
             census,
         }
     }
 
-    fn stamp(&self, cell: &AtomicU64, now: Instant) {
-        let nanos = now.saturating_duration_since(self.created).as_nanos();
-        cell.fetch_max(
+    fn cell(&self, index: usize) -> &AtomicU64 {
+        &self.cells[index]
+    }
+
+    fn count(&self, index: usize) -> u64 {
+        self.cells[index].load(Ordering::Relaxed)
+    }
+
+    fn stamp(&self, index: usize, now: Instant) {
+        let nanos = now.saturating_duration_since(self.epoch).as_nanos();
+        self.cells[index].fetch_max(
             u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
             Ordering::Relaxed,
         );
     }
 
-    fn read_stamp(&self, cell: &AtomicU64) -> Option<Instant> {
-        match cell.load(Ordering::Relaxed) {
+    fn read_stamp(&self, index: usize) -> Option<Instant> {
+        match self.cells[index].load(Ordering::Relaxed) {
             0 => None,
-            n => Some(self.created + Duration::from_nanos(n - 1)),
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
         }
+    }
+
+    /// Publishes the operator and pool state for readers of the maps.
+    fn publish_exclusion(&self) {
+        self.cells[stat::ADMIN_STATE].store(admin_code(self.admin.get()), Ordering::Relaxed);
+        self.cells[stat::REMOVED].store(
+            u64::from(self.draining.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn record_latency(&self, latency: Duration) {
+        self.ema
+            .record_in(self.cell(stat::LATENCY_EMA_SECONDS_F64), latency);
+        self.cell(stat::LATENCY_BUCKET_0 + latency::bucket_index(latency))
+            .fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.cell(stat::LATENCY_SUM_MICROS)
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Whether selection must skip it: removed from the pool, or held back
@@ -237,6 +332,7 @@ impl Health {
 
     /// Keeps the census in step with a change of [`Self::excluded`].
     fn account_exclusion(&self, was: bool) {
+        self.publish_exclusion();
         let is = self.excluded();
         if was != is && self.breaker.state() != BreakerState::Open {
             if is {
@@ -248,26 +344,28 @@ impl Health {
         self.census.bump();
     }
 
-    /// Zeroes the counters; breaker, window, latency and timestamps stay.
+    /// Zeroes the counters; breaker, window, latency, the active gauge and
+    /// timestamps stay.
     fn reset_counters(&self) {
-        for counter in [
-            &self.attempts,
-            &self.successes,
-            &self.retries,
-            &self.probes_ok,
-            &self.probes_failed,
+        for index in [
+            stat::ATTEMPTS,
+            stat::SUCCESSES,
+            stat::RETRIES,
+            stat::PROBES_OK,
+            stat::PROBES_FAILED,
         ]
         .into_iter()
-        .chain(self.failures.iter())
+        .chain(stat::FAILURES_0..stat::FAILURES_0 + FAILURE_CATEGORIES)
         {
-            counter.store(0, Ordering::Relaxed);
+            self.cells[index].store(0, Ordering::Relaxed);
         }
     }
 
     /// Keeps the census in step with a transition.
     fn account(&self, event: Option<TransitionEvent>) -> Option<TransitionEvent> {
-        if event.is_some() {
+        if let Some(event) = &event {
             self.census.bump();
+            self.cells[stat::BREAKER_STATE].store(breaker_code(event.to), Ordering::Relaxed);
         }
         if let Some(event) = &event
             && !self.excluded()
@@ -285,10 +383,9 @@ impl Health {
 
     fn feed(&self, healthy: bool, source: Source, now: Instant) -> Option<TransitionEvent> {
         self.window.record(healthy);
-        let window = self
-            .window
-            .success_rate()
-            .map(|rate| (rate, self.window.len()));
+        let rate = self.window.success_rate();
+        self.cells[stat::SUCCESS_RATE_PPM].store(rate_ppm(rate), Ordering::Relaxed);
+        let window = rate.map(|rate| (rate, self.window.len()));
         let signal = if healthy {
             Signal::Healthy
         } else {
@@ -332,7 +429,9 @@ pub struct ActiveConnection {
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
-        self.health.active.fetch_sub(1, Ordering::Relaxed);
+        self.health
+            .cell(stat::ACTIVE)
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -541,19 +640,20 @@ impl Backend {
     /// fed to the window and the breaker.
     pub fn record(&self, outcome: Outcome, now: Instant) -> Option<TransitionEvent> {
         let health = &self.health;
-        health.attempts.fetch_add(1, Ordering::Relaxed);
-        health.stamp(&health.last_attempt, now);
+        health.cell(stat::ATTEMPTS).fetch_add(1, Ordering::Relaxed);
+        health.stamp(stat::LAST_ATTEMPT_NS, now);
         let healthy = match outcome {
             Ok(latency) => {
-                health.successes.fetch_add(1, Ordering::Relaxed);
-                health.stamp(&health.last_success, now);
-                health.ema.record(latency);
-                health.histogram.record(latency);
+                health.cell(stat::SUCCESSES).fetch_add(1, Ordering::Relaxed);
+                health.stamp(stat::LAST_SUCCESS_NS, now);
+                health.record_latency(latency);
                 true
             }
             Err(category) => {
-                health.failures[category.index()].fetch_add(1, Ordering::Relaxed);
-                health.stamp(&health.last_failure, now);
+                health
+                    .cell(stat::FAILURES_0 + category.index())
+                    .fetch_add(1, Ordering::Relaxed);
+                health.stamp(stat::LAST_FAILURE_NS, now);
                 false
             }
         };
@@ -566,12 +666,16 @@ impl Backend {
         let health = &self.health;
         let healthy = match outcome {
             Ok(latency) => {
-                health.probes_ok.fetch_add(1, Ordering::Relaxed);
-                health.ema.record(latency);
+                health.cell(stat::PROBES_OK).fetch_add(1, Ordering::Relaxed);
+                health
+                    .ema
+                    .record_in(health.cell(stat::LATENCY_EMA_SECONDS_F64), latency);
                 true
             }
             Err(_) => {
-                health.probes_failed.fetch_add(1, Ordering::Relaxed);
+                health
+                    .cell(stat::PROBES_FAILED)
+                    .fetch_add(1, Ordering::Relaxed);
                 false
             }
         };
@@ -580,7 +684,9 @@ impl Backend {
 
     /// Counts an attempt that is a failover from another backend.
     pub fn record_retry(&self) {
-        self.health.retries.fetch_add(1, Ordering::Relaxed);
+        self.health
+            .cell(stat::RETRIES)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Materialises an elapsed open interval (for a periodic task).
@@ -598,7 +704,9 @@ impl Backend {
     /// Counts a connection as open until the guard is dropped.
     #[must_use]
     pub fn connection_opened(&self) -> ActiveConnection {
-        self.health.active.fetch_add(1, Ordering::Relaxed);
+        self.health
+            .cell(stat::ACTIVE)
+            .fetch_add(1, Ordering::Relaxed);
         ActiveConnection {
             health: Arc::clone(&self.health),
         }
@@ -607,7 +715,7 @@ impl Backend {
     /// Connections now open through it.
     #[must_use]
     pub fn active(&self) -> u64 {
-        self.health.active.load(Ordering::Relaxed)
+        self.health.count(stat::ACTIVE)
     }
 
     /// Breaker state.
@@ -619,13 +727,17 @@ impl Backend {
     /// Latency EMA, `None` before the first sample.
     #[must_use]
     pub fn latency(&self) -> Option<Duration> {
-        self.health.ema.get()
+        LatencyEma::read(self.health.count(stat::LATENCY_EMA_SECONDS_F64))
     }
 
     /// Latency histogram.
     #[must_use]
     pub fn latency_histogram(&self) -> HistogramSnapshot {
-        self.health.histogram.snapshot()
+        let cells = &self.health.cells;
+        HistogramSnapshot::from_buckets(
+            &cells[stat::LATENCY_BUCKET_0..stat::LATENCY_BUCKET_0 + LATENCY_BUCKETS],
+            &cells[stat::LATENCY_SUM_MICROS],
+        )
     }
 
     /// Success rate over the window, `None` when empty.
@@ -637,20 +749,20 @@ impl Backend {
     /// When it last failed.
     #[must_use]
     pub fn last_failure(&self) -> Option<Instant> {
-        self.health.read_stamp(&self.health.last_failure)
+        self.health.read_stamp(stat::LAST_FAILURE_NS)
     }
 
     /// When a client connection last tried it (probes do not count).
     #[must_use]
     pub fn last_client_attempt(&self) -> Option<Instant> {
-        self.health.read_stamp(&self.health.last_attempt)
+        self.health.read_stamp(stat::LAST_ATTEMPT_NS)
     }
 
     /// When it was last tried, or registered if never.
     #[must_use]
     pub fn last_activity(&self) -> Instant {
         self.health
-            .read_stamp(&self.health.last_attempt)
+            .read_stamp(stat::LAST_ATTEMPT_NS)
             .unwrap_or(self.health.created)
     }
 
@@ -658,9 +770,9 @@ impl Backend {
     #[must_use]
     pub fn status(&self, now: Instant) -> BackendStatus {
         let health = &self.health;
-        let since = |cell: &AtomicU64| {
+        let since = |index| {
             health
-                .read_stamp(cell)
+                .read_stamp(index)
                 .map(|at| now.saturating_duration_since(at))
         };
         BackendStatus {
@@ -674,15 +786,15 @@ impl Backend {
             success_rate: self.success_rate(),
             latency: self.latency(),
             active: self.active(),
-            attempts: health.attempts.load(Ordering::Relaxed),
-            successes: health.successes.load(Ordering::Relaxed),
-            failures: std::array::from_fn(|i| health.failures[i].load(Ordering::Relaxed)),
-            retries: health.retries.load(Ordering::Relaxed),
-            probes_ok: health.probes_ok.load(Ordering::Relaxed),
-            probes_failed: health.probes_failed.load(Ordering::Relaxed),
-            since_attempt: since(&health.last_attempt),
-            since_success: since(&health.last_success),
-            since_failure: since(&health.last_failure),
+            attempts: health.count(stat::ATTEMPTS),
+            successes: health.count(stat::SUCCESSES),
+            failures: std::array::from_fn(|i| health.count(stat::FAILURES_0 + i)),
+            retries: health.count(stat::RETRIES),
+            probes_ok: health.count(stat::PROBES_OK),
+            probes_failed: health.count(stat::PROBES_FAILED),
+            since_attempt: since(stat::LAST_ATTEMPT_NS),
+            since_success: since(stat::LAST_SUCCESS_NS),
+            since_failure: since(stat::LAST_FAILURE_NS),
         }
     }
 }

@@ -264,6 +264,7 @@ impl Registry {
             &self.config,
             now,
             seed,
+            (id, BackendSlot(slot)),
             Arc::clone(&self.census),
         ));
         Ok(Arc::new(Backend::new(

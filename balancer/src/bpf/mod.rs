@@ -1,22 +1,29 @@
 //! The BPF object of the sockmap engine: loads the verdict program embedded at
 //! build time, attaches it to the `SOCKETS` sockhash, pins the maps for
-//! `balancer stats`, and offers typed access to the maps. The only module
-//! that imports aya.
+//! `balancer stats`, and offers typed access to the maps: the mmap-able
+//! `BACKEND_STATS` / `DAEMON_STATS` mapped into the daemon ([`MappedWords`])
+//! and every pinned counter map opened by `balancer stats`
+//! ([`PinnedStats`]). The only module that imports aya.
 //!
 //! Minimum kernel: Linux 5.15 (`stream_verdict` without a stream parser).
 
 use std::{
     fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    ptr::NonNull,
+    sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64},
 };
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues, SockHash},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, SockHash},
     programs::{ProgramError, SkSkb},
 };
-use balancer_common::{BackendBytes, Global, PeerInfo, map, prog};
+use balancer_common::{
+    BACKEND_STAT_WORDS, BackendBytes, BackendStats, DAEMON_STAT_WORDS, DaemonStats, Global,
+    MAX_BACKENDS, PeerInfo, map, prog,
+};
 
 /// The object built from `balancer-ebpf` (aya-build names it after the bin).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
@@ -83,6 +90,36 @@ pub enum BpfError {
         #[source]
         source: MapError,
     },
+    #[error("cannot map {map} into memory: {source}")]
+    Mmap {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "missing privilege to open the pinned map {} (run as root or with CAP_BPF): {source}",
+        path.display()
+    )]
+    PinPermission {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "missing privilege to look for pinned maps in {} (run as root or with CAP_BPF): {source}",
+        path.display()
+    )]
+    PinLookup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the pinned map {}", path.display())]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     #[error("the kernel refused socket {cookie} for the sockhash (not an established TCP socket)")]
     SocketRejected {
         cookie: u64,
@@ -97,6 +134,8 @@ pub struct Bpf {
     peers: Mutex<HashMap<MapData, u64, PeerInfo>>,
     backend_bytes: Mutex<PerCpuArray<MapData, BackendBytes>>,
     global: PerCpuArray<MapData, Global>,
+    backend_stats: Arc<MappedWords>,
+    daemon_stats: Arc<MappedWords>,
     /// Keeps the program loaded and its attachment alive.
     _ebpf: Ebpf,
     pins: Option<Pins>,
@@ -140,6 +179,16 @@ impl Bpf {
             peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
             backend_bytes: Mutex::new(take_map(&mut ebpf, map::BACKEND_BYTES)?),
             global: take_map(&mut ebpf, map::GLOBAL)?,
+            backend_stats: Arc::new(take_words(
+                &mut ebpf,
+                map::BACKEND_STATS,
+                words_of::<BackendStats>(MAX_BACKENDS),
+            )?),
+            daemon_stats: Arc::new(take_words(
+                &mut ebpf,
+                map::DAEMON_STATS,
+                words_of::<DaemonStats>(1),
+            )?),
             _ebpf: ebpf,
             pins,
         })
@@ -215,26 +264,12 @@ impl Bpf {
 
     /// `BACKEND_BYTES[slot]` summed over the CPUs; zero for a slot outside.
     pub fn backend_bytes(&self, slot: u32) -> Result<BackendBytes, BpfError> {
-        match lock(&self.backend_bytes).get(&slot, 0) {
-            Ok(per_cpu) => {
-                Ok(per_cpu
-                    .iter()
-                    .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
-                        up: sum.up.wrapping_add(cpu.up),
-                        down: sum.down.wrapping_add(cpu.down),
-                    }))
-            }
-            Err(MapError::OutOfBounds { .. }) => Ok(BackendBytes::default()),
-            Err(source) => Err(BpfError::MapOp {
-                op: "read",
-                map: map::BACKEND_BYTES,
-                source,
-            }),
-        }
+        sum_bytes(&lock(&self.backend_bytes), slot)
     }
 
-    /// Zeroes `BACKEND_BYTES[slot]` on every CPU. Only for a slot that no
-    /// spliced pair uses any more (the verdict would race the write).
+    /// Zeroes `BACKEND_BYTES[slot]` on every CPU. While a spliced pair of
+    /// the slot moves bytes, the verdict's per-CPU adds race the write: a
+    /// few bytes forwarded during the reset may be lost or kept.
     pub fn clear_backend_bytes(&self, slot: u32) -> Result<(), BpfError> {
         let op = |op| {
             move |source| BpfError::MapOp {
@@ -263,6 +298,273 @@ impl Bpf {
             redirect_failed: sum.redirect_failed.wrapping_add(cpu.redirect_failed),
             _reserved: 0,
         }))
+    }
+}
+
+impl Bpf {
+    /// `BACKEND_STATS` mapped writable: [`BACKEND_STAT_WORDS`] words per
+    /// slot, for the daemon's per-backend counters.
+    #[must_use]
+    pub fn backend_stats(&self) -> Arc<MappedWords> {
+        Arc::clone(&self.backend_stats)
+    }
+
+    /// `DAEMON_STATS` mapped writable: [`DAEMON_STAT_WORDS`] words.
+    #[must_use]
+    pub fn daemon_stats(&self) -> Arc<MappedWords> {
+        Arc::clone(&self.daemon_stats)
+    }
+}
+
+/// Words of `u64` in `entries` values of `T`.
+const fn words_of<T>(entries: u32) -> usize {
+    std::mem::size_of::<T>() / 8 * entries as usize
+}
+
+/// A `BPF_F_MMAPABLE` array map mapped into this process (`MAP_SHARED`):
+/// loads and stores are plain memory accesses, visible to every other
+/// mapping of the map, with no syscall. Viewed as `u64` atomics, the only
+/// way the daemon writes it.
+#[derive(Debug)]
+pub struct MappedWords {
+    start: NonNull<AtomicU64>,
+    words: usize,
+    bytes: usize,
+    /// The map stays referenced by the mapping itself; the handle is kept
+    /// so the map's identity is visible while debugging.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through
+// `AtomicU64`, which is Sync; the pointer is never reassigned.
+unsafe impl Send for MappedWords {}
+// SAFETY: as above.
+unsafe impl Sync for MappedWords {}
+
+impl MappedWords {
+    /// Maps `words` u64 of the array `map` (named `name` for errors),
+    /// writable or read-only.
+    fn new(
+        map: MapData,
+        name: &'static str,
+        words: usize,
+        writable: bool,
+    ) -> Result<Self, BpfError> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (words * 8).div_ceil(page) * page;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of the
+        // map's fd; the kernel checks the length against the map's size and
+        // the fd's flags; nothing else aliases the address range.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                prot,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(BpfError::Mmap {
+                map: name,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let start = NonNull::new(address.cast::<AtomicU64>()).ok_or(BpfError::Mmap {
+            map: name,
+            source: io::Error::from_raw_os_error(libc::EFAULT),
+        })?;
+        Ok(Self {
+            start,
+            words,
+            bytes,
+            _map: map,
+        })
+    }
+
+    /// The whole map as atomics (every value back to back: an array map's
+    /// values are contiguous in its mapping). The daemon stores only through
+    /// a writable mapping; a read-only one (`balancer stats`) only loads.
+    #[must_use]
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `start` is page-aligned, the mapping holds at least
+        // `words` u64 (its size was rounded up from them) and lives as long
+        // as `self`; every access goes through atomics, and atomic loads of
+        // read-only memory are sound for lock-free 8-byte atomics.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.words) }
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        // SAFETY: the range is the one mmap returned; no reference into it
+        // outlives `self` (`words` borrows it).
+        let result = unsafe { libc::munmap(self.start.as_ptr().cast(), self.bytes) };
+        if result != 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "cannot unmap a BPF map");
+        }
+    }
+}
+
+fn take_words(ebpf: &mut Ebpf, name: &'static str, words: usize) -> Result<MappedWords, BpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
+    let Map::Array(data) = map else {
+        return Err(BpfError::MapType {
+            map: name,
+            source: MapError::InvalidMapType { map_type: 0 },
+        });
+    };
+    MappedWords::new(data, name, words, true)
+}
+
+/// The pinned maps of a running instance, opened by `balancer stats`
+/// without the daemon's help: the kernel's per-backend bytes and the
+/// daemon's counters, mapped read-only.
+pub struct PinnedStats {
+    backend_bytes: PerCpuArray<MapData, BackendBytes>,
+    backend_stats: MappedWords,
+    daemon_stats: MappedWords,
+}
+
+impl std::fmt::Debug for PinnedStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedStats").finish_non_exhaustive()
+    }
+}
+
+impl PinnedStats {
+    /// Whether `dir` holds this instance's pins.
+    ///
+    /// # Errors
+    /// [`BpfError::PinLookup`] when bpffs does not let this user look.
+    pub fn exist(dir: &Path) -> Result<bool, BpfError> {
+        let path = dir.join(map::DAEMON_STATS);
+        path.try_exists()
+            .map_err(|source| BpfError::PinLookup { path, source })
+    }
+
+    /// Opens the pins under `dir`.
+    ///
+    /// # Errors
+    /// [`BpfError::PinPermission`] without CAP_BPF or root, else
+    /// [`BpfError::OpenPin`] or a mapping error.
+    pub fn open(dir: &Path) -> Result<Self, BpfError> {
+        let bytes = open_pin(dir, map::BACKEND_BYTES)?;
+        let backend_bytes =
+            PerCpuArray::try_from(Map::PerCpuArray(bytes)).map_err(|source| BpfError::MapType {
+                map: map::BACKEND_BYTES,
+                source,
+            })?;
+        Ok(Self {
+            backend_bytes,
+            backend_stats: MappedWords::new(
+                open_pin(dir, map::BACKEND_STATS)?,
+                map::BACKEND_STATS,
+                words_of::<BackendStats>(MAX_BACKENDS),
+                false,
+            )?,
+            daemon_stats: MappedWords::new(
+                open_pin(dir, map::DAEMON_STATS)?,
+                map::DAEMON_STATS,
+                words_of::<DaemonStats>(1),
+                false,
+            )?,
+        })
+    }
+
+    /// `BACKEND_BYTES[slot]` summed over the CPUs.
+    ///
+    /// # Errors
+    /// The lookup failed.
+    pub fn backend_bytes(&self, slot: u32) -> Result<BackendBytes, BpfError> {
+        sum_bytes(&self.backend_bytes, slot)
+    }
+
+    /// `BACKEND_STATS[slot]`, each word read atomically; zeros outside.
+    #[must_use]
+    pub fn backend_stats(&self, slot: u32) -> BackendStats {
+        let start = usize::try_from(slot).unwrap_or(usize::MAX) * BACKEND_STAT_WORDS;
+        let mut stats = BackendStats {
+            words: [0; BACKEND_STAT_WORDS],
+        };
+        if let Some(words) = self
+            .backend_stats
+            .words()
+            .get(start..start.saturating_add(BACKEND_STAT_WORDS))
+        {
+            for (out, word) in stats.words.iter_mut().zip(words) {
+                *out = word.load(std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        stats
+    }
+
+    /// `DAEMON_STATS[0]`, each word read atomically.
+    #[must_use]
+    pub fn daemon_stats(&self) -> DaemonStats {
+        let mut stats = DaemonStats {
+            words: [0; DAEMON_STAT_WORDS],
+        };
+        for (out, word) in stats.words.iter_mut().zip(self.daemon_stats.words()) {
+            *out = word.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
+    }
+}
+
+fn open_pin(dir: &Path, name: &'static str) -> Result<MapData, BpfError> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).map_err(|source| {
+        let denied = matches!(
+            &source,
+            MapError::SyscallError(err)
+                if matches!(err.io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        );
+        if denied {
+            BpfError::PinPermission { path, source }
+        } else {
+            BpfError::OpenPin { path, source }
+        }
+    })
+}
+
+fn sum_bytes(
+    map: &PerCpuArray<MapData, BackendBytes>,
+    slot: u32,
+) -> Result<BackendBytes, BpfError> {
+    match map.get(&slot, 0) {
+        Ok(per_cpu) => Ok(per_cpu
+            .iter()
+            .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
+                up: sum.up.wrapping_add(cpu.up),
+                down: sum.down.wrapping_add(cpu.down),
+            })),
+        Err(MapError::OutOfBounds { .. }) => Ok(BackendBytes::default()),
+        Err(source) => Err(BpfError::MapOp {
+            op: "read",
+            map: map::BACKEND_BYTES,
+            source,
+        }),
+    }
+}
+
+impl BpfError {
+    /// Whether the error is a missing privilege (not a missing feature).
+    #[must_use]
+    pub fn is_permission(&self) -> bool {
+        matches!(
+            self,
+            Self::Permission { .. } | Self::PinPermission { .. } | Self::PinLookup { .. }
+        )
     }
 }
 

@@ -1,6 +1,9 @@
-//! `balancer stats`: reads the status file of a running instance (see
-//! [`crate::stats::status_file`]) and prints it as a table, or as JSON, once
-//! or every few seconds until Ctrl-C.
+//! `balancer stats`: reads a running instance's counters and prints them as
+//! a table, or as JSON, once or every few seconds until Ctrl-C. Under
+//! sockmap it reads the pinned BPF maps directly (see
+//! [`crate::stats::pinned`]); an instance without pins (splice), or pins
+//! this user may not open, is read from its status file (see
+//! [`crate::stats::status_file`]). `--json` names the source it read.
 
 use std::{
     fmt::Write as _,
@@ -12,15 +15,87 @@ use anyhow::Context as _;
 use comfy_table::{CellAlignment, Table, presets};
 
 use crate::{
+    bpf::PinnedStats,
     cli::StatsArgs,
     clock,
     cmd::UsageError,
     config::{self, Config},
     stats::{
+        pinned::{self, PinnedError},
         snapshot::{Rate, Snapshot, rates},
         status_file,
     },
 };
+
+/// Where a snapshot came from (`source` in `--json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The pinned BPF maps and the identity file.
+    Maps,
+    /// The status file the daemon rewrites every second.
+    StatusFile,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Maps => "bpf_maps",
+            Self::StatusFile => "status_file",
+        }
+    }
+}
+
+/// Reads the instance: its pins when there are some, else the status file.
+/// Pins this user may not open fall back to the status file; when that
+/// fails too, the error names the missing privilege.
+fn read(instance: &str) -> anyhow::Result<(Snapshot, Source)> {
+    let dir = config::run_dir(instance);
+    let pin_dir = Config {
+        instance: instance.to_owned(),
+        ..Config::default()
+    }
+    .pin_dir();
+    let pins = match PinnedStats::exist(&pin_dir) {
+        Ok(false) => None,
+        Ok(true) => Some(pinned::read(instance, &pin_dir, &dir, clock::wall_now())),
+        Err(error) => Some(Err(PinnedError::Bpf(error))),
+    };
+    match pins {
+        Some(Ok(snapshot)) => Ok((snapshot, Source::Maps)),
+        None => Ok((
+            status_file::read_live(instance, &dir, clock::wall_now())?,
+            Source::StatusFile,
+        )),
+        Some(Err(PinnedError::Bpf(error))) if error.is_permission() => {
+            status_file::read_live(instance, &dir, clock::wall_now())
+                .map(|snapshot| (snapshot, Source::StatusFile))
+                .map_err(|_| error.into())
+        }
+        // Pins without an identity file: starting, or shutting down (the
+        // files go first); the status file says which plainly.
+        Some(Err(PinnedError::NoIdentity { .. })) => Ok((
+            status_file::read_live(instance, &dir, clock::wall_now())?,
+            Source::StatusFile,
+        )),
+        Some(Err(error)) => Err(error.into()),
+    }
+}
+
+/// The snapshot as JSON with the `source` it was read from.
+fn json(snapshot: &Snapshot, source: Source, pretty: bool) -> anyhow::Result<String> {
+    let mut value = serde_json::to_value(snapshot).context("cannot encode the status")?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("source".to_owned(), source.label().into());
+    }
+    let mut text = if pretty {
+        serde_json::to_string_pretty(&value)
+    } else {
+        serde_json::to_string(&value)
+    }
+    .context("cannot encode the status")?;
+    text.push('\n');
+    Ok(text)
+}
 
 /// Clears the terminal and moves the cursor home, for `--watch`.
 const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
@@ -31,14 +106,10 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 /// running or its file is unreadable (exit 1).
 pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
     let instance = instance(args)?;
-    let dir = config::run_dir(&instance);
     let Some(secs) = args.watch else {
-        let snapshot = status_file::read_live(&instance, &dir, clock::wall_now())?;
+        let (snapshot, source) = read(&instance)?;
         let text = if args.json {
-            let mut json =
-                serde_json::to_string_pretty(&snapshot).context("cannot encode the status")?;
-            json.push('\n');
-            json
+            json(&snapshot, source, true)?
         } else {
             render(&snapshot, None)
         };
@@ -47,12 +118,10 @@ pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
     let clear = !args.json && std::io::stdout().is_terminal();
     let mut previous: Option<Snapshot> = None;
     loop {
-        let snapshot = status_file::read_live(&instance, &dir, clock::wall_now())?;
+        let (snapshot, source) = read(&instance)?;
         let text = if args.json {
             // One document per line, one line per sample.
-            let mut json = serde_json::to_string(&snapshot).context("cannot encode the status")?;
-            json.push('\n');
-            json
+            json(&snapshot, source, false)?
         } else {
             let rates = previous.as_ref().map(|before| rates(before, &snapshot));
             let mut text = render(&snapshot, Some(rates.as_deref().unwrap_or(&[])));

@@ -187,8 +187,25 @@ impl Engine {
         }
     }
 
-    /// Zeroes the byte counters of a slot nobody uses any more, before the
-    /// registry hands it to another backend.
+    /// The mapped BPF maps the daemon's own counters go to (`BACKEND_STATS`,
+    /// `DAEMON_STATS`); `None` without BPF.
+    #[must_use]
+    pub fn stats_memory(
+        &self,
+    ) -> Option<(
+        std::sync::Arc<crate::bpf::MappedWords>,
+        std::sync::Arc<crate::bpf::MappedWords>,
+    )> {
+        match self {
+            Self::Sockmap(engine) => Some(engine.stats_memory()),
+            Self::Splice(_) => None,
+        }
+    }
+
+    /// Zeroes the byte counters of a slot: one nobody uses any more, before
+    /// the registry hands it to another backend, or any slot on an
+    /// operator's reset (bytes that live pairs move meanwhile may be lost
+    /// from the count).
     pub fn clear_slot(&self, slot: BackendSlot) {
         match self {
             Self::Sockmap(engine) => engine.clear_slot(slot),

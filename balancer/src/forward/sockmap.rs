@@ -48,7 +48,8 @@ use super::{
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
-    bpf::{Bpf, BpfError, MapEntries},
+    bpf::{Bpf, BpfError, MapEntries, MappedWords},
+    stats::shared::SharedWords,
     sys::socket,
 };
 
@@ -123,7 +124,12 @@ impl SockmapEngine {
         let bpf = Box::new(Bpf::load(options.pin_dir.as_deref())?);
         let watcher = Arc::new(Watcher::new()?);
         let dispatcher = tokio::spawn(Arc::clone(&watcher).dispatch());
-        let fallback = SpliceEngine::new(options.clone())?;
+        // The fallback counts into the slot blocks of BACKEND_STATS, so the
+        // pinned maps hold every byte of a slot, whichever engine moved it.
+        let fallback = SpliceEngine::with_shared_counters(
+            options.clone(),
+            Arc::new(SharedWords::Mapped(bpf.backend_stats())),
+        )?;
         let engine = Self {
             bpf,
             watcher,
@@ -188,6 +194,13 @@ impl SockmapEngine {
             end,
             engine: EngineName::Sockmap,
         })
+    }
+
+    /// The mapped `BACKEND_STATS` and `DAEMON_STATS` maps, where the daemon
+    /// keeps its own counters beside the kernel's.
+    #[must_use]
+    pub fn stats_memory(&self) -> (Arc<MappedWords>, Arc<MappedWords>) {
+        (self.bpf.backend_stats(), self.bpf.daemon_stats())
     }
 
     /// Zeroes the kernel's and the fallback's counters of `slot`.

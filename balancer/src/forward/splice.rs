@@ -12,11 +12,14 @@ use std::{
     io,
     net::Shutdown,
     pin::pin,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
-use balancer_common::MAX_BACKENDS;
+use balancer_common::{BACKEND_STAT_WORDS, MAX_BACKENDS, stat};
 use socket2::SockRef;
 use tokio::{
     io::Interest,
@@ -26,7 +29,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary};
-use crate::sys::{socket::set_buffers, splice::Pipe};
+use crate::{
+    stats::shared::SharedWords,
+    sys::{socket::set_buffers, splice::Pipe},
+};
 
 /// Bytes each pipe asks for (see the measurement in the engine's report;
 /// `bench_engine` sweeps it). Larger pipes move more per syscall; the cost is
@@ -76,19 +82,63 @@ struct SlotCounters {
     down: AtomicU64,
 }
 
+/// Where the per-slot byte counters live.
+#[derive(Debug)]
+enum SlotBytes {
+    /// Process memory of the engine's own.
+    Own(Box<[SlotCounters]>),
+    /// The `stat::FALLBACK_BYTES_*` words of a `BACKEND_STATS` block per
+    /// slot (the sockmap engine's fallback: `balancer stats` reads them
+    /// from the pinned map beside the kernel's bytes).
+    Shared(Arc<SharedWords>),
+}
+
+impl SlotBytes {
+    /// (up, down) counters of `slot`, `None` outside.
+    fn get(&self, slot: BackendSlot) -> Option<(&AtomicU64, &AtomicU64)> {
+        let index = usize::try_from(slot.0).ok()?;
+        match self {
+            Self::Own(counters) => counters.get(index).map(|c| (&c.up, &c.down)),
+            Self::Shared(words) => {
+                let block = words
+                    .words()
+                    .get(index.checked_mul(BACKEND_STAT_WORDS)?..)?
+                    .get(..BACKEND_STAT_WORDS)?;
+                Some((
+                    &block[stat::FALLBACK_BYTES_UP],
+                    &block[stat::FALLBACK_BYTES_DOWN],
+                ))
+            }
+        }
+    }
+}
+
 /// The splice engine: stateless per pair except for the shared counters.
 #[derive(Debug)]
 pub struct SpliceEngine {
     options: ForwardOptions,
-    counters: Box<[SlotCounters]>,
+    counters: SlotBytes,
 }
 
 impl SpliceEngine {
     /// Opens the engine; fails when this kernel or process cannot create a
     /// pipe (the only resource splice needs beyond the sockets).
     pub fn new(options: ForwardOptions) -> Result<Self, SpliceError> {
-        Pipe::new(PIPE_CAPACITY).map_err(|source| SpliceError::Pipe { source })?;
         let counters = (0..MAX_BACKENDS).map(|_| SlotCounters::default()).collect();
+        Self::with_counters(options, SlotBytes::Own(counters))
+    }
+
+    /// As [`Self::new`], counting bytes in the `stat::FALLBACK_BYTES_*`
+    /// words of `words` (laid out as `BACKEND_STATS`).
+    pub fn with_shared_counters(
+        options: ForwardOptions,
+        words: Arc<SharedWords>,
+    ) -> Result<Self, SpliceError> {
+        Self::with_counters(options, SlotBytes::Shared(words))
+    }
+
+    fn with_counters(options: ForwardOptions, counters: SlotBytes) -> Result<Self, SpliceError> {
+        Pipe::new(PIPE_CAPACITY).map_err(|source| SpliceError::Pipe { source })?;
         Ok(Self { options, counters })
     }
 
@@ -106,9 +156,9 @@ impl SpliceEngine {
             backend,
             slot,
         } = pair;
-        let counters = usize::try_from(slot.0)
-            .ok()
-            .and_then(|index| self.counters.get(index))
+        let (up_counter, down_counter) = self
+            .counters
+            .get(slot)
             .ok_or(SpliceError::SlotOutOfRange { slot })?;
         if let Some(size) = self.options.socket_buffer {
             set_buffers(&client, size).map_err(|source| SpliceError::SocketBuffer {
@@ -132,7 +182,7 @@ impl SpliceEngine {
             from: &client,
             to: &backend,
             pipe: &up_pipe,
-            counter: &counters.up,
+            counter: up_counter,
             moved: &up_bytes,
             last_activity: &last_activity,
         };
@@ -140,7 +190,7 @@ impl SpliceEngine {
             from: &backend,
             to: &client,
             pipe: &down_pipe,
-            counter: &counters.down,
+            counter: down_counter,
             moved: &down_bytes,
             last_activity: &last_activity,
         };
@@ -175,24 +225,20 @@ impl SpliceEngine {
     /// Bytes delivered so far for `slot`, all pairs (live and finished);
     /// zero for a slot outside the counters.
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
-        usize::try_from(slot.0)
-            .ok()
-            .and_then(|index| self.counters.get(index))
-            .map(|counters| ByteCount {
-                up: counters.up.load(Ordering::Relaxed),
-                down: counters.down.load(Ordering::Relaxed),
+        self.counters
+            .get(slot)
+            .map(|(up, down)| ByteCount {
+                up: up.load(Ordering::Relaxed),
+                down: down.load(Ordering::Relaxed),
             })
             .unwrap_or_default()
     }
 
     /// Zeroes the counters of `slot`, for a slot handed to another backend.
     pub fn clear_slot(&self, slot: BackendSlot) {
-        if let Some(counters) = usize::try_from(slot.0)
-            .ok()
-            .and_then(|index| self.counters.get(index))
-        {
-            counters.up.store(0, Ordering::Relaxed);
-            counters.down.store(0, Ordering::Relaxed);
+        if let Some((up, down)) = self.counters.get(slot) {
+            up.store(0, Ordering::Relaxed);
+            down.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -383,6 +429,49 @@ mod tests {
         assert_eq!(summary.bytes, ByteCount { up: 5, down: 6 });
         assert_eq!(engine.backend_bytes(slot), ByteCount { up: 5, down: 6 });
         assert_eq!(engine.backend_bytes(BackendSlot(8)), ByteCount::default());
+    }
+
+    #[tokio::test]
+    async fn with_shared_counters_the_bytes_land_in_the_slot_block_fallback_words() {
+        let words = Arc::new(SharedWords::heap(
+            BACKEND_STAT_WORDS * MAX_BACKENDS as usize,
+        ));
+        let engine =
+            SpliceEngine::with_shared_counters(ForwardOptions::default(), Arc::clone(&words))
+                .expect("engine");
+        let (mut client, accepted, connected, mut server) = sockets().await;
+        let slot = BackendSlot(3);
+        let pair = Pair {
+            client: accepted,
+            backend: connected,
+            slot,
+        };
+        let forward = tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            engine.forward(pair, &cancel).await.map(|_| engine)
+        });
+        client.write_all(b"abc").await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read");
+        server.write_all(b"defgh").await.expect("write");
+        server.shutdown().await.expect("shutdown");
+        client.read_to_end(&mut got).await.expect("read");
+        let engine = forward.await.expect("join").expect("forward");
+        let block = &words.words()[3 * BACKEND_STAT_WORDS..4 * BACKEND_STAT_WORDS];
+        let word = |index: usize| block[index].load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                word(stat::FALLBACK_BYTES_UP),
+                word(stat::FALLBACK_BYTES_DOWN)
+            ),
+            (3, 5)
+        );
+        let others: u64 = block.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+        assert_eq!(others, 8, "only the two fallback words moved");
+        assert_eq!(engine.backend_bytes(slot), ByteCount { up: 3, down: 5 });
+        engine.clear_slot(slot);
+        assert_eq!(engine.backend_bytes(slot), ByteCount::default());
     }
 
     #[tokio::test]

@@ -6,13 +6,26 @@
 //! - [`source`]: takes snapshots (shared by the status file and `/metrics`).
 //! - [`status_file`]: that status as a file in the instance's run directory.
 //! - [`writer`]: the daemon task that rewrites the file every second.
+//! - [`shared`]: the memory every counter lives in (BPF maps or heap).
+//! - [`identity`]: which backend owns which slot of the maps.
+//! - [`pinned`]: a snapshot read straight from the pinned maps.
+//!
+//! The counters themselves sit in `DAEMON_STATS` (see [`shared`]): `stats`
+//! reads them from the pins with no help from the daemon.
 
+pub mod identity;
+pub mod pinned;
+pub mod shared;
 pub mod snapshot;
 pub mod source;
 pub mod status_file;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use balancer_common::{HANDSHAKE_REASONS, daemon_stat};
+
+use shared::{DaemonWords, View};
 
 use crate::socks5::ServerError;
 
@@ -71,29 +84,65 @@ impl From<&ServerError> for HandshakeFailure {
     }
 }
 
-/// Daemon-wide counters; cheap atomics on the accept path.
-#[derive(Debug, Default)]
+const _: () = assert!(HandshakeFailure::ALL.len() == HANDSHAKE_REASONS);
+
+/// Daemon-wide counters; cheap atomics on the accept path, stored in the
+/// `DAEMON_STATS` words (`balancer_common::daemon_stat` layout).
+#[derive(Debug)]
 pub struct Counters {
-    pub accepted: AtomicU64,
-    pub retries: AtomicU64,
-    pub exhausted: AtomicU64,
-    handshake_failed: [AtomicU64; HandshakeFailure::ALL.len()],
+    pub accepted: View<AtomicU64>,
+    pub retries: View<AtomicU64>,
+    pub exhausted: View<AtomicU64>,
+    words: DaemonWords,
+}
+
+impl Default for Counters {
+    /// Counters in process memory of their own.
+    fn default() -> Self {
+        Self::in_words(View::alone())
+    }
 }
 
 impl Counters {
+    /// Counters stored in `words` (the mapped `DAEMON_STATS` under sockmap).
+    #[must_use]
+    pub fn in_words(words: DaemonWords) -> Self {
+        let word = |index| match words.word(index) {
+            Some(word) => word,
+            // Indices are below `daemon_stat::USED`, asserted in
+            // balancer-common to fit the block.
+            None => unreachable!("daemon_stat index {index} outside the block"),
+        };
+        Self {
+            accepted: word(daemon_stat::ACCEPTED),
+            retries: word(daemon_stat::RETRIES),
+            exhausted: word(daemon_stat::EXHAUSTED),
+            words,
+        }
+    }
+
     pub fn handshake_failed(&self, failure: HandshakeFailure) {
-        self.handshake_failed[failure as usize].fetch_add(1, Ordering::Relaxed);
+        self.words[daemon_stat::HANDSHAKE_FAILED_0 + failure as usize]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshake_failures(&self, failure: HandshakeFailure) -> u64 {
-        self.handshake_failed[failure as usize].load(Ordering::Relaxed)
+        self.words[daemon_stat::HANDSHAKE_FAILED_0 + failure as usize].load(Ordering::Relaxed)
     }
 
-    /// Zeroes every counter (control API `reset`).
+    /// Records who writes the block and since when (`unix_ms` is the wall
+    /// time of the backend store's epoch), so a reader of the pins can tell
+    /// a live daemon from stale pins and date the timestamps.
+    pub fn stamp_owner(&self, pid: u32, unix_ms: u64) {
+        self.words[daemon_stat::PID].store(u64::from(pid), Ordering::Relaxed);
+        self.words[daemon_stat::EPOCH_UNIX_MS].store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Zeroes every counter (control API `reset`); owner and epoch stay.
     pub fn reset(&self) {
-        for counter in [&self.accepted, &self.retries, &self.exhausted]
+        for counter in [&*self.accepted, &*self.retries, &*self.exhausted]
             .into_iter()
-            .chain(self.handshake_failed.iter())
+            .chain(self.words[daemon_stat::HANDSHAKE_FAILED_0..][..HANDSHAKE_REASONS].iter())
         {
             counter.store(0, Ordering::Relaxed);
         }

@@ -10,6 +10,7 @@ use std::{
 
 use super::{
     Counters,
+    identity::{Identity, SlotOwner},
     snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot},
     status_file,
 };
@@ -103,10 +104,9 @@ impl StatsSource {
     }
 
     /// Zeroes the daemon-wide counters and every backend's (the pool's and
-    /// draining ones'). Breaker states, latency and timestamps stay, and so
-    /// do the engine's byte counters: they live partly in a kernel per-CPU
-    /// array that user space only reads. Returns how many backends were
-    /// reset.
+    /// draining ones'), the engine's byte counters included (the kernel's
+    /// per-CPU array too). Breaker states, latency, active connections and
+    /// timestamps stay. Returns how many backends were reset.
     pub fn reset_counters(&self) -> usize {
         self.counters.reset();
         let pool = self.registry.pool();
@@ -114,9 +114,35 @@ impl StatsSource {
         let mut reset = 0;
         for backend in pool.backends().iter().chain(draining.iter()) {
             backend.reset_counters();
+            self.engine.clear_slot(backend.slot);
             reset += 1;
         }
         reset
+    }
+
+    /// Which backend owns which slot now, for the identity file.
+    #[must_use]
+    pub fn identity(&self) -> Identity {
+        let pool = self.registry.pool();
+        let draining = self.registry.draining();
+        Identity {
+            instance: self.instance.clone(),
+            pid: std::process::id(),
+            engine: self.engine.name().to_string(),
+            started_unix_ms: status_file::unix_ms(self.started_wall),
+            backends: pool
+                .backends()
+                .iter()
+                .chain(draining.iter())
+                .map(|backend| SlotOwner {
+                    slot: backend.slot.0,
+                    id: backend.id.0,
+                    name: backend.name().to_owned(),
+                    address: backend.address().to_owned(),
+                    scope: backend.scope().map(str::to_owned),
+                })
+                .collect(),
+        }
     }
 
     /// The status at (`now`, `wall`), without the histograms.

@@ -65,14 +65,27 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// # Errors
 /// [`StatusError::Write`] naming the file that could not be written.
 pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), StatusError> {
-    let path = path_in(dir);
-    let temp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+    write_json(dir, FILE_NAME, snapshot)
+}
+
+/// Writes `value` as `<dir>/<name>` atomically (temp file, then rename),
+/// creating `dir` when missing.
+///
+/// # Errors
+/// [`StatusError::Write`] naming the file that could not be written.
+pub fn write_json(
+    dir: &Path,
+    name: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), StatusError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let err = |path: &Path| {
         let path = path.to_owned();
         move |source| StatusError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(err(dir))?;
-    let mut bytes = serde_json::to_vec_pretty(snapshot).map_err(|e| StatusError::Write {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StatusError::Write {
         path: path.clone(),
         source: io::Error::other(e),
     })?;
@@ -153,7 +166,7 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 
 /// Whether a process with this pid exists (signal 0: EPERM still means it
 /// exists).
-fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };

@@ -9,6 +9,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    identity::{self, Identity},
     source::StatsSource,
     status_file::{self, StatusError},
 };
@@ -35,7 +36,18 @@ impl StatusWriter {
     /// # Errors
     /// The status file could not be written.
     pub fn write_now(&self) -> Result<(), StatusError> {
-        status_file::write(&self.dir, &self.source.snapshot_now())
+        status_file::write(&self.dir, &self.source.snapshot_now())?;
+        identity::write(&self.dir, &self.source.identity())
+    }
+
+    /// Rewrites the identity file when the backends changed since `last`.
+    fn refresh_identity(&self, last: &mut Option<Identity>) -> Result<(), StatusError> {
+        let now = self.source.identity();
+        if last.as_ref() != Some(&now) {
+            identity::write(&self.dir, &now)?;
+            *last = Some(now);
+        }
+        Ok(())
     }
 
     /// Rewrites the file every [`INTERVAL`] until `shutdown`, then removes
@@ -44,12 +56,15 @@ impl StatusWriter {
         let mut ticks = tokio::time::interval(INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut failing = false;
+        let mut identity = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
             }
-            match self.write_now() {
+            let written = status_file::write(&self.dir, &self.source.snapshot_now())
+                .and_then(|()| self.refresh_identity(&mut identity));
+            match written {
                 Ok(()) if failing => {
                     tracing::info!(dir = %self.dir.display(), "status file written again");
                     failing = false;
@@ -62,6 +77,7 @@ impl StatusWriter {
                 Err(_) => {}
             }
         }
+        identity::remove(&self.dir);
         status_file::remove(&self.dir);
     }
 }
