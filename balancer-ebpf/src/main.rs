@@ -6,6 +6,11 @@
 //! `bpf_get_socket_cookie` for `sk_skb` since 4.12 (in 5.15 certainly);
 //! 64-bit atomic add on map values since 5.12 for the `BPF_FETCH` form LLVM
 //! may emit). Verified on 6.18.
+//!
+//! Log lines (aya-log) say what the verdict did with an unusual skb, and at
+//! trace level with every skb. The loader sets `AYA_LOG_LEVEL` to 0 unless
+//! `forwarding.bpf_log` is on; the global is read-only, so the verifier
+//! removes every log statement and the verdict pays nothing for them.
 #![no_std]
 #![no_main]
 // `core::sync::atomic` has no read-modify-write ops for the BPF target; the
@@ -26,6 +31,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, SockHash},
     programs::SkBuffContext,
 };
+use aya_log_ebpf::{debug, trace, warn};
 use balancer_common::{
     BPF_F_MMAPABLE, BackendBytes, BackendStats, DaemonStats, Global, MAX_BACKENDS, MAX_SOCKETS,
     PeerInfo, direction,
@@ -65,6 +71,10 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
     // handed to this program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(peer) = PEERS.get_ptr_mut(cookie) else {
+        debug!(
+            ctx,
+            "socket {}: no peer entry, skb passed to the socket", cookie
+        );
         count_global(|global| global.no_peer = global.no_peer.wrapping_add(1));
         return Ok(sk_action::SK_PASS);
     };
@@ -75,6 +85,7 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         // peer with EPIPE (sk_psock_backlog); passed, it can land in the same
         // worker queue. Dropping it loses nothing: the FIN was already
         // processed, and user space propagates it with shutdown().
+        trace!(ctx, "socket {}: 0-byte skb (FIN) dropped", cookie);
         return Ok(sk_action::SK_DROP);
     }
     // SAFETY: `peer` points into the PEERS value of this cookie; the kernel
@@ -86,11 +97,19 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         return Err(sk_action::SK_DROP);
     };
     if verdict != sk_action::SK_PASS {
+        warn!(
+            ctx,
+            "socket {}: redirect of {} bytes to socket {} failed", cookie, len, peer_cookie
+        );
         // SAFETY: as above; the field is only ever updated atomically.
         atomic_add(unsafe { &raw mut (*peer).dropped_bytes }, len);
         count_global(|global| global.redirect_failed = global.redirect_failed.wrapping_add(1));
         return Err(verdict);
     }
+    trace!(
+        ctx,
+        "socket {}: {} bytes redirected to socket {}", cookie, len, peer_cookie
+    );
     // SAFETY: as above.
     atomic_add(unsafe { &raw mut (*peer).redirected_bytes }, len);
     // SAFETY: as above; a racing writer can only store another timestamp.

@@ -46,7 +46,7 @@ fn record_cost(store: Option<BackendStore>) -> f64 {
 }
 
 fn main() {
-    let bpf = Bpf::load(None).unwrap_or_else(|e| panic!("load BPF (root/CAP_BPF): {e}"));
+    let bpf = Bpf::load(None, false).unwrap_or_else(|e| panic!("load BPF (root/CAP_BPF): {e}"));
     let mapped = Arc::new(SharedWords::Mapped(bpf.backend_stats()));
     let heap = Arc::new(SharedWords::heap(64));
     let heap_word: &AtomicU64 = &heap.words()[stat::ATTEMPTS];

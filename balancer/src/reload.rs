@@ -67,6 +67,7 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
             old_fw.socket_buffer != new_fw.socket_buffer,
         ),
         ("forwarding.mark", old_fw.mark != new_fw.mark),
+        ("forwarding.bpf_log", old_fw.bpf_log != new_fw.bpf_log),
         (
             "forwarding.drain_timeout",
             old_fw.drain_timeout != new_fw.drain_timeout,

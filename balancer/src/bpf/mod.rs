@@ -7,6 +7,8 @@
 //!
 //! Minimum kernel: Linux 5.15 (`stream_verdict` without a stream parser).
 
+pub mod kernel_log;
+
 use std::{
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -16,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, SockHash},
     programs::{ProgramError, SkSkb},
 };
@@ -58,6 +60,8 @@ pub enum BpfError {
     },
     #[error("cannot load the BPF object")]
     Load(#[source] EbpfError),
+    #[error("cannot read the BPF program's log (forwarding.bpf_log)")]
+    Log(#[source] Box<aya_log::Error>),
     #[error("the BPF object has no {kind} named {name}")]
     Missing {
         kind: &'static str,
@@ -139,6 +143,8 @@ pub struct Bpf {
     /// Keeps the program loaded and its attachment alive.
     _ebpf: Ebpf,
     pins: Option<Pins>,
+    /// The program's log records, until the engine takes them.
+    logger: Option<kernel_log::KernelLogger>,
 }
 
 impl std::fmt::Debug for Bpf {
@@ -152,8 +158,15 @@ impl std::fmt::Debug for Bpf {
 impl Bpf {
     /// Loads the object, attaches the verdict to `SOCKETS`, and pins the maps
     /// under `pin_dir` (replacing pins a crashed run left behind).
-    pub fn load(pin_dir: Option<&Path>) -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(classify_load)?;
+    ///
+    /// `log` lets the program's own log statements run (see [`kernel_log`]);
+    /// without it the verifier removes them.
+    pub fn load(pin_dir: Option<&Path>, log: bool) -> Result<Self, BpfError> {
+        let level = if log { kernel_log::ON } else { kernel_log::OFF };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &level, true)
+            .load(OBJECT)
+            .map_err(classify_load)?;
         let pins = pin_dir.map(|dir| Pins::create(dir, &ebpf)).transpose()?;
 
         let program = verdict(&mut ebpf)?;
@@ -174,7 +187,17 @@ impl Bpf {
                 },
             })?;
 
+        let logger = if log {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, kernel_log::ToTracing)
+                    .map_err(|source| BpfError::Log(Box::new(source)))?,
+            )
+        } else {
+            None
+        };
+
         Ok(Self {
+            logger,
             sockets: Mutex::new(sockets),
             peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
             backend_bytes: Mutex::new(take_map(&mut ebpf, map::BACKEND_BYTES)?),
@@ -192,6 +215,12 @@ impl Bpf {
             _ebpf: ebpf,
             pins,
         })
+    }
+
+    /// The reader of the program's log records, when loaded with `log`
+    /// (once; the caller forwards them with [`kernel_log::forward`]).
+    pub fn take_logger(&mut self) -> Option<kernel_log::KernelLogger> {
+        self.logger.take()
     }
 
     /// Writes the `PEERS` entry of `cookie`.
@@ -750,6 +779,31 @@ fn classify_program_load(err: ProgramError) -> BpfError {
 mod tests {
     use super::*;
 
+    fn verdict_size(bpf: &Bpf) -> u32 {
+        bpf._ebpf
+            .program(prog::VERDICT)
+            .expect("verdict in the object")
+            .info()
+            .expect("program info")
+            .size_translated()
+            .expect("translated size (Linux >= 4.15)")
+    }
+
+    // Needs root. The switch must cost nothing when off: the verifier knows
+    // the read-only AYA_LOG_LEVEL and drops every log statement, so the
+    // program the kernel runs is much smaller than with logging on.
+    #[test]
+    fn the_verifier_removes_the_log_statements_unless_bpf_log_is_on() {
+        let off = verdict_size(&Bpf::load(None, false).expect("load (needs root)"));
+        let mut on = Bpf::load(None, true).expect("load with the log on");
+        assert!(on.take_logger().is_some(), "no logger with the log on");
+        let on = verdict_size(&on);
+        assert!(
+            off * 2 < on,
+            "translated verdict: {off} bytes with the log off, {on} with it on"
+        );
+    }
+
     // Needs root (CAP_BPF): loading is the only way to see the maps as the
     // kernel does; missing privilege fails the test with the cause.
     #[test]
@@ -777,8 +831,8 @@ mod tests {
         ));
         let dir = parent.join("instance");
         // The first instance plays a crashed run whose pins are still there.
-        let stale = Bpf::load(Some(&dir)).expect("load with pins (needs root and bpffs)");
-        let bpf = Bpf::load(Some(&dir)).expect("load over stale pins");
+        let stale = Bpf::load(Some(&dir), false).expect("load with pins (needs root and bpffs)");
+        let bpf = Bpf::load(Some(&dir), false).expect("load over stale pins");
         for name in map::ALL {
             assert!(dir.join(name).exists(), "{name} not pinned");
         }

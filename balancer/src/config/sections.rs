@@ -207,6 +207,13 @@ pub struct ForwardingConfig {
     /// daemon closes them; new ones are refused from the signal on.
     /// Default 10s; 0s closes at once.
     pub drain_timeout: DurationValue,
+    /// The BPF verdict's own log lines (aya-log) in the daemon's log under
+    /// target `balancer::bpf::kernel`: redirect failures at warn, skbs
+    /// without a peer at debug, every skb at trace (filter with
+    /// `RUST_LOG`). Default false: the verifier then removes every log
+    /// statement, so the verdict pays nothing. For debugging only: at trace
+    /// level each forwarded skb costs a ring buffer record.
+    pub bpf_log: bool,
 }
 
 /// See [`ForwardingConfig::socket_buffer`].
@@ -222,6 +229,7 @@ impl Default for ForwardingConfig {
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             mark: 0,
             drain_timeout: DurationValue::from_secs(10),
+            bpf_log: false,
         }
     }
 }
@@ -235,6 +243,7 @@ impl ForwardingConfig {
             socket_buffer: (self.socket_buffer != 0).then_some(self.socket_buffer),
             idle_timeout: self.idle_timeout.non_zero(),
             pin_dir,
+            bpf_log: self.bpf_log,
         }
     }
 }

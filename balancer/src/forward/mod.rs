@@ -54,6 +54,9 @@ pub struct ForwardOptions {
     /// bpffs directory where the sockmap engine pins its maps so that
     /// `balancer stats` can read them; `None` pins nothing.
     pub pin_dir: Option<PathBuf>,
+    /// Let the BPF program's log statements run and forward them to the
+    /// daemon's log (`forwarding.bpf_log`).
+    pub bpf_log: bool,
 }
 
 /// Index of a backend in the per-backend counters (BPF array and user space).

@@ -48,7 +48,7 @@ use super::{
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
-    bpf::{Bpf, BpfError, MapEntries, MappedWords},
+    bpf::{Bpf, BpfError, MapEntries, MappedWords, kernel_log},
     stats::shared::SharedWords,
     sys::socket,
 };
@@ -107,6 +107,8 @@ pub struct SockmapEngine {
     bpf: Box<Bpf>,
     watcher: Arc<Watcher>,
     dispatcher: JoinHandle<()>,
+    /// Forwards the BPF program's log records (`forwarding.bpf_log`).
+    kernel_log: Option<JoinHandle<()>>,
     fallback: SpliceEngine,
     options: ForwardOptions,
 }
@@ -114,6 +116,9 @@ pub struct SockmapEngine {
 impl Drop for SockmapEngine {
     fn drop(&mut self) {
         self.dispatcher.abort();
+        if let Some(task) = &self.kernel_log {
+            task.abort();
+        }
     }
 }
 
@@ -121,7 +126,13 @@ impl SockmapEngine {
     /// Loads and attaches the BPF object, starts the watcher, and splices one
     /// loopback pair through the maps to prove the kernel forwards.
     pub async fn open(options: ForwardOptions) -> Result<Self, SockmapError> {
-        let bpf = Box::new(Bpf::load(options.pin_dir.as_deref())?);
+        let mut bpf = Box::new(Bpf::load(options.pin_dir.as_deref(), options.bpf_log)?);
+        let kernel_log = bpf.take_logger().map(|logger| {
+            tracing::info!(
+                "forwarding.bpf_log: the BPF program's log lines go to target balancer::bpf::kernel"
+            );
+            tokio::spawn(kernel_log::forward(logger))
+        });
         let watcher = Arc::new(Watcher::new()?);
         let dispatcher = tokio::spawn(Arc::clone(&watcher).dispatch());
         // The fallback counts into the slot blocks of BACKEND_STATS, so the
@@ -134,6 +145,7 @@ impl SockmapEngine {
             bpf,
             watcher,
             dispatcher,
+            kernel_log,
             fallback,
             options,
         };

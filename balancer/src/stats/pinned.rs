@@ -217,7 +217,8 @@ mod tests {
         ));
         let run_dir =
             std::env::temp_dir().join(format!("balancer-pinned-run-{}", std::process::id()));
-        let bpf = crate::bpf::Bpf::load(Some(&pin_dir)).expect("load with pins (needs root)");
+        let bpf =
+            crate::bpf::Bpf::load(Some(&pin_dir), false).expect("load with pins (needs root)");
         let daemon = Arc::new(crate::stats::shared::SharedWords::Mapped(
             bpf.daemon_stats(),
         ));
