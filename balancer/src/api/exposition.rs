@@ -355,6 +355,8 @@ mod tests {
             latency_ema_ms: Some(2.0),
             bytes_up: 1_000,
             bytes_down: 9_000,
+            last_success_unix_ms: None,
+            last_failure_unix_ms: None,
         }
     }
 

@@ -298,6 +298,8 @@ mod tests {
             latency_ema_ms: None,
             bytes_up: 1536,
             bytes_down: 3 << 20,
+            last_success_unix_ms: None,
+            last_failure_unix_ms: None,
         }
     }
 

@@ -88,7 +88,8 @@ pub fn read(
         let down = bytes
             .down
             .wrapping_add(stats.words[stat::FALLBACK_BYTES_DOWN]);
-        backends.push(backend(owner, &stats, up, down));
+        let epoch_unix_ms = daemon.words[daemon_stat::EPOCH_UNIX_MS];
+        backends.push(backend(owner, &stats, up, down, epoch_unix_ms));
     }
     let written_unix_ms = status_file::unix_ms(now);
     Ok(Snapshot {
@@ -119,9 +120,21 @@ fn counters(daemon: &DaemonStats) -> DaemonCounters {
     }
 }
 
-/// One row from a slot's words; `Identity` gives the names.
-fn backend(owner: &SlotOwner, stats: &BackendStats, up: u64, down: u64) -> BackendSnapshot {
+/// One row from a slot's words; `Identity` gives the names. The `*_NS`
+/// stamps count from the daemon's epoch, `epoch_unix_ms` on the wall.
+fn backend(
+    owner: &SlotOwner,
+    stats: &BackendStats,
+    up: u64,
+    down: u64,
+    epoch_unix_ms: u64,
+) -> BackendSnapshot {
     let word = |index: usize| stats.words[index];
+    // 0: never; otherwise nanoseconds since the epoch, plus one.
+    let stamp = |index: usize| match word(index) {
+        0 => None,
+        n => Some(epoch_unix_ms.saturating_add((n - 1) / 1_000_000)),
+    };
     let admin = admin_from_code(word(stat::ADMIN_STATE)).unwrap_or(AdminState::Enabled);
     BackendSnapshot {
         name: owner.name.clone(),
@@ -152,6 +165,8 @@ fn backend(owner: &SlotOwner, stats: &BackendStats, up: u64, down: u64) -> Backe
             .map(|latency| latency.as_secs_f64() * 1000.0),
         bytes_up: up,
         bytes_down: down,
+        last_success_unix_ms: stamp(stat::LAST_SUCCESS_NS),
+        last_failure_unix_ms: stamp(stat::LAST_FAILURE_NS),
     }
 }
 
@@ -197,10 +212,26 @@ mod tests {
             scope: None,
         };
         assert_eq!(stats.words[stat::BACKEND_ID], backend.id.0);
-        let row = backend_row(&owner, &stats);
+        let mut row = backend_row(&owner, &stats);
         let status = backend.status(now);
-        let expected =
-            BackendSnapshot::new(&status, None, crate::forward::ByteCount { up: 1, down: 2 });
+        let mut expected = BackendSnapshot::new(
+            &status,
+            None,
+            crate::forward::ByteCount { up: 1, down: 2 },
+            0,
+        );
+        // Both stamped (a success and a failure were recorded); the two
+        // paths count from different clocks, so compare the rest exactly.
+        for (stamps, what) in [(&mut row, "row"), (&mut expected, "status")] {
+            assert!(
+                stamps.last_success_unix_ms.take().is_some(),
+                "{what}: no success time"
+            );
+            assert!(
+                stamps.last_failure_unix_ms.take().is_some(),
+                "{what}: no failure time"
+            );
+        }
         assert_eq!(row, expected);
         assert_eq!((row.attempts, row.successes, row.active), (2, 1, 1));
         assert_eq!(row.failures["connect_refused"], 1);
@@ -284,6 +315,6 @@ mod tests {
     }
 
     fn backend_row(owner: &SlotOwner, stats: &BackendStats) -> BackendSnapshot {
-        backend(owner, stats, 1, 2)
+        backend(owner, stats, 1, 2, 1_000)
     }
 }

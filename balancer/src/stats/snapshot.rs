@@ -96,6 +96,14 @@ pub struct BackendSnapshot {
     pub bytes_up: u64,
     /// Bytes forwarded backend -> client, every connection ever.
     pub bytes_down: u64,
+    /// Wall time (Unix ms) of the last successful attempt or probe; `None`
+    /// before the first. Kept by a counter reset.
+    #[serde(default)]
+    pub last_success_unix_ms: Option<u64>,
+    /// Wall time (Unix ms) of the last failed attempt or probe; `None`
+    /// before the first. Kept by a counter reset.
+    #[serde(default)]
+    pub last_failure_unix_ms: Option<u64>,
 }
 
 fn enabled_label() -> String {
@@ -122,7 +130,20 @@ impl DaemonCounters {
 impl BackendSnapshot {
     /// The entry for a backend with this status, scope and byte count.
     #[must_use]
-    pub fn new(status: &BackendStatus, scope: Option<&str>, bytes: ByteCount) -> Self {
+    ///
+    /// `now_unix_ms` is the wall time of `status`, to turn its "time since"
+    /// figures into timestamps.
+    pub fn new(
+        status: &BackendStatus,
+        scope: Option<&str>,
+        bytes: ByteCount,
+        now_unix_ms: u64,
+    ) -> Self {
+        let at = |since: Option<std::time::Duration>| {
+            since.map(|ago| {
+                now_unix_ms.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+            })
+        };
         Self {
             name: status.name.clone(),
             address: status.address.clone(),
@@ -146,6 +167,8 @@ impl BackendSnapshot {
             latency_ema_ms: status.latency.map(|l| l.as_secs_f64() * 1000.0),
             bytes_up: bytes.up,
             bytes_down: bytes.down,
+            last_success_unix_ms: at(status.since_success),
+            last_failure_unix_ms: at(status.since_failure),
         }
     }
 
@@ -270,7 +293,7 @@ mod tests {
     }
 
     fn backend(name: &str, up: u64, down: u64) -> BackendSnapshot {
-        BackendSnapshot::new(&status(name), None, ByteCount { up, down })
+        BackendSnapshot::new(&status(name), None, ByteCount { up, down }, 0)
     }
 
     #[test]
@@ -283,7 +306,7 @@ mod tests {
         busy.probes_failed = 1;
         let snap = snapshot(vec![
             backend("a", 1, 2),
-            BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }),
+            BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }, 0),
         ]);
         let text = serde_json::to_string_pretty(&snap).expect("serializes");
         let back: Snapshot = serde_json::from_str(&text).expect("parses");

@@ -83,6 +83,7 @@ impl StatsSource {
                     &backend.status(now),
                     backend.scope(),
                     self.engine.backend_bytes(backend.slot),
+                    status_file::unix_ms(wall),
                 );
                 (snapshot, backend.latency_histogram())
             })
