@@ -87,7 +87,8 @@ impl Family {
 pub enum Subject {
     /// Client -> target, no proxy (same veth path).
     Direct,
-    /// Client -> one microsocks -> target: the baseline of every ratio.
+    /// Client -> one microsocks -> target: the baseline of the microsocks
+    /// rows (and of `direct` and `backend-dante`).
     Backend,
     /// Client -> one dante-server -> target: the baseline of the dante rows.
     Dante,
