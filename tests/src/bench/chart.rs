@@ -1,10 +1,12 @@
 //! The PNG chart of the main ratios, drawn by gnuplot (Debian
 //! `gnuplot-nox`, cairo PNG terminal, DejaVu Sans): one group of bars per
-//! subject, one bar per workload, each the subject's speed relative to
-//! `backend` in the same run (throughput and rate as measured / backend,
-//! latency as backend / measured), so higher is better everywhere and 1.0
-//! is the backend alone. The axis is logarithmic: `direct` is ten times the
-//! backend's throughput, and 0.8 must stay readable beside it.
+//! subject, one bar per workload, each the subject's speed relative to its
+//! own backend row in the same run (`backend` for the microsocks group,
+//! `backend-dante` for the dante group; throughput and rate as measured /
+//! backend, latency as backend / measured), so higher is better everywhere
+//! and 1.0 is the backend alone. The groups are separated by an empty slot.
+//! The axis is logarithmic: `direct` is ten times the microsocks backend's
+//! throughput, and 0.8 must stay readable beside it.
 
 use std::{fmt::Write as _, path::Path, process::Command};
 
@@ -31,7 +33,14 @@ pub fn data(subjects: &[SubjectReport]) -> String {
         let _ = write!(out, "\t\"{legend}\"");
     }
     out.push('\n');
+    let mut group = None;
     for subject in subjects {
+        if group.is_some_and(|group| group != subject.group) {
+            out.push_str("\"\"");
+            out.push_str(&"\tNaN".repeat(BARS.len()));
+            out.push('\n');
+        }
+        group = Some(subject.group);
         let _ = write!(out, "\"{}\"", subject.name);
         for (key, _, invert) in BARS {
             let ratio = subject
@@ -64,9 +73,9 @@ pub fn draw(subjects: &[SubjectReport], runs: usize, png: &Path) -> Result<()> {
     std::fs::write(
         &script,
         format!(
-            "set terminal pngcairo size 1400,700 font 'DejaVu Sans,11'\n\
+            "set terminal pngcairo size 1800,750 font 'DejaVu Sans,11'\n\
              set output '{png}'\n\
-             set title 'Speed relative to one microsocks backend (median of {runs} runs; higher is better; 1 = backend)'\n\
+             set title 'Speed relative to the backend of each group: one microsocks (first group), one dante-server (backend-dante group); median of {runs} runs; higher is better; 1 = that backend alone'\n\
              set style data histogram\n\
              set style histogram clustered gap 1\n\
              set style fill solid 0.85 border -1\n\
@@ -99,6 +108,8 @@ pub fn draw(subjects: &[SubjectReport], runs: usize, png: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::bench::stats::{Sample, figures};
 
@@ -111,6 +122,8 @@ mod tests {
         let subjects = [SubjectReport {
             name: "x",
             path: "",
+            group: "microsocks",
+            baseline: "backend",
             figures: figures(
                 &[slower],
                 std::slice::from_ref(&backend),
@@ -122,5 +135,31 @@ mod tests {
         assert_eq!(cells[0], "\"x\"");
         assert_eq!(cells[4], "0.5000", "RTT twice the backend's: half as fast");
         assert_eq!(cells[5], "2.0000", "twice the connection rate");
+    }
+
+    #[test]
+    fn an_empty_slot_separates_the_backend_families() {
+        let row = |name, group| SubjectReport {
+            name,
+            path: "",
+            group,
+            baseline: "backend",
+            figures: BTreeMap::new(),
+        };
+        let subjects = [
+            row("backend", "microsocks"),
+            row("haproxy", "microsocks"),
+            row("backend-dante", "dante"),
+        ];
+        let data = data(&subjects);
+        let names: Vec<&str> = data
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split('\t').next())
+            .collect();
+        assert_eq!(
+            names,
+            ["\"backend\"", "\"haproxy\"", "\"\"", "\"backend-dante\""]
+        );
     }
 }

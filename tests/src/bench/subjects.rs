@@ -20,7 +20,7 @@ use crate::bench::{process::Process, topology::Topology};
 /// or its TIME_WAIT can hold one when a subject binds it.
 pub const TARGET_PORT: u16 = 9000;
 const MICROSOCKS_PORTS: [u16; 3] = [1081, 1082, 1083];
-const DANTE_PORT: u16 = 1180;
+const DANTE_PORTS: [u16; 3] = [1180, 1181, 1182];
 const BALANCER_SOCKS_PORT: u16 = 1080;
 const BALANCER_REDIRECT_PORT: u16 = 2345;
 const HAPROXY_PORT: u16 = 1090;
@@ -54,36 +54,69 @@ impl Engine {
     }
 }
 
+/// Which SOCKS5 servers a proxy row sits in front of. microsocks copies
+/// in 1 KiB chunks with select() and caps every path through it near
+/// 0.1 GB/s, so only the dante rows show what the proxy in front costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Three microsocks; ratios against `backend`.
+    Microsocks,
+    /// Three dante-servers; ratios against `backend-dante`.
+    Dante,
+}
+
+impl Family {
+    /// The row a proxy of this family is compared against.
+    pub fn baseline(self) -> Subject {
+        match self {
+            Self::Microsocks => Subject::Backend,
+            Self::Dante => Subject::Dante,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Microsocks => "microsocks",
+            Self::Dante => "dante",
+        }
+    }
+}
+
 /// One row of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
     /// Client -> target, no proxy (same veth path).
     Direct,
-    /// Client -> one microsocks -> target: the baseline of every ratio.
+    /// Client -> one microsocks -> target: the baseline of the microsocks
+    /// rows (and of `direct` and `backend-dante`).
     Backend,
-    /// Client -> one dante-server -> target (its own ceiling).
+    /// Client -> one dante-server -> target: the baseline of the dante rows.
     Dante,
-    /// Client -SOCKS5-> balancer -> microsocks x3 -> target.
-    BalancerSocks(Engine),
+    /// Client -SOCKS5-> balancer -> 3 backends of the family -> target.
+    BalancerSocks(Engine, Family),
     /// Client -> target, REDIRECTed in `lb` to balancer -> microsocks x3.
     BalancerRedirect(Engine),
-    /// Client -SOCKS5-> haproxy (tcp, leastconn, checks) -> microsocks x3.
-    Haproxy,
+    /// Client -SOCKS5-> haproxy (tcp, leastconn, checks) -> 3 backends.
+    Haproxy(Family),
     /// Client -> target, REDIRECTed in `lb` to redsocks -> one microsocks.
     Redsocks,
 }
 
 impl Subject {
-    /// Every subject in the order of the report.
-    pub const ALL: [Self; 8] = [
+    /// Every subject in the order of the report: each family after its
+    /// baseline.
+    pub const ALL: [Self; 11] = [
         Self::Direct,
         Self::Backend,
-        Self::Dante,
-        Self::BalancerSocks(Engine::Sockmap),
-        Self::BalancerSocks(Engine::Splice),
+        Self::BalancerSocks(Engine::Sockmap, Family::Microsocks),
+        Self::BalancerSocks(Engine::Splice, Family::Microsocks),
         Self::BalancerRedirect(Engine::Sockmap),
-        Self::Haproxy,
+        Self::Haproxy(Family::Microsocks),
         Self::Redsocks,
+        Self::Dante,
+        Self::BalancerSocks(Engine::Sockmap, Family::Dante),
+        Self::BalancerSocks(Engine::Splice, Family::Dante),
+        Self::Haproxy(Family::Dante),
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,11 +124,14 @@ impl Subject {
             Self::Direct => "direct",
             Self::Backend => "backend",
             Self::Dante => "backend-dante",
-            Self::BalancerSocks(Engine::Sockmap) => "balancer-sockmap",
-            Self::BalancerSocks(Engine::Splice) => "balancer-splice",
+            Self::BalancerSocks(Engine::Sockmap, Family::Microsocks) => "balancer-sockmap",
+            Self::BalancerSocks(Engine::Splice, Family::Microsocks) => "balancer-splice",
+            Self::BalancerSocks(Engine::Sockmap, Family::Dante) => "balancer-sockmap (dante)",
+            Self::BalancerSocks(Engine::Splice, Family::Dante) => "balancer-splice (dante)",
             Self::BalancerRedirect(Engine::Sockmap) => "balancer-sockmap-redirect",
             Self::BalancerRedirect(Engine::Splice) => "balancer-splice-redirect",
-            Self::Haproxy => "haproxy",
+            Self::Haproxy(Family::Microsocks) => "haproxy",
+            Self::Haproxy(Family::Dante) => "haproxy (dante)",
             Self::Redsocks => "redsocks",
         }
     }
@@ -105,21 +141,55 @@ impl Subject {
             Self::Direct => "client -> target, no proxy",
             Self::Backend => "client -SOCKS5-> microsocks -> target",
             Self::Dante => "client -SOCKS5-> dante-server -> target",
-            Self::BalancerSocks(_) => "client -SOCKS5-> balancer (socks5 listener) -> 3 microsocks",
+            Self::BalancerSocks(_, Family::Microsocks) => {
+                "client -SOCKS5-> balancer (socks5 listener) -> 3 microsocks"
+            }
+            Self::BalancerSocks(_, Family::Dante) => {
+                "client -SOCKS5-> balancer (socks5 listener) -> 3 dante-servers"
+            }
             Self::BalancerRedirect(_) => {
                 "client -> iptables REDIRECT -> balancer (redirect listener) -> 3 microsocks"
             }
-            Self::Haproxy => "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 microsocks",
+            Self::Haproxy(Family::Microsocks) => {
+                "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 microsocks"
+            }
+            Self::Haproxy(Family::Dante) => {
+                "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 dante-servers"
+            }
             Self::Redsocks => "client -> iptables REDIRECT -> redsocks -> 1 microsocks",
         }
     }
 
     /// The engine whose daemon the RSS workload (idle spliced connections)
-    /// measures; `None` where it does not apply.
+    /// measures; `None` where it does not apply. The daemon's memory does
+    /// not depend on the backends, so it is measured once per engine (the
+    /// microsocks rows).
     pub fn rss_engine(self) -> Option<Engine> {
         match self {
-            Self::BalancerSocks(engine) => Some(engine),
+            Self::BalancerSocks(engine, Family::Microsocks) => Some(engine),
             _ => None,
+        }
+    }
+
+    /// The row whose figures of the same run this row's ratios (`b`) and
+    /// added latency are taken against: `backend-dante` for the proxies in
+    /// front of dante, `backend` for everything else (`backend-dante`
+    /// itself included, which shows microsocks' ceiling).
+    pub fn baseline(self) -> Subject {
+        match self {
+            Self::BalancerSocks(_, family) | Self::Haproxy(family) => family.baseline(),
+            _ => Self::Backend,
+        }
+    }
+
+    /// The group the row belongs to in the report and chart: `direct`
+    /// alone, then each backend family with its baseline first.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Dante => Family::Dante.name(),
+            Self::BalancerSocks(_, family) | Self::Haproxy(family) => family.name(),
+            Self::Backend | Self::BalancerRedirect(_) | Self::Redsocks => Family::Microsocks.name(),
         }
     }
 }
@@ -137,7 +207,8 @@ pub enum Access {
 #[derive(Debug)]
 pub struct Backends {
     pub microsocks: Vec<(SocketAddr, Process)>,
-    pub dante: (SocketAddr, Process),
+    /// `backend-dante` uses the first; the dante rows balance over all.
+    pub dante: Vec<(SocketAddr, Process)>,
 }
 
 impl Backends {
@@ -157,35 +228,47 @@ impl Backends {
             process.wait_accepting(topology.backend.ns(), addr)?;
             microsocks.push((addr, process));
         }
-        let addr = SocketAddr::from((ip, DANTE_PORT));
-        let config = dir.join("danted.conf");
-        std::fs::write(&config, dante_conf(addr, topology.backend_external_addr()))?;
-        let mut dante = Process::spawn(
-            topology.backend.ns(),
-            "danted",
-            Path::new("danted"),
-            &["-f", &config.to_string_lossy()],
-            &[],
-            dir,
-        )?;
-        dante.wait_accepting(topology.backend.ns(), addr)?;
-        Ok(Self {
-            microsocks,
-            dante: (addr, dante),
-        })
+        let mut dante = Vec::new();
+        for port in DANTE_PORTS {
+            let addr = SocketAddr::from((ip, port));
+            let config = dir.join(format!("danted-{port}.conf"));
+            std::fs::write(&config, dante_conf(addr, topology.backend_external_addr()))?;
+            // Its own pid file: the default, /var/run/danted.pid, is shared.
+            let pid_file = dir.join(format!("danted-{port}.pid"));
+            let mut process = Process::spawn(
+                topology.backend.ns(),
+                &format!("danted-{port}"),
+                Path::new("danted"),
+                &[
+                    "-f",
+                    &config.to_string_lossy(),
+                    "-p",
+                    &pid_file.to_string_lossy(),
+                ],
+                &[],
+                dir,
+            )?;
+            process.wait_accepting(topology.backend.ns(), addr)?;
+            dante.push((addr, process));
+        }
+        Ok(Self { microsocks, dante })
     }
 
     /// Fails, with its log, if a backend process died (a crash under 10,000
     /// connections would otherwise show up only as slow figures).
     pub fn ensure_running(&mut self) -> Result<()> {
-        for (_, process) in &mut self.microsocks {
+        for (_, process) in self.microsocks.iter_mut().chain(&mut self.dante) {
             process.ensure_running()?;
         }
-        self.dante.1.ensure_running()
+        Ok(())
     }
 
-    fn microsocks_addrs(&self) -> Vec<SocketAddr> {
-        self.microsocks.iter().map(|(addr, _)| *addr).collect()
+    fn addrs(&self, family: Family) -> Vec<SocketAddr> {
+        let backends = match family {
+            Family::Microsocks => &self.microsocks,
+            Family::Dante => &self.dante,
+        };
+        backends.iter().map(|(addr, _)| *addr).collect()
     }
 }
 
@@ -252,16 +335,22 @@ pub fn start(
             running.daemon_pid = Some(backends.microsocks[0].1.pid());
         }
         Subject::Dante => {
-            running.access = Access::Socks5(backends.dante.0);
-            running.daemon_pid = Some(backends.dante.1.pid());
+            let (addr, process) = &backends.dante[0];
+            running.access = Access::Socks5(*addr);
+            running.daemon_pid = Some(process.pid());
         }
-        Subject::BalancerSocks(engine) | Subject::BalancerRedirect(engine) => {
-            let redirect = matches!(subject, Subject::BalancerRedirect(_));
+        Subject::BalancerSocks(engine, _) | Subject::BalancerRedirect(engine) => {
+            let (redirect, family) = match subject {
+                Subject::BalancerSocks(_, family) => (false, family),
+                _ => (true, Family::Microsocks),
+            };
             // At most 19 characters; the cleanup thread finds pins by prefix.
             let instance = format!(
-                "bc{}r{run}{}",
+                "bc{}r{run}{}{}{}",
                 std::process::id(),
-                if redirect { "r" } else { "s" }.to_owned() + &engine.yaml()[..2]
+                if redirect { "r" } else { "s" },
+                &engine.yaml()[..2],
+                &family.name()[..1]
             );
             let socks = SocketAddr::from((topology.lb_addr(), BALANCER_SOCKS_PORT));
             let config = dir.join(format!("{instance}.yaml"));
@@ -271,7 +360,7 @@ pub fn start(
                     &instance,
                     socks,
                     redirect,
-                    &backends.microsocks_addrs(),
+                    &backends.addrs(family),
                     engine,
                     target,
                 ),
@@ -297,10 +386,10 @@ pub fn start(
                 running.access = Access::Socks5(socks);
             }
         }
-        Subject::Haproxy => {
+        Subject::Haproxy(family) => {
             let bind = SocketAddr::from((topology.lb_addr(), HAPROXY_PORT));
-            let config = dir.join("haproxy.cfg");
-            std::fs::write(&config, haproxy_cfg(bind, &backends.microsocks_addrs()))?;
+            let config = dir.join(format!("haproxy-{}.cfg", family.name()));
+            std::fs::write(&config, haproxy_cfg(bind, &backends.addrs(family)))?;
             running.files.push(config.clone());
             let mut haproxy = Process::spawn(
                 lb,

@@ -3,8 +3,11 @@
 //! the SOCKS5 backends, then measures every subject in turn with the same
 //! client workloads (bulk 1 stream up / down and 8 streams down, 64 B
 //! ping-pong, connection rate, CPU per GB; RSS with idle connections for
-//! the balancer), and reports medians over runs with ratios to `backend`
-//! and `direct` of the same run.
+//! the balancer, once per engine), and reports medians over runs with
+//! ratios to each row's backend and to `direct` of the same run. The
+//! proxies run twice: in front of three microsocks (ratios to `backend`)
+//! and in front of three dante-servers (ratios to `backend-dante`), since
+//! microsocks alone caps every path through it near 0.1 GB/s.
 //!
 //! ```text
 //! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
@@ -88,7 +91,7 @@ fn parse_args() -> Result<Args> {
             }
             "--only" => {
                 let names = value()?;
-                subjects = names
+                let mut wanted = names
                     .split(',')
                     .map(|name| {
                         Subject::ALL
@@ -99,13 +102,15 @@ fn parse_args() -> Result<Args> {
                                 format!("unknown subject {name:?}; known: {}", known.join(", "))
                             })
                     })
-                    .collect::<Result<_>>()?;
+                    .collect::<Result<Vec<_>>>()?;
                 // Ratios need the baselines of the same run.
-                for baseline in [Subject::Backend, Subject::Direct] {
-                    if !subjects.contains(&baseline) {
-                        subjects.insert(0, baseline);
-                    }
-                }
+                let baselines: Vec<Subject> = wanted.iter().map(|s| s.baseline()).collect();
+                wanted.extend(baselines);
+                wanted.extend([Subject::Backend, Subject::Direct]);
+                subjects = Subject::ALL
+                    .into_iter()
+                    .filter(|s| wanted.contains(s))
+                    .collect();
             }
             other => bail!("unknown argument {other:?}"),
         }
@@ -309,13 +314,14 @@ fn main() -> Result<()> {
     }
     let elapsed = began.elapsed().as_secs_f64();
 
-    let index = |wanted: Subject| args.subjects.iter().position(|s| *s == wanted);
-    let backend = index(Subject::Backend)
-        .map(|i| samples[i].clone())
-        .unwrap_or_default();
-    let direct = index(Subject::Direct)
-        .map(|i| samples[i].clone())
-        .unwrap_or_default();
+    let runs_of = |wanted: Subject| {
+        args.subjects
+            .iter()
+            .position(|s| *s == wanted)
+            .map(|i| samples[i].clone())
+            .unwrap_or_default()
+    };
+    let direct = runs_of(Subject::Direct);
     let subject_reports: Vec<SubjectReport> = args
         .subjects
         .iter()
@@ -323,7 +329,9 @@ fn main() -> Result<()> {
         .map(|(subject, runs)| SubjectReport {
             name: subject.name(),
             path: subject.describe(),
-            figures: stats::figures(runs, &backend, &direct),
+            group: subject.group(),
+            baseline: subject.baseline().name(),
+            figures: stats::figures(runs, &runs_of(subject.baseline()), &direct),
         })
         .collect();
     let targets = report::targets(&subject_reports);
