@@ -192,16 +192,22 @@ pub(crate) fn weighted_draws<R: Rng + ?Sized>(
         }
     }
     if chosen.len() < limit {
-        for index in weighted_random(pool, set, limit, rng) {
-            if chosen.len() == limit {
-                break;
-            }
-            if !chosen.contains(&index) {
-                chosen.push(index);
-            }
-        }
+        top_up(&mut chosen, limit, weighted_random(pool, set, limit, rng));
     }
     chosen
+}
+
+/// Adds members of `rest` not chosen yet until `chosen` holds `limit`: the
+/// exact fallback of a sampler whose draws ran out.
+fn top_up(chosen: &mut Vec<u32>, limit: usize, rest: Vec<u32>) {
+    for index in rest {
+        if chosen.len() == limit {
+            break;
+        }
+        if !chosen.contains(&index) {
+            chosen.push(index);
+        }
+    }
 }
 
 /// Random draws allowed per wanted candidate before a sampler falls back
@@ -276,15 +282,7 @@ pub(crate) fn two_choices<R: Rng + ?Sized>(
         rival = Some(loser);
     }
     if chosen.len() < limit {
-        let rest = least_connections(pool, set, limit, 0);
-        for index in rest {
-            if chosen.len() == limit {
-                break;
-            }
-            if !chosen.contains(&index) {
-                chosen.push(index);
-            }
-        }
+        top_up(&mut chosen, limit, least_connections(pool, set, limit, 0));
     }
     chosen
 }
