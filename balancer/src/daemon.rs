@@ -132,7 +132,7 @@ pub async fn run(
             let state = ApiState::new(source.clone(), config.metrics.token.clone());
             let server = ApiServer::bind(addr, state).await?;
             let addr = server.local_addr().context("reading the metrics address")?;
-            tracing::info!(%addr, "metrics listening");
+            tracing::info!(%addr, dashboard = %format_args!("http://{addr}/"), "metrics listening");
             Some(server)
         }
         None => None,

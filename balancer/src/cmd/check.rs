@@ -65,7 +65,10 @@ pub fn render(config: &Config, path: &Path) -> String {
         b.strategy, b.max_attempts, f.engine, f.connect_timeout, f.handshake_timeout
     );
     let _ = match config.metrics.listen {
-        Some(addr) => writeln!(out, "metrics: http://{addr}/metrics"),
+        Some(addr) => writeln!(
+            out,
+            "metrics: http://{addr}/metrics, dashboard: http://{addr}/"
+        ),
         None => writeln!(out, "metrics: disabled"),
     };
     let plan = Plan::for_config(config);
