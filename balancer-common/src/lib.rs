@@ -170,6 +170,18 @@ pub mod stat {
     pub const LAST_SUCCESS_NS: usize = LAST_ATTEMPT_NS + 1;
     /// Last failure, as [`LAST_ATTEMPT_NS`].
     pub const LAST_FAILURE_NS: usize = LAST_SUCCESS_NS + 1;
+
+    /// The word of a `*_NS` stamp taken `nanos` after the epoch.
+    #[must_use]
+    pub const fn stamp_word(nanos: u64) -> u64 {
+        nanos.saturating_add(1)
+    }
+
+    /// Nanoseconds after the epoch of a `*_NS` word; `None` for never.
+    #[must_use]
+    pub const fn stamp_nanos(word: u64) -> Option<u64> {
+        word.checked_sub(1)
+    }
     /// Bytes client -> backend that user space forwarded (splice) for pairs
     /// of this slot the sockmap could not take; add to `BACKEND_BYTES.up`.
     pub const FALLBACK_BYTES_UP: usize = LAST_FAILURE_NS + 1;

@@ -66,8 +66,6 @@ pub async fn run(
             .await
             .context("opening the forwarding engine")?,
     );
-    // What loading the BPF object parsed (kernel BTF) is garbage now.
-    crate::sys::memory::release_free_heap();
 
     // The daemon's counters go where `balancer stats` reads them: the
     // mapped BPF maps under sockmap, process memory (and the status file)

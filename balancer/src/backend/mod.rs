@@ -292,16 +292,14 @@ impl Health {
     fn stamp(&self, index: usize, now: Instant) {
         let nanos = now.saturating_duration_since(self.epoch).as_nanos();
         self.cells[index].fetch_max(
-            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            stat::stamp_word(u64::try_from(nanos).unwrap_or(u64::MAX)),
             Ordering::Relaxed,
         );
     }
 
     fn read_stamp(&self, index: usize) -> Option<Instant> {
-        match self.cells[index].load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(self.epoch + Duration::from_nanos(n - 1)),
-        }
+        stat::stamp_nanos(self.cells[index].load(Ordering::Relaxed))
+            .map(|nanos| self.epoch + Duration::from_nanos(nanos))
     }
 
     /// Publishes the operator and pool state for readers of the maps.

@@ -186,6 +186,9 @@ impl Bpf {
                     source,
                 },
             })?;
+        // Loading parsed the kernel's BTF, ~15 MiB of allocations freed by
+        // now, which glibc would keep resident for the daemon's whole life.
+        crate::sys::memory::release_free_heap();
 
         let logger = if log {
             Some(

@@ -26,10 +26,7 @@ use std::{
     io,
     net::TcpStream as StdTcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -285,7 +282,6 @@ impl SockmapEngine {
             bpf: &self.bpf,
             watcher: &self.watcher,
             events: None,
-            in_maps: AtomicBool::new(true),
         };
         self.bpf
             .set_peer(client_cookie, info(backend_cookie, direction::UP))?;
@@ -454,8 +450,9 @@ impl SockmapEngine {
         }
     }
 
-    /// Removes both sockets from both maps together and returns the bytes
-    /// the verdict redirected each way. Closing happens when the streams drop.
+    /// The bytes the verdict redirected each way; with `reset`, makes the
+    /// close abortive. Leaving the maps and closing happen when the pair
+    /// drops.
     fn tear_down(&self, pair: &Spliced<'_>, reset: bool) -> Result<ByteCount, SockmapError> {
         let up = self.bpf.peer(pair.up.from_cookie)?.unwrap_or_default();
         let down = self.bpf.peer(pair.down.from_cookie)?.unwrap_or_default();
@@ -467,7 +464,8 @@ impl SockmapEngine {
                 }
             }
         }
-        pair.remove_from_maps()?;
+        // The pair leaves the maps when it drops, right after, before its
+        // sockets close: removing it here too would repeat four deletes.
         Ok(ByteCount {
             up: up.redirected_bytes,
             down: down.redirected_bytes,
@@ -640,10 +638,6 @@ struct Spliced<'a> {
     bpf: &'a Bpf,
     watcher: &'a Watcher,
     events: Option<EventSlot>,
-    /// Whether the sockets may still be in the maps: removal happens once,
-    /// in `tear_down` or else on drop (a delete of a missing key is a
-    /// failing syscall, four per connection).
-    in_maps: AtomicBool,
 }
 
 fn gone() -> SockmapError {
@@ -673,22 +667,21 @@ impl Spliced<'_> {
     }
 
     fn remove_from_maps(&self) -> Result<(), SockmapError> {
-        if !self.in_maps.load(Ordering::Relaxed) {
-            return Ok(());
-        }
         // SOCKETS first, both, so the verdict stops before its PEERS go.
         self.bpf.remove_socket(self.up.from_cookie)?;
         self.bpf.remove_socket(self.down.from_cookie)?;
         self.bpf.remove_peer(self.up.from_cookie)?;
         self.bpf.remove_peer(self.down.from_cookie)?;
-        self.in_maps.store(false, Ordering::Relaxed);
         Ok(())
     }
 }
 
 impl Drop for Spliced<'_> {
     fn drop(&mut self) {
-        if let Err(err) = self.remove_from_maps() {
+        // A pair handed back to the fallback (both sockets taken) already
+        // left the maps before its sockets were taken.
+        let handed_back = self.client.is_none() && self.backend.is_none();
+        if !handed_back && let Err(err) = self.remove_from_maps() {
             tracing::warn!(%err, "cannot remove a pair from the BPF maps");
         }
         for (cookie, sock) in [

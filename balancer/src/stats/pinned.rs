@@ -130,10 +130,8 @@ fn backend(
     epoch_unix_ms: u64,
 ) -> BackendSnapshot {
     let word = |index: usize| stats.words[index];
-    // 0: never; otherwise nanoseconds since the epoch, plus one.
-    let stamp = |index: usize| match word(index) {
-        0 => None,
-        n => Some(epoch_unix_ms.saturating_add((n - 1) / 1_000_000)),
+    let stamp = |index: usize| {
+        stat::stamp_nanos(word(index)).map(|nanos| epoch_unix_ms.saturating_add(nanos / 1_000_000))
     };
     let admin = admin_from_code(word(stat::ADMIN_STATE)).unwrap_or(AdminState::Enabled);
     BackendSnapshot {

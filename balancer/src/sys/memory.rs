@@ -4,7 +4,7 @@
 /// parses the kernel's BTF: about 15 MiB of allocations, all freed once the
 /// program is loaded, which glibc would otherwise keep resident for the
 /// daemon's whole life (measured: 22.9 MiB RSS after start with sockmap,
-/// 7.3 MiB after this call). Whether anything was released.
+/// 7.3 MiB with this call). Whether anything was released.
 pub fn release_free_heap() -> bool {
     #[cfg(target_env = "gnu")]
     {
