@@ -182,8 +182,9 @@ pub mod stat {
     pub const fn stamp_nanos(word: u64) -> Option<u64> {
         word.checked_sub(1)
     }
-    /// Bytes client -> backend that user space forwarded (splice) for pairs
-    /// of this slot the sockmap could not take; add to `BACKEND_BYTES.up`.
+    /// Bytes client -> backend that user space forwarded for this slot: the
+    /// relay's first bytes of every pair, and splice for pairs the sockmap
+    /// could not take; add to `BACKEND_BYTES.up`.
     pub const FALLBACK_BYTES_UP: usize = LAST_FAILURE_NS + 1;
     /// As [`FALLBACK_BYTES_UP`], backend -> client.
     pub const FALLBACK_BYTES_DOWN: usize = FALLBACK_BYTES_UP + 1;

@@ -69,6 +69,14 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
         ("forwarding.mark", old_fw.mark != new_fw.mark),
         ("forwarding.bpf_log", old_fw.bpf_log != new_fw.bpf_log),
         (
+            "forwarding.offload_after_bytes",
+            old_fw.offload_after_bytes != new_fw.offload_after_bytes,
+        ),
+        (
+            "forwarding.offload_after_time",
+            old_fw.offload_after_time != new_fw.offload_after_time,
+        ),
+        (
             "forwarding.drain_timeout",
             old_fw.drain_timeout != new_fw.drain_timeout,
         ),

@@ -1,7 +1,10 @@
 //! Release gate for the forwarding engines: every case runs for each engine
 //! (sockmap, splice) over loopback and over a veth pair between two
-//! namespaces the test creates. Byte streams are checked end to end with
-//! SHA-256, and the engine's per-backend counters against what was sent.
+//! namespaces the test creates, and once more per engine on loopback with
+//! the user-space relay in front (the daemon's default budget), so that
+//! every case also crosses the hand-over from relay to engine. Byte streams
+//! are checked end to end with SHA-256, and the engine's per-backend
+//! counters against what was sent.
 //!
 //! Run it optimised: `cargo test --release -p balancer-tests --test engine`
 //! (about 5 s per GiB case; a debug build hashes at a few MB/s and needs the
@@ -11,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use balancer::forward::{
     BackendSlot, ByteCount, Engine, EngineKind, ForwardError, ForwardOptions, PairEnd, PairSummary,
+    relay::RelayBudget,
 };
 use balancer_tests::{
     PairSockets, Topology, TopologyKind, raise_nofile_limit, require_root, sink, source,
@@ -39,10 +43,41 @@ struct Bench {
     cancel: CancellationToken,
 }
 
+/// Whether the user-space relay carries each pair's first bytes.
+#[derive(Clone, Copy, Debug)]
+enum Relay {
+    Off,
+    /// The daemon's default budget: 64 KiB or 100 ms.
+    Default,
+}
+
+/// The engine and where it runs, for one case.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    kind: EngineKind,
+    topology: TopologyKind,
+    relay: Relay,
+}
+
 impl Bench {
-    async fn new(kind: EngineKind, topology: TopologyKind) -> Self {
+    async fn new(setup: Setup) -> Self {
         require_root("network namespaces, veth and BPF (sockmap engine)");
-        let engine = Engine::open(kind, ForwardOptions::default())
+        let Setup {
+            kind,
+            topology,
+            relay,
+        } = setup;
+        let options = ForwardOptions {
+            relay: match relay {
+                Relay::Off => None,
+                Relay::Default => Some(RelayBudget {
+                    bytes: 64 * 1024,
+                    time: Duration::from_millis(100),
+                }),
+            },
+            ..ForwardOptions::default()
+        };
+        let engine = Engine::open(kind, options)
             .await
             .unwrap_or_else(|cause| panic!("{kind:?} engine does not open: {cause}"));
         let topology = Topology::new(topology).expect("topology");
@@ -86,8 +121,8 @@ async fn summary_of(task: JoinHandle<Result<PairSummary, ForwardError>>) -> Pair
 
 /// 1 GiB of random bytes each way at the same time: digests equal, the
 /// engine's counters for the slot equal to what was sent.
-async fn gibibyte_each_way_at_once(kind: EngineKind, topology: TopologyKind) {
-    let bench = Bench::new(kind, topology).await;
+async fn gibibyte_each_way_at_once(setup: Setup) {
+    let bench = Bench::new(setup).await;
     let slot = BackendSlot(11);
     let (task, client, server) = bench.forward(bench.sockets().await, slot);
     let (mut client_rx, mut client_tx) = client.into_split();
@@ -119,8 +154,8 @@ async fn gibibyte_each_way_at_once(kind: EngineKind, topology: TopologyKind) {
 /// Bytes the client wrote before the forward started, and a banner the
 /// server wrote as soon as its side was established, both arrive first and
 /// in order.
-async fn early_data_is_forwarded_first(kind: EngineKind, topology: TopologyKind) {
-    let bench = Bench::new(kind, topology).await;
+async fn early_data_is_forwarded_first(setup: Setup) {
+    let bench = Bench::new(setup).await;
     let mut sockets = bench.sockets().await;
     sockets
         .server
@@ -154,9 +189,9 @@ async fn early_data_is_forwarded_first(kind: EngineKind, topology: TopologyKind)
 }
 
 /// 100,000 one-byte writes each way at once arrive complete and in order.
-async fn one_byte_writes_arrive_in_order(kind: EngineKind, topology: TopologyKind) {
+async fn one_byte_writes_arrive_in_order(setup: Setup) {
     const WRITES: usize = 100_000;
-    let bench = Bench::new(kind, topology).await;
+    let bench = Bench::new(setup).await;
     let (task, client, server) = bench.forward(bench.sockets().await, BackendSlot(13));
     let (client_rx, client_tx) = client.into_split();
     let (server_rx, server_tx) = server.into_split();
@@ -197,8 +232,8 @@ async fn one_byte_writes_arrive_in_order(kind: EngineKind, topology: TopologyKin
 
 /// One side half-closes; the other keeps sending 8 MiB, which all arrives,
 /// then closes. Run with either side closing first.
-async fn half_close_keeps_the_other_way_open(kind: EngineKind, topology: TopologyKind) {
-    let bench = Bench::new(kind, topology).await;
+async fn half_close_keeps_the_other_way_open(setup: Setup) {
+    let bench = Bench::new(setup).await;
     for client_first in [true, false] {
         let (task, client, server) = bench.forward(bench.sockets().await, BackendSlot(14));
         let (mut first, mut second) = if client_first {
@@ -229,8 +264,8 @@ async fn half_close_keeps_the_other_way_open(kind: EngineKind, topology: Topolog
 
 /// 64 MiB written and the socket closed at once: nothing is lost, either
 /// direction.
-async fn large_write_then_immediate_close_loses_nothing(kind: EngineKind, topology: TopologyKind) {
-    let bench = Bench::new(kind, topology).await;
+async fn large_write_then_immediate_close_loses_nothing(setup: Setup) {
+    let bench = Bench::new(setup).await;
     for client_sends in [true, false] {
         let (task, client, server) = bench.forward(bench.sockets().await, BackendSlot(15));
         let (mut sender, mut receiver) = if client_sends {
@@ -256,8 +291,8 @@ async fn large_write_then_immediate_close_loses_nothing(kind: EngineKind, topolo
 }
 
 /// A reset from either side closes the other side within 1 s.
-async fn reset_closes_the_other_side_within_a_second(kind: EngineKind, topology: TopologyKind) {
-    let bench = Bench::new(kind, topology).await;
+async fn reset_closes_the_other_side_within_a_second(setup: Setup) {
+    let bench = Bench::new(setup).await;
     for client_resets in [true, false] {
         let (task, client, server) = bench.forward(bench.sockets().await, BackendSlot(16));
         let (resetter, mut survivor) = if client_resets {
@@ -289,13 +324,13 @@ async fn reset_closes_the_other_side_within_a_second(kind: EngineKind, topology:
 
 /// 1,000 pairs at once, 64 KiB each way per pair, every stream checked, and
 /// the per-slot counters add up.
-async fn thousand_concurrent_pairs(kind: EngineKind, topology: TopologyKind) {
+async fn thousand_concurrent_pairs(setup: Setup) {
     const PAIRS: u64 = 1000;
     const BYTES: u64 = 64 * 1024;
     const SLOTS: u32 = 10;
     // 4 sockets per pair plus up to 4 pipe ends for splice.
     raise_nofile_limit(16 * 1024).expect("raise RLIMIT_NOFILE");
-    let bench = Bench::new(kind, topology).await;
+    let bench = Bench::new(setup).await;
     let mut pairs = Vec::new();
     for i in 0..PAIRS {
         let slot = BackendSlot(100 + (i % u64::from(SLOTS)) as u32);
@@ -352,11 +387,12 @@ async fn run<F: Future<Output = ()>>(case: F) {
 }
 
 macro_rules! cases {
-    ($engine:expr, $topology:expr; $($case:ident),+ $(,)?) => {
+    ($engine:expr, $topology:expr, $relay:expr; $($case:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                super::super::run(super::super::$case($engine, $topology)).await;
+                let setup = crate::Setup { kind: $engine, topology: $topology, relay: $relay };
+                crate::run(crate::$case(setup)).await;
             }
         )+
     };
@@ -367,25 +403,35 @@ macro_rules! matrix {
         mod splice {
             use balancer::forward::EngineKind;
             use balancer_tests::TopologyKind;
+            use crate::Relay;
             mod loopback {
                 use super::*;
-                cases!(EngineKind::Splice, TopologyKind::Loopback; $($case),+);
+                cases!(EngineKind::Splice, TopologyKind::Loopback, Relay::Off; $($case),+);
             }
             mod veth {
                 use super::*;
-                cases!(EngineKind::Splice, TopologyKind::Veth; $($case),+);
+                cases!(EngineKind::Splice, TopologyKind::Veth, Relay::Off; $($case),+);
+            }
+            mod relay_loopback {
+                use super::*;
+                cases!(EngineKind::Splice, TopologyKind::Loopback, Relay::Default; $($case),+);
             }
         }
         mod sockmap {
             use balancer::forward::EngineKind;
             use balancer_tests::TopologyKind;
+            use crate::Relay;
             mod loopback {
                 use super::*;
-                cases!(EngineKind::Sockmap, TopologyKind::Loopback; $($case),+);
+                cases!(EngineKind::Sockmap, TopologyKind::Loopback, Relay::Off; $($case),+);
             }
             mod veth {
                 use super::*;
-                cases!(EngineKind::Sockmap, TopologyKind::Veth; $($case),+);
+                cases!(EngineKind::Sockmap, TopologyKind::Veth, Relay::Off; $($case),+);
+            }
+            mod relay_loopback {
+                use super::*;
+                cases!(EngineKind::Sockmap, TopologyKind::Loopback, Relay::Default; $($case),+);
             }
         }
     };

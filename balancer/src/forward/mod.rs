@@ -6,12 +6,17 @@
 //! Two implementations behind one enum: [`sockmap`] (the kernel forwards; user
 //! space never touches the payload) and [`splice`] (`splice(2)` through pipes,
 //! for kernels or privileges where BPF cannot load, and for sockets the
-//! sockmap cannot take).
+//! sockmap cannot take). Before either, the [`relay`] carries each pair's
+//! first bytes in user space, so that short connections skip the engine's
+//! set-up.
 
+pub mod relay;
 pub mod sockmap;
 pub mod splice;
 
 use std::{fmt, path::PathBuf, time::Duration};
+
+use relay::{Finished, RelayBudget, Relayed};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +32,15 @@ pub enum EngineKind {
     Splice,
 }
 
-/// The engine that actually forwards (what `Auto` resolved to).
+/// The engine that actually forwards (what `Auto` resolved to), or, for
+/// one pair, what carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EngineName {
     Sockmap,
     Splice,
+    /// The pair ended within the relay's budget and never reached the
+    /// engine (a pair's summary only).
+    Relay,
 }
 
 impl fmt::Display for EngineName {
@@ -39,6 +48,7 @@ impl fmt::Display for EngineName {
         f.write_str(match self {
             Self::Sockmap => "sockmap",
             Self::Splice => "splice",
+            Self::Relay => "relay",
         })
     }
 }
@@ -57,6 +67,9 @@ pub struct ForwardOptions {
     /// Let the BPF program's log statements run and forward them to the
     /// daemon's log (`forwarding.bpf_log`).
     pub bpf_log: bool,
+    /// How much of each pair the user-space relay carries before the
+    /// engine; `None`: the engine from the first byte.
+    pub relay: Option<RelayBudget>,
 }
 
 /// Index of a backend in the per-backend counters (BPF array and user space).
@@ -169,16 +182,66 @@ impl Engine {
 
     /// Forwards `pair` until both directions are done, it resets, it idles
     /// out, or `cancel` fires.
+    /// The relay carries the pair first when `ForwardOptions::relay` is set.
     pub async fn forward(
         &self,
         pair: Pair,
         cancel: &CancellationToken,
     ) -> Result<PairSummary, ForwardError> {
+        let started = crate::clock::now();
+        let user_space = self.user_space();
+        let options = user_space.options();
+        // The sockmap engine needs the relay's settling reads even without a
+        // budget (see `relay`): a zero budget does only those.
+        let budget = match self {
+            Self::Sockmap(_) => Some(options.relay.unwrap_or(RelayBudget {
+                bytes: 0,
+                time: Duration::ZERO,
+            })),
+            Self::Splice(_) => options.relay,
+        };
+        let (pair, relayed, finished) = match budget {
+            None => (pair, ByteCount::default(), Finished::default()),
+            Some(budget) => {
+                let counters = user_space.slot_counters(pair.slot)?;
+                match relay::relay(pair, budget, counters, options.idle_timeout, cancel).await {
+                    Relayed::Ended { bytes, end } => {
+                        return Ok(PairSummary {
+                            bytes,
+                            duration: started.elapsed(),
+                            end,
+                            engine: EngineName::Relay,
+                        });
+                    }
+                    Relayed::HandOver {
+                        pair,
+                        bytes,
+                        finished,
+                    } => (pair, bytes, finished),
+                }
+            }
+        };
         // The splice future is the larger (pipes, chunk state); boxed, it
-        // no longer sets the size of every sockmap connection's future.
+        // no longer sets the size of every sockmap connection's future. A
+        // half-closed pair goes to splice: the sockhash takes only
+        // established sockets.
+        let mut summary = match self {
+            Self::Sockmap(engine) if !finished.any() => engine.forward(pair, cancel).await?,
+            Self::Sockmap(_) | Self::Splice(_) => {
+                Box::pin(user_space.forward_rest(pair, finished, cancel)).await?
+            }
+        };
+        summary.bytes += relayed;
+        summary.duration = started.elapsed();
+        Ok(summary)
+    }
+
+    /// The splice engine whose counters hold the bytes user space moved
+    /// (relay and splice): the engine itself, or the sockmap's fallback.
+    fn user_space(&self) -> &splice::SpliceEngine {
         match self {
-            Self::Sockmap(engine) => Ok(engine.forward(pair, cancel).await?),
-            Self::Splice(engine) => Ok(Box::pin(engine.forward(pair, cancel)).await?),
+            Self::Sockmap(engine) => engine.fallback(),
+            Self::Splice(engine) => engine,
         }
     }
 

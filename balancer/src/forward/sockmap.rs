@@ -154,7 +154,9 @@ impl SockmapEngine {
     }
 
     /// Forwards `pair` in the kernel until both directions are done, a side
-    /// resets, it idles out, or `cancel` fires.
+    /// resets, it idles out, or `cancel` fires. No skb may be left partly
+    /// read in either socket (the verdict would send it again from its
+    /// start): [`super::Engine::forward`] settles both with the relay first.
     pub async fn forward(
         &self,
         pair: Pair,
@@ -203,6 +205,12 @@ impl SockmapEngine {
             end,
             engine: EngineName::Sockmap,
         })
+    }
+
+    /// The splice engine that takes the pairs the sockhash refuses; its
+    /// counters are the `FALLBACK_BYTES_*` words of `BACKEND_STATS`.
+    pub(super) fn fallback(&self) -> &SpliceEngine {
+        &self.fallback
     }
 
     /// The mapped `BACKEND_STATS` and `DAEMON_STATS` maps, where the daemon

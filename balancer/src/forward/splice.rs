@@ -28,7 +28,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary};
+use super::{
+    BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
+    relay::Finished,
+};
 use crate::{
     stats::shared::SharedWords,
     sys::{socket::set_buffers, splice::Pipe},
@@ -150,16 +153,24 @@ impl SpliceEngine {
         pair: Pair,
         cancel: &CancellationToken,
     ) -> Result<PairSummary, SpliceError> {
+        self.forward_rest(pair, Finished::default(), cancel).await
+    }
+
+    /// As [`Self::forward`] for a pair whose `finished` directions already
+    /// passed their EOF on (in the relay): those are not forwarded again.
+    pub async fn forward_rest(
+        &self,
+        pair: Pair,
+        finished: Finished,
+        cancel: &CancellationToken,
+    ) -> Result<PairSummary, SpliceError> {
         let start = Instant::now();
         let Pair {
             client,
             backend,
             slot,
         } = pair;
-        let (up_counter, down_counter) = self
-            .counters
-            .get(slot)
-            .ok_or(SpliceError::SlotOutOfRange { slot })?;
+        let (up_counter, down_counter) = self.slot_counters(slot)?;
         if let Some(size) = self.options.socket_buffer {
             set_buffers(&client, size).map_err(|source| SpliceError::SocketBuffer {
                 side: Side::Client,
@@ -195,10 +206,9 @@ impl SpliceEngine {
             last_activity: &last_activity,
         };
         let end = drive(
-            &client,
-            &backend,
-            up.pump(),
-            down.pump(),
+            (&client, &backend),
+            (up.pump(), down.pump()),
+            finished,
             self.options.idle_timeout,
             &last_activity,
             cancel,
@@ -220,6 +230,21 @@ impl SpliceEngine {
             end,
             engine: EngineName::Splice,
         })
+    }
+
+    /// The (up, down) byte counters of `slot`, which the user-space relay
+    /// also counts into.
+    pub(super) fn slot_counters(
+        &self,
+        slot: BackendSlot,
+    ) -> Result<(&AtomicU64, &AtomicU64), SpliceError> {
+        self.counters
+            .get(slot)
+            .ok_or(SpliceError::SlotOutOfRange { slot })
+    }
+
+    pub(super) fn options(&self) -> &ForwardOptions {
+        &self.options
     }
 
     /// Bytes delivered so far for `slot`, all pairs (live and finished);
@@ -245,17 +270,19 @@ impl SpliceEngine {
 
 /// Runs both directions until the pair ends, and says how it ended.
 async fn drive(
-    client: &TcpStream,
-    backend: &TcpStream,
-    up: impl Future<Output = io::Result<()>>,
-    down: impl Future<Output = io::Result<()>>,
+    (client, backend): (&TcpStream, &TcpStream),
+    (up, down): (
+        impl Future<Output = io::Result<()>>,
+        impl Future<Output = io::Result<()>>,
+    ),
+    finished: Finished,
     idle_timeout: Option<Duration>,
     last_activity: &Activity,
     cancel: &CancellationToken,
 ) -> PairEnd {
     let mut up = pin!(up);
     let mut down = pin!(down);
-    let (mut up_done, mut down_done) = (false, false);
+    let (mut up_done, mut down_done) = (finished.up, finished.down);
     // Without a timeout the deadline is never reached in practice; one code
     // path keeps the select simple.
     let idle = idle_timeout.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));

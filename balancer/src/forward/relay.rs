@@ -1,0 +1,533 @@
+//! The user-space relay: carries the first bytes of every pair before its
+//! engine takes over (`forwarding.offload_after_bytes` / `_time`).
+//!
+//! Most connections through a proxy are short, a request and its answer,
+//! and for those an engine's per-pair set-up costs more than the bytes: the
+//! sockmap engine spends 12 `bpf` calls and about 30 other syscalls per pair
+//! (cookies, write baselines, `SO_RCVLOWAT`, socket buffers, its epoll), the
+//! splice engine two pipes. The relay reads into a stack buffer and writes
+//! straight on, so a pair that ends within its budget never reaches the
+//! engine. Once a pair has moved the budget's bytes or lived its time,
+//! whichever comes first, the relay stops reading, finishes the write in
+//! hand and returns both sockets with nothing held in user space: what
+//! arrives meanwhile waits in the kernel's receive queue, where both engines
+//! start reading.
+//!
+//! An idle pair holds no buffer here. Only bytes that the peer could not
+//! take at once are kept, on the heap, until written.
+//!
+//! The hand-over never leaves a partly read segment at the head of a receive
+//! queue. The sockmap verdict takes queued skbs whole (`tcp_read_skb` ignores
+//! how far user space had read into the first one), so a partly read skb
+//! would be sent again from its start: a client that writes its SOCKS5
+//! request and its first data in one segment saw its request bytes arrive
+//! at the target. Before handing over, the relay therefore reads each
+//! direction until a read comes back short of its buffer, which consumes
+//! every skb it touched. For that reason the sockmap engine runs the relay
+//! with a zero budget even when `offload_after_*` is 0.
+
+use std::{
+    io,
+    net::Shutdown,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use socket2::SockRef;
+use tokio::{
+    io::Interest,
+    net::TcpStream,
+    time::{Instant, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{ByteCount, Pair, PairEnd};
+
+/// Largest read per wake-up; on the stack, never held across an await.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// When a pair leaves the relay for its engine: whichever limit it reaches
+/// first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayBudget {
+    /// Bytes moved, both directions together.
+    pub bytes: u64,
+    /// Time since the pair was handed to forwarding.
+    pub time: Duration,
+}
+
+/// The directions whose EOF the relay already passed on (FIN sent to the
+/// other side), which the engine must not forward again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Client -> backend.
+    pub up: bool,
+    /// Backend -> client.
+    pub down: bool,
+}
+
+impl Finished {
+    #[must_use]
+    pub fn any(self) -> bool {
+        self.up || self.down
+    }
+}
+
+/// How a pair left the relay.
+#[derive(Debug)]
+pub enum Relayed {
+    /// The pair ended here; its sockets are closed (abortively on reset).
+    Ended { bytes: ByteCount, end: PairEnd },
+    /// The budget is spent and the pair is still open: the engine goes on.
+    HandOver {
+        pair: Pair,
+        bytes: ByteCount,
+        finished: Finished,
+    },
+}
+
+/// One direction: bytes read but not yet written, and whether its EOF was
+/// passed on.
+#[derive(Default)]
+struct Flow {
+    pending: Vec<u8>,
+    /// How much of `pending` is already written.
+    offset: usize,
+    eof: bool,
+    /// The last read came back short of its buffer (or found nothing), so
+    /// no skb is left partly read. False at first: the handshake's exact
+    /// reads may have stopped inside one.
+    settled: bool,
+    moved: u64,
+}
+
+impl Flow {
+    fn holds_bytes(&self) -> bool {
+        self.offset < self.pending.len()
+    }
+
+    fn account(&mut self, written: usize, counter: &AtomicU64) {
+        let written = written as u64;
+        self.moved += written;
+        counter.fetch_add(written, Ordering::Relaxed);
+    }
+
+    /// Reads once from `from` and writes what came to `to`, keeping what
+    /// `to` did not take. `Ok(false)`: nothing to read (stale readiness).
+    fn read_and_write(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+    ) -> io::Result<bool> {
+        let mut buf = [0u8; READ_CHUNK];
+        let read = match from.try_read(&mut buf) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.settled = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        self.settled = read < buf.len();
+        let Some(got) = buf.get(..read).filter(|got| !got.is_empty()) else {
+            // Nothing is pending (reads wait for that), so the FIN follows
+            // every byte read.
+            SockRef::from(to).shutdown(Shutdown::Write)?;
+            self.eof = true;
+            return Ok(true);
+        };
+        let written = match to.try_write(got) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        self.account(written, counter);
+        if let Some(rest) = got.get(written..).filter(|rest| !rest.is_empty()) {
+            self.pending = rest.to_vec();
+            self.offset = 0;
+        }
+        Ok(true)
+    }
+
+    /// Writes what is pending, as far as `to` takes it.
+    fn flush(&mut self, to: &TcpStream, counter: &AtomicU64) -> io::Result<bool> {
+        let rest = self.pending.get(self.offset..).unwrap_or_default();
+        let written = match to.try_write(rest) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.account(written, counter);
+        self.offset += written;
+        if !self.holds_bytes() {
+            // Freed, not kept: an idle pair holds no buffer.
+            self.pending = Vec::new();
+            self.offset = 0;
+        }
+        Ok(true)
+    }
+}
+
+/// Relays `pair` until it ends or `budget` is spent. Bytes written are
+/// added to `counters` (up, down) as they go.
+pub async fn relay(
+    pair: Pair,
+    budget: RelayBudget,
+    counters: (&AtomicU64, &AtomicU64),
+    idle_timeout: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Relayed {
+    let start = Instant::now();
+    let hand_over_at = start + budget.time;
+    // Without a timeout the deadline is never reached in practice.
+    let idle = idle_timeout.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+    let mut last_activity = start;
+    let (mut up, mut down) = (Flow::default(), Flow::default());
+    let mut handing_over = budget.bytes == 0 || budget.time.is_zero();
+    let (client, backend) = (&pair.client, &pair.backend);
+    let end = loop {
+        if up.eof && down.eof {
+            break PairEnd::Closed;
+        }
+        handing_over |= up.moved + down.moved >= budget.bytes;
+        if handing_over {
+            // Settle: read on (without waiting for readiness, which may be
+            // stale after the handshake) until no skb is left partly read.
+            let (mut unsettled, mut failed) = (false, None);
+            for (flow, from, to, counter) in [
+                (&mut up, client, backend, counters.0),
+                (&mut down, backend, client, counters.1),
+            ] {
+                if flow.eof || flow.settled || flow.holds_bytes() {
+                    continue;
+                }
+                match flow.read_and_write(from, to, counter) {
+                    Ok(_) => unsettled |= !flow.settled && !flow.eof && !flow.holds_bytes(),
+                    Err(cause) => failed = Some(cause),
+                }
+            }
+            if let Some(cause) = failed {
+                tracing::debug!(%cause, "relay: pair reset");
+                break PairEnd::Reset;
+            }
+            let done = |flow: &Flow| (flow.eof || flow.settled) && !flow.holds_bytes();
+            if done(&up) && done(&down) {
+                let bytes = ByteCount {
+                    up: up.moved,
+                    down: down.moved,
+                };
+                let finished = Finished {
+                    up: up.eof,
+                    down: down.eof,
+                };
+                return Relayed::HandOver {
+                    pair,
+                    bytes,
+                    finished,
+                };
+            }
+            if unsettled {
+                // More is queued right now: read it on the next pass, after
+                // letting other tasks run.
+                tokio::task::yield_now().await;
+                continue;
+            }
+        }
+        let reading = !handing_over;
+        let step = tokio::select! {
+            ready = client.readable(), if reading && !up.eof && !up.holds_bytes() => {
+                ready.and_then(|()| up.read_and_write(client, backend, counters.0))
+            }
+            ready = backend.writable(), if up.holds_bytes() => {
+                ready.and_then(|()| up.flush(backend, counters.0))
+            }
+            ready = backend.readable(), if reading && !down.eof && !down.holds_bytes() => {
+                ready.and_then(|()| down.read_and_write(backend, client, counters.1))
+            }
+            ready = client.writable(), if down.holds_bytes() => {
+                ready.and_then(|()| down.flush(client, counters.1))
+            }
+            // A reset on a socket whose reading direction is finished, or
+            // not being read, is seen by no read: watch for it directly.
+            _ = client.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
+            _ = backend.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
+            () = cancel.cancelled() => break PairEnd::Cancelled,
+            () = sleep_until(hand_over_at), if !handing_over => {
+                handing_over = true;
+                Ok(false)
+            }
+            () = sleep_until(last_activity + idle) => break PairEnd::IdleTimeout,
+        };
+        match step {
+            Ok(true) => last_activity = Instant::now(),
+            Ok(false) => {}
+            Err(cause) => {
+                tracing::debug!(%cause, "relay: pair reset");
+                break PairEnd::Reset;
+            }
+        }
+    };
+    if end == PairEnd::Reset {
+        // Pass the abort on: the surviving peer must not mistake a broken
+        // stream for a complete one.
+        for socket in [client, backend] {
+            if let Err(cause) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
+                tracing::debug!(%cause, "relay: cannot set SO_LINGER 0 before abort");
+            }
+        }
+    }
+    Relayed::Ended {
+        bytes: ByteCount {
+            up: up.moved,
+            down: down.moved,
+        },
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        time::timeout,
+    };
+
+    use super::*;
+    use crate::forward::BackendSlot;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// client <-> [pair.client | pair.backend] <-> server over loopback.
+    async fn rig() -> (TcpStream, Pair, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let connected = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let pair = Pair {
+            client: accepted,
+            backend: connected,
+            slot: BackendSlot(0),
+        };
+        (client, pair, server)
+    }
+
+    fn budget(bytes: u64, millis: u64) -> RelayBudget {
+        RelayBudget {
+            bytes,
+            time: Duration::from_millis(millis),
+        }
+    }
+
+    async fn run(pair: Pair, budget: RelayBudget, counters: &[AtomicU64; 2]) -> Relayed {
+        let cancel = CancellationToken::new();
+        let relayed = relay(pair, budget, (&counters[0], &counters[1]), None, &cancel);
+        timeout(LIMIT, relayed).await.expect("relay returns")
+    }
+
+    #[tokio::test]
+    async fn a_pair_that_ends_within_the_budget_is_relayed_to_its_end() {
+        let (mut client, pair, mut server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let peers = async {
+            client.write_all(b"request").await.expect("write");
+            client.shutdown().await.expect("fin");
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"request");
+            server.write_all(b"answer!").await.expect("write");
+            server.shutdown().await.expect("fin");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"answer!");
+        };
+        let (relayed, ()) = tokio::join!(run(pair, budget(1 << 20, 10_000), &counters), peers);
+        let Relayed::Ended { bytes, end } = relayed else {
+            panic!("handed over: {relayed:?}");
+        };
+        assert_eq!(end, PairEnd::Closed);
+        assert_eq!(bytes, ByteCount { up: 7, down: 7 });
+        let counted = counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        assert_eq!(counted, [7, 7]);
+    }
+
+    #[tokio::test]
+    async fn past_its_bytes_a_pair_is_handed_over_with_every_byte_either_delivered_or_queued() {
+        let (mut client, pair, mut server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        client.write_all(&[1; 100]).await.expect("write");
+        let relayed = run(pair, budget(10, 10_000), &counters).await;
+        let Relayed::HandOver {
+            mut pair,
+            bytes,
+            finished,
+        } = relayed
+        else {
+            panic!("not handed over: {relayed:?}");
+        };
+        assert_eq!(finished, Finished::default());
+        assert_eq!(bytes.down, 0);
+        // What the relay took is at the server; what came after waits in
+        // the proxy socket's receive queue for the engine.
+        client.write_all(&[2; 50]).await.expect("write");
+        let mut delivered = vec![0; usize::try_from(bytes.up).expect("small")];
+        server.read_exact(&mut delivered).await.expect("read");
+        let mut queued = vec![0; 150 - delivered.len()];
+        pair.client.read_exact(&mut queued).await.expect("read");
+        let stream: Vec<u8> = delivered.into_iter().chain(queued).collect();
+        let expected: Vec<u8> = [[1u8; 100].as_slice(), &[2; 50]].concat();
+        assert_eq!(stream, expected);
+    }
+
+    #[tokio::test]
+    async fn with_a_zero_budget_only_the_rest_of_a_partly_read_segment_is_relayed() {
+        let (mut client, mut pair, mut server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let segment: Vec<u8> = (0..100).collect();
+        client.write_all(&segment).await.expect("write");
+        // The handshake's exact read: the first 10 bytes of the segment.
+        let mut request = [0; 10];
+        pair.client.read_exact(&mut request).await.expect("read");
+        let relayed = run(pair, budget(0, 0), &counters).await;
+        let Relayed::HandOver { bytes, .. } = relayed else {
+            panic!("not handed over: {relayed:?}");
+        };
+        assert_eq!(bytes, ByteCount { up: 90, down: 0 });
+        let mut got = [0; 90];
+        server.read_exact(&mut got).await.expect("read");
+        assert_eq!(got.as_slice(), &segment[10..]);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_pair_is_handed_over_when_its_time_is_up() {
+        let (_client, pair, _server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let started = Instant::now();
+        let relayed = run(pair, budget(1 << 20, 50), &counters).await;
+        assert!(
+            matches!(relayed, Relayed::HandOver { bytes, .. } if bytes == ByteCount::default()),
+            "{relayed:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_half_closed_pair_is_handed_over_with_its_finished_direction_named() {
+        let (mut client, pair, mut server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let peers = async {
+            client.write_all(b"get").await.expect("write");
+            client.shutdown().await.expect("fin");
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.expect("the FIN is passed on");
+            assert_eq!(got, b"get");
+            server.write_all(&[7; 4096]).await.expect("write");
+        };
+        let (relayed, ()) = tokio::join!(run(pair, budget(1024, 10_000), &counters), peers);
+        let Relayed::HandOver {
+            bytes, finished, ..
+        } = relayed
+        else {
+            panic!("not handed over: {relayed:?}");
+        };
+        assert_eq!(
+            finished,
+            Finished {
+                up: true,
+                down: false
+            }
+        );
+        assert_eq!(bytes.up, 3);
+        assert!(bytes.down >= 1024, "{bytes:?}");
+    }
+
+    #[tokio::test]
+    async fn bytes_a_slow_peer_cannot_take_are_held_and_written_before_the_hand_over() {
+        const TOTAL: usize = 32 << 20;
+        let (client, pair, mut server) = rig().await;
+        // Small buffers on the slow side, so the relay's writes stall early.
+        SockRef::from(&server)
+            .set_recv_buffer_size(64 << 10)
+            .expect("SO_RCVBUF");
+        SockRef::from(&pair.backend)
+            .set_send_buffer_size(64 << 10)
+            .expect("SO_SNDBUF");
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+        let sending = tokio::spawn(async move {
+            let mut client = client;
+            // Stalls on a full window: nobody reads all of it.
+            let _ = client.write_all(&data).await;
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The server reads only after the relay's time is up, so the relay
+        // sits on bytes it could not write when it decides to hand over.
+        let started = Instant::now();
+        let relayed = run(pair, budget(u64::MAX, 50), &counters);
+        let reader = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut got = vec![0u8; 1 << 20];
+            let (mut total, mut first_wrong) = (0usize, None);
+            // The relay reads nothing more once it decides, so the stream
+            // at the server stops where the relay's count does.
+            while first_wrong.is_none() {
+                let n = timeout(Duration::from_millis(500), server.read(&mut got))
+                    .await
+                    .map_or(0, |read| read.expect("read"));
+                if n == 0 {
+                    break;
+                }
+                first_wrong = got[..n]
+                    .iter()
+                    .enumerate()
+                    .position(|(i, b)| *b != ((total + i) % 251) as u8);
+                total += n;
+            }
+            (total, first_wrong)
+        };
+        let ((relayed, handed_over_after), (received, first_wrong)) =
+            tokio::join!(async { (relayed.await, started.elapsed()) }, reader);
+        let Relayed::HandOver { bytes, .. } = relayed else {
+            panic!("not handed over: {relayed:?}");
+        };
+        assert_eq!(first_wrong, None, "relayed bytes out of order");
+        assert!(bytes.up > 0);
+        assert_eq!(received as u64, bytes.up, "every byte counted was delivered");
+        assert!(
+            handed_over_after >= Duration::from_millis(250),
+            "handed over after {handed_over_after:?}, before the slow peer took the held bytes"
+        );
+        sending.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_relay_and_resets_the_other_side() {
+        let (mut client, pair, server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        SockRef::from(&server)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0");
+        drop(server);
+        let relayed = run(pair, budget(1 << 20, 10_000), &counters).await;
+        assert!(
+            matches!(
+                relayed,
+                Relayed::Ended {
+                    end: PairEnd::Reset,
+                    ..
+                }
+            ),
+            "{relayed:?}"
+        );
+        let mut byte = [0];
+        let read = timeout(LIMIT, client.read(&mut byte)).await.expect("read");
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+    }
+}
