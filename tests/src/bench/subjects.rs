@@ -1,9 +1,12 @@
 //! What is compared, and how each one is started: the config files
 //! (balancer YAML, haproxy.cfg, redsocks.conf, danted.conf) are written to
 //! the run's temporary directory, processes run in the topology's
-//! namespaces, iptables REDIRECT rules go into `lb`'s PREROUTING for the
-//! client's traffic to the target and are removed on drop (and vanish with
-//! the namespace anyway).
+//! namespaces. The transparent rows' iptables REDIRECT rule matches the
+//! client's source address and the target, in `lb`'s nat PREROUTING on veth
+//! (forwarded traffic) or nat OUTPUT on loopback (locally generated); it is
+//! removed on drop and vanishes with the namespace anyway. The balancer's
+//! own rules (`transparent.manage_rules`) are not used: they exclude local
+//! destinations, which is every destination on loopback.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -13,7 +16,10 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::{process::Process, topology::Topology};
+use crate::bench::{
+    process::Process,
+    topology::{Kind, Topology},
+};
 
 /// Ports inside the namespaces (fresh per run), all below the ephemeral
 /// range [`topology`](crate::bench::topology) sets, so no outgoing connection
@@ -26,7 +32,8 @@ const BALANCER_REDIRECT_PORT: u16 = 2345;
 const HAPROXY_PORT: u16 = 1090;
 const REDSOCKS_PORT: u16 = 2346;
 /// `forwarding.mark` of the redirect subject (required by a redirect
-/// listener; the PREROUTING rule does not see the daemon's own traffic).
+/// listener; the REDIRECT rule matches the client's source address, so it
+/// never sees the daemon's own traffic).
 const MARK: u32 = 4919;
 
 /// A forwarding engine of the balancer.
@@ -85,7 +92,7 @@ impl Family {
 /// One row of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    /// Client -> target, no proxy (same veth path).
+    /// Client -> target, no proxy (the same devices as every other row).
     Direct,
     /// Client -> one microsocks -> target: the baseline of the microsocks
     /// rows (and of `direct` and `backend-dante`).
@@ -218,14 +225,14 @@ impl Backends {
         for port in MICROSOCKS_PORTS {
             let addr = SocketAddr::from((ip, port));
             let mut process = Process::spawn(
-                topology.backend.ns(),
+                topology.backend(),
                 &format!("microsocks-{port}"),
                 Path::new("microsocks"),
                 &["-i", &ip.to_string(), "-p", &port.to_string()],
                 &[],
                 dir,
             )?;
-            process.wait_accepting(topology.backend.ns(), addr)?;
+            process.wait_accepting(topology.backend(), addr)?;
             microsocks.push((addr, process));
         }
         let mut dante = Vec::new();
@@ -236,7 +243,7 @@ impl Backends {
             // Its own pid file: the default, /var/run/danted.pid, is shared.
             let pid_file = dir.join(format!("danted-{port}.pid"));
             let mut process = Process::spawn(
-                topology.backend.ns(),
+                topology.backend(),
                 &format!("danted-{port}"),
                 Path::new("danted"),
                 &[
@@ -248,7 +255,7 @@ impl Backends {
                 &[],
                 dir,
             )?;
-            process.wait_accepting(topology.backend.ns(), addr)?;
+            process.wait_accepting(topology.backend(), addr)?;
             dante.push((addr, process));
         }
         Ok(Self { microsocks, dante })
@@ -318,7 +325,7 @@ pub fn start(
     dir: &Path,
     run: usize,
 ) -> Result<Running> {
-    let lb = topology.lb.ns();
+    let lb = topology.lb();
     let mut running = Running {
         access: Access::Plain,
         daemon_pid: None,
@@ -505,8 +512,11 @@ fn dante_conf(internal: SocketAddr, external: Ipv4Addr) -> String {
     )
 }
 
-/// `iptables -t nat PREROUTING` in `lb`: the client's TCP to the target is
-/// redirected to a local port. Removed on drop.
+/// `iptables -t nat -A <chain>` in `lb`: the client's TCP to the target is
+/// redirected to a local port. The chain is the topology's
+/// ([`Kind::redirect_chain`]); matching the client's source keeps the
+/// backends' own connections to the target (and with them the proxies')
+/// out. Removed on drop.
 #[derive(Debug)]
 pub struct RedirectRule {
     lb: String,
@@ -515,27 +525,9 @@ pub struct RedirectRule {
 
 impl RedirectRule {
     fn add(topology: &Topology, target: SocketAddr, port: u16) -> Result<Self> {
-        let spec: Vec<String> = [
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-s",
-            &topology.client_addr().to_string(),
-            "-d",
-            &target.ip().to_string(),
-            "--dport",
-            &target.port().to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &port.to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
         let rule = Self {
-            lb: topology.lb.name().to_owned(),
-            spec,
+            lb: topology.lb().name().to_owned(),
+            spec: redirect_spec(topology.kind(), topology.client_addr(), target, port),
         };
         rule.iptables("-A")?;
         Ok(rule)
@@ -561,6 +553,28 @@ impl Drop for RedirectRule {
     fn drop(&mut self) {
         let _ = self.iptables("-D");
     }
+}
+
+/// The rule of [`RedirectRule`], from its chain on.
+fn redirect_spec(kind: Kind, client: Ipv4Addr, target: SocketAddr, port: u16) -> Vec<String> {
+    [
+        kind.redirect_chain(),
+        "-p",
+        "tcp",
+        "-s",
+        &client.to_string(),
+        "-d",
+        &target.ip().to_string(),
+        "--dport",
+        &target.port().to_string(),
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// The release `balancer` binary beside this executable, built by cargo
@@ -608,6 +622,24 @@ mod tests {
         assert!(yaml.contains("mode: redirect"), "{yaml}");
         assert!(yaml.contains("engine: splice, mark: 4919"), "{yaml}");
         assert!(yaml.contains("strategy: least_connections"), "{yaml}");
+    }
+
+    #[test]
+    fn the_loopback_redirect_catches_only_the_clients_connections_in_nat_output() {
+        let target: SocketAddr = "127.0.0.5:9000".parse().expect("addr");
+        let spec = redirect_spec(
+            Kind::Loopback,
+            Ipv4Addr::new(127, 0, 0, 2),
+            target,
+            REDSOCKS_PORT,
+        )
+        .join(" ");
+        assert_eq!(
+            spec,
+            "OUTPUT -p tcp -s 127.0.0.2 -d 127.0.0.5 --dport 9000 -j REDIRECT --to-ports 2346"
+        );
+        let veth = redirect_spec(Kind::Veth, Ipv4Addr::new(198, 18, 0, 1), target, 2345);
+        assert_eq!(veth[0], "PREROUTING");
     }
 
     #[test]
