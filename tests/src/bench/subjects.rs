@@ -294,6 +294,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Connections the subject's REDIRECT rule has diverted so far; `None`
+    /// for a subject without one. A nat rule sees only the first packet of
+    /// a connection, so its packet counter counts connections: equal to
+    /// what the client opened, it shows that every client connection and
+    /// nothing else (no backend's own) went through the proxy.
+    pub fn redirected(&self) -> Result<Option<u64>> {
+        self.rules
+            .first()
+            .map(RedirectRule::connections)
+            .transpose()
+    }
+
     /// Fails, with the daemon's log, if one of the subject's processes died.
     pub fn ensure_running(&mut self) -> Result<()> {
         self.processes
@@ -533,6 +545,26 @@ impl RedirectRule {
         Ok(rule)
     }
 
+    /// The rule's packet counter (`iptables -v -S CHAIN`).
+    fn connections(&self) -> Result<u64> {
+        let chain = &self.spec[0];
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.lb, "iptables", "-t", "nat", "-v", "-S",
+            ])
+            .arg(chain)
+            .output()
+            .context("run iptables")?;
+        ensure!(
+            out.status.success(),
+            "iptables -v -S {chain}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let listing = String::from_utf8_lossy(&out.stdout);
+        rule_packets(&listing, &self.spec)
+            .with_context(|| format!("no counter for {} in:\n{listing}", self.spec.join(" ")))
+    }
+
     fn iptables(&self, action: &str) -> Result<()> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.lb, "iptables", "-t", "nat", action])
@@ -575,6 +607,40 @@ fn redirect_spec(kind: Kind, client: Ipv4Addr, target: SocketAddr, port: u16) ->
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
+}
+
+/// The packet counter of the rule `spec` in `iptables -v -S` output, which
+/// prints addresses as `/32` networks, adds `-m tcp` and puts `-c PACKETS
+/// BYTES` before the target: the line is found by its source, destination,
+/// port and `--to-ports`, the parts that tell the benchmark's rules apart.
+fn rule_packets(listing: &str, spec: &[String]) -> Option<u64> {
+    let value = |flag: &str| {
+        let at = spec.iter().position(|word| word == flag)?;
+        spec.get(at + 1).map(String::as_str)
+    };
+    let (source, destination) = (value("-s")?, value("-d")?);
+    let (dport, to_ports) = (value("--dport")?, value("--to-ports")?);
+    fn host(word: Option<&str>) -> Option<&str> {
+        word.map(|word| word.trim_end_matches("/32"))
+    }
+    listing.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| {
+            let at = words.iter().position(|word| *word == flag)?;
+            words.get(at + 1).copied()
+        };
+        let matches = words.first() == Some(&"-A")
+            && words.get(1).copied() == spec.first().map(String::as_str)
+            && host(after("-s")) == Some(source)
+            && host(after("-d")) == Some(destination)
+            && after("--dport") == Some(dport)
+            && after("--to-ports") == Some(to_ports);
+        if matches {
+            after("-c")?.parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// The release `balancer` binary beside this executable, built by cargo
@@ -640,6 +706,22 @@ mod tests {
         );
         let veth = redirect_spec(Kind::Veth, Ipv4Addr::new(198, 18, 0, 1), target, 2345);
         assert_eq!(veth[0], "PREROUTING");
+    }
+
+    #[test]
+    fn the_redirect_counter_is_read_from_its_own_rule_only() {
+        let spec = redirect_spec(
+            Kind::Loopback,
+            Ipv4Addr::new(127, 0, 0, 2),
+            "127.0.0.5:9000".parse().expect("addr"),
+            REDSOCKS_PORT,
+        );
+        let listing = "-P OUTPUT ACCEPT -c 900 54000\n\
+             -A OUTPUT -s 192.0.2.1/32 -p tcp -c 0 0 -j RETURN\n\
+             -A OUTPUT -s 127.0.0.2/32 -d 127.0.0.5/32 -p tcp -m tcp --dport 9000 -c 511 30660 -j REDIRECT --to-ports 2345\n\
+             -A OUTPUT -s 127.0.0.2/32 -d 127.0.0.5/32 -p tcp -m tcp --dport 9000 -c 512 30720 -j REDIRECT --to-ports 2346\n";
+        assert_eq!(rule_packets(listing, &spec), Some(512));
+        assert_eq!(rule_packets("-P OUTPUT ACCEPT -c 0 0\n", &spec), None);
     }
 
     #[test]

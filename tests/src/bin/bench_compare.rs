@@ -184,7 +184,10 @@ fn measure(
     let bytes = settings.bulk_mib << 20;
     let mut total = Cost::default();
     let mut moved = 0u64;
+    // Connections the client opens to the target, for the REDIRECT check.
+    let mut opened = 0u64;
     for (key, direction, streams) in BULK {
+        opened += streams as u64;
         let cost = workloads::bulk(
             client,
             access,
@@ -222,6 +225,7 @@ fn measure(
         settings.ping_pong_rounds,
     )
     .with_context(|| format!("{}: ping-pong", subject.name()))?;
+    opened += 1;
     sample.insert(stats::RTT_P50, stats::percentile(&rtts, 0.5));
     sample.insert(stats::RTT_P99, stats::percentile(&rtts, 0.99));
     sample.insert(stats::RTT_P999, stats::percentile(&rtts, 0.999));
@@ -234,6 +238,7 @@ fn measure(
         settings.connections,
     )
     .with_context(|| format!("{}: connection rate", subject.name()))?;
+    opened += rate.setup_us.len() as u64;
     sample.insert(stats::CONN_RATE, rate.per_second);
     sample.insert(
         stats::CONN_SETUP_P99,
@@ -250,12 +255,25 @@ fn measure(
             .min(usize::try_from(budget / engine.fds_per_connection()).unwrap_or(usize::MAX));
         let rss = workloads::rss_with_idle_connections(client, access, target, count, pid)
             .with_context(|| format!("{}: {count} idle connections", subject.name()))?;
+        opened += count as u64;
         sample.insert(stats::RSS_IDLE, rss.idle_mib);
         sample.insert(stats::RSS_CONNECTIONS, count as f64);
         sample.insert(stats::RSS_LOADED, rss.loaded_mib);
         sample.insert(
             stats::RSS_10K,
             rss.idle_mib + (rss.loaded_mib - rss.idle_mib) * 10_000.0 / count.max(1) as f64,
+        );
+    }
+    if let Some(redirected) = running.redirected()? {
+        ensure!(
+            redirected == opened,
+            "{}: the REDIRECT rule diverted {redirected} connections, the client opened \
+             {opened}: it missed some, or caught connections not the client's",
+            subject.name()
+        );
+        eprintln!(
+            "bench_compare: {}: REDIRECT diverted all {opened} client connections, no other",
+            subject.name()
         );
     }
     running
