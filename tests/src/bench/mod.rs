@@ -9,6 +9,7 @@
 //! - [`process`] — child processes in a namespace, own group, raised nofile.
 //! - [`target`] — the Rust target: CRC-checked upload/download, echo.
 //! - [`subjects`] — what is compared and how each is started (configs).
+//! - [`redirect`] — the transparent rows' REDIRECT rule, per topology, counted.
 //! - [`workloads`] — bulk, ping-pong, connection rate, idle connections.
 //! - [`cpu`] — `/proc/stat` and `/proc/<pid>/stat`, VmRSS.
 //! - [`stats`] — medians, spreads, per-run ratios (pure).
@@ -19,6 +20,7 @@ pub mod chart;
 pub mod cleanup;
 pub mod cpu;
 pub mod process;
+pub mod redirect;
 pub mod report;
 pub mod stats;
 pub mod subjects;

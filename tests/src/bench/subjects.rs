@@ -1,12 +1,9 @@
 //! What is compared, and how each one is started: the config files
 //! (balancer YAML, haproxy.cfg, redsocks.conf, danted.conf) are written to
 //! the run's temporary directory, processes run in the topology's
-//! namespaces. The transparent rows' iptables REDIRECT rule matches the
-//! client's source address and the target, in `lb`'s nat PREROUTING on veth
-//! (forwarded traffic) or nat OUTPUT on loopback (locally generated); it is
-//! removed on drop and vanishes with the namespace anyway. The balancer's
-//! own rules (`transparent.manage_rules`) are not used: they exclude local
-//! destinations, which is every destination on loopback.
+//! namespaces; the transparent rows get their [`RedirectRule`]. The
+//! balancer's own rules (`transparent.manage_rules`) are not used: they
+//! exclude local destinations, which is every destination on loopback.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -16,10 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::{
-    process::Process,
-    topology::{Kind, Topology},
-};
+use crate::bench::{process::Process, redirect::RedirectRule, topology::Topology};
 
 /// Ports inside the namespaces (fresh per run), all below the ephemeral
 /// range [`topology`](crate::bench::topology) sets, so no outgoing connection
@@ -524,125 +518,6 @@ fn dante_conf(internal: SocketAddr, external: Ipv4Addr) -> String {
     )
 }
 
-/// `iptables -t nat -A <chain>` in `lb`: the client's TCP to the target is
-/// redirected to a local port. The chain is the topology's
-/// ([`Kind::redirect_chain`]); matching the client's source keeps the
-/// backends' own connections to the target (and with them the proxies')
-/// out. Removed on drop.
-#[derive(Debug)]
-pub struct RedirectRule {
-    lb: String,
-    spec: Vec<String>,
-}
-
-impl RedirectRule {
-    fn add(topology: &Topology, target: SocketAddr, port: u16) -> Result<Self> {
-        let rule = Self {
-            lb: topology.lb().name().to_owned(),
-            spec: redirect_spec(topology.kind(), topology.client_addr(), target, port),
-        };
-        rule.iptables("-A")?;
-        Ok(rule)
-    }
-
-    /// The rule's packet counter (`iptables -v -S CHAIN`).
-    fn connections(&self) -> Result<u64> {
-        let chain = &self.spec[0];
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.lb, "iptables", "-t", "nat", "-v", "-S",
-            ])
-            .arg(chain)
-            .output()
-            .context("run iptables")?;
-        ensure!(
-            out.status.success(),
-            "iptables -v -S {chain}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        let listing = String::from_utf8_lossy(&out.stdout);
-        rule_packets(&listing, &self.spec)
-            .with_context(|| format!("no counter for {} in:\n{listing}", self.spec.join(" ")))
-    }
-
-    fn iptables(&self, action: &str) -> Result<()> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lb, "iptables", "-t", "nat", action])
-            .args(&self.spec)
-            .output()
-            .context("run iptables")?;
-        ensure!(
-            out.status.success(),
-            "iptables {action} {}: {}",
-            self.spec.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    }
-}
-
-impl Drop for RedirectRule {
-    fn drop(&mut self) {
-        let _ = self.iptables("-D");
-    }
-}
-
-/// The rule of [`RedirectRule`], from its chain on.
-fn redirect_spec(kind: Kind, client: Ipv4Addr, target: SocketAddr, port: u16) -> Vec<String> {
-    [
-        kind.redirect_chain(),
-        "-p",
-        "tcp",
-        "-s",
-        &client.to_string(),
-        "-d",
-        &target.ip().to_string(),
-        "--dport",
-        &target.port().to_string(),
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &port.to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
-/// The packet counter of the rule `spec` in `iptables -v -S` output, which
-/// prints addresses as `/32` networks, adds `-m tcp` and puts `-c PACKETS
-/// BYTES` before the target: the line is found by its source, destination,
-/// port and `--to-ports`, the parts that tell the benchmark's rules apart.
-fn rule_packets(listing: &str, spec: &[String]) -> Option<u64> {
-    let value = |flag: &str| {
-        let at = spec.iter().position(|word| word == flag)?;
-        spec.get(at + 1).map(String::as_str)
-    };
-    let (source, destination) = (value("-s")?, value("-d")?);
-    let (dport, to_ports) = (value("--dport")?, value("--to-ports")?);
-    fn host(word: Option<&str>) -> Option<&str> {
-        word.map(|word| word.trim_end_matches("/32"))
-    }
-    listing.lines().find_map(|line| {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let after = |flag: &str| {
-            let at = words.iter().position(|word| *word == flag)?;
-            words.get(at + 1).copied()
-        };
-        let matches = words.first() == Some(&"-A")
-            && words.get(1).copied() == spec.first().map(String::as_str)
-            && host(after("-s")) == Some(source)
-            && host(after("-d")) == Some(destination)
-            && after("--dport") == Some(dport)
-            && after("--to-ports") == Some(to_ports);
-        if matches {
-            after("-c")?.parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
 /// The release `balancer` binary beside this executable, built by cargo
 /// if needed (cargo makes it a no-op when it is fresh).
 pub fn balancer_binary() -> Result<PathBuf> {
@@ -688,40 +563,6 @@ mod tests {
         assert!(yaml.contains("mode: redirect"), "{yaml}");
         assert!(yaml.contains("engine: splice, mark: 4919"), "{yaml}");
         assert!(yaml.contains("strategy: least_connections"), "{yaml}");
-    }
-
-    #[test]
-    fn the_loopback_redirect_catches_only_the_clients_connections_in_nat_output() {
-        let target: SocketAddr = "127.0.0.5:9000".parse().expect("addr");
-        let spec = redirect_spec(
-            Kind::Loopback,
-            Ipv4Addr::new(127, 0, 0, 2),
-            target,
-            REDSOCKS_PORT,
-        )
-        .join(" ");
-        assert_eq!(
-            spec,
-            "OUTPUT -p tcp -s 127.0.0.2 -d 127.0.0.5 --dport 9000 -j REDIRECT --to-ports 2346"
-        );
-        let veth = redirect_spec(Kind::Veth, Ipv4Addr::new(198, 18, 0, 1), target, 2345);
-        assert_eq!(veth[0], "PREROUTING");
-    }
-
-    #[test]
-    fn the_redirect_counter_is_read_from_its_own_rule_only() {
-        let spec = redirect_spec(
-            Kind::Loopback,
-            Ipv4Addr::new(127, 0, 0, 2),
-            "127.0.0.5:9000".parse().expect("addr"),
-            REDSOCKS_PORT,
-        );
-        let listing = "-P OUTPUT ACCEPT -c 900 54000\n\
-             -A OUTPUT -s 192.0.2.1/32 -p tcp -c 0 0 -j RETURN\n\
-             -A OUTPUT -s 127.0.0.2/32 -d 127.0.0.5/32 -p tcp -m tcp --dport 9000 -c 511 30660 -j REDIRECT --to-ports 2345\n\
-             -A OUTPUT -s 127.0.0.2/32 -d 127.0.0.5/32 -p tcp -m tcp --dport 9000 -c 512 30720 -j REDIRECT --to-ports 2346\n";
-        assert_eq!(rule_packets(listing, &spec), Some(512));
-        assert_eq!(rule_packets("-P OUTPUT ACCEPT -c 0 0\n", &spec), None);
     }
 
     #[test]

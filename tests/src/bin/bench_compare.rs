@@ -1,7 +1,7 @@
 //! `bench_compare`: issue 6's comparison. Builds a namespace topology of
 //! [`balancer_tests::bench::topology`] (veth: four namespaces in a line;
-//! loopback: one namespace, every hop over `lo`) once per run, starts the target and
-//! the SOCKS5 backends, then measures every subject in turn with the same
+//! loopback: one namespace, every hop over `lo`) once per run, starts the
+//! target and the SOCKS5 backends, then measures every subject in turn with the same
 //! client workloads (bulk 1 stream up / down and 8 streams down, 64 B
 //! ping-pong, connection rate, CPU per GB; RSS with idle connections for
 //! the balancer, once per engine), and reports medians over runs with
