@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: runs the benchmark binaries of `balancer-tests`,
-//! each printing its table and writing its JSON under bench-results/
-//! (`compare` also writes `compare.md` and the chart `compare.png` beside
-//! its JSON), and the selection micro-benchmark of the `balancer` crate.
+//! each printing its table and writing its JSON under bench-results/, and
+//! the selection micro-benchmark of the `balancer` crate. `compare` runs on
+//! both of its topologies (its default `--topology both`): `compare.json`,
+//! `.md` and the chart `compare.png` for veth, `compare-loopback.json`,
+//! `.md`, `.png` for loopback. Arguments after `--` reach the binaries, e.g.
+//! `cargo xtask bench --only compare -- --quick --topology loopback`.
 
 use anyhow::{Context as _, Result, bail};
 

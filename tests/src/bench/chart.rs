@@ -65,7 +65,8 @@ pub fn data(subjects: &[SubjectReport]) -> String {
 }
 
 /// Writes `png` (and `png`.dat / .gp beside it, removed afterwards).
-pub fn draw(subjects: &[SubjectReport], runs: usize, png: &Path) -> Result<()> {
+/// `network` (the topology's name) goes into the title.
+pub fn draw(subjects: &[SubjectReport], network: &str, runs: usize, png: &Path) -> Result<()> {
     let dat = png.with_extension("dat");
     let script = png.with_extension("gp");
     std::fs::write(&dat, data(subjects))?;
@@ -75,7 +76,7 @@ pub fn draw(subjects: &[SubjectReport], runs: usize, png: &Path) -> Result<()> {
         format!(
             "set terminal pngcairo size 1800,750 font 'DejaVu Sans,11'\n\
              set output '{png}'\n\
-             set title 'Speed relative to the backend of each group: one microsocks (first group), one dante-server (backend-dante group); median of {runs} runs; higher is better; 1 = that backend alone'\n\
+             set title '{network} topology: speed relative to the backend of each group: one microsocks (first group), one dante-server (backend-dante group); median of {runs} runs; higher is better; 1 = that backend alone'\n\
              set style data histogram\n\
              set style histogram clustered gap 1\n\
              set style fill solid 0.85 border -1\n\

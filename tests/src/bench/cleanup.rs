@@ -39,8 +39,9 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 /// Blocks the termination signals in the calling thread (call it first in
 /// `main`, before any thread exists, so every thread inherits the mask) and
-/// starts the thread that waits for them. Children started with
-/// `std::process::Command` get an empty mask again.
+/// starts the thread that waits for them. `std::process::Command` does not
+/// reset the mask in a child: [`Process`](crate::bench::process::Process)
+/// empties it before exec, or no child would die of SIGTERM.
 pub fn install() -> nix::Result<()> {
     let mut set = SigSet::empty();
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {

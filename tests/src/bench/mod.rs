@@ -1,12 +1,15 @@
 //! The comparison benchmark of issue 6 (`bench_compare`): `balancer` beside
-//! no proxy, one SOCKS5 backend alone, HAProxy and redsocks, on one
-//! namespace topology, with the same client workloads.
+//! no proxy, one SOCKS5 backend alone, HAProxy and redsocks, with the same
+//! client workloads, on two topologies reported apart: four namespaces
+//! joined by veth pairs, and one namespace where every hop is over `lo`.
 //!
 //! - [`cleanup`] — what a signal must undo; the signal thread.
-//! - [`topology`] — client / lb / backend / target namespaces and routes.
+//! - [`topology`] — veth (client / lb / backend / target namespaces and
+//!   routes) or loopback (one namespace, an address of `lo` per role).
 //! - [`process`] — child processes in a namespace, own group, raised nofile.
 //! - [`target`] — the Rust target: CRC-checked upload/download, echo.
 //! - [`subjects`] — what is compared and how each is started (configs).
+//! - [`redirect`] — the transparent rows' REDIRECT rule, per topology, counted.
 //! - [`workloads`] — bulk, ping-pong, connection rate, idle connections.
 //! - [`cpu`] — `/proc/stat` and `/proc/<pid>/stat`, VmRSS.
 //! - [`stats`] — medians, spreads, per-run ratios (pure).
@@ -17,6 +20,7 @@ pub mod chart;
 pub mod cleanup;
 pub mod cpu;
 pub mod process;
+pub mod redirect;
 pub mod report;
 pub mod stats;
 pub mod subjects;

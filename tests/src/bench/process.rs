@@ -1,7 +1,8 @@
 //! Child processes of the comparison benchmark: started inside a namespace
 //! with `nsenter --net=` (not `ip netns exec`, which remounts /sys and hides
 //! bpffs from the balancer), in their own process group, with
-//! `RLIMIT_NOFILE` raised to its hard limit, stderr to a log file. Dropping
+//! `RLIMIT_NOFILE` raised to its hard limit and no signal blocked, stderr to
+//! a log file. Dropping
 //! one stops its whole group (SIGTERM, then SIGKILL after 3 s) and reaps it.
 
 use std::{
@@ -68,11 +69,25 @@ impl Process {
             .stdout(out)
             .stderr(err);
         // SAFETY: the closure runs in the forked child before exec and calls
-        // only async-signal-safe functions (setpgid, setrlimit) on plain
-        // values; it allocates nothing and takes no lock.
+        // only async-signal-safe functions (setpgid, setrlimit, sigemptyset,
+        // sigprocmask) on plain values on its own stack; it allocates
+        // nothing and takes no lock.
         unsafe {
             command.pre_exec(move || {
                 if libc::setpgid(0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The signal thread's mask (SIGINT, SIGTERM, SIGHUP blocked,
+                // see `cleanup::install`) survives fork and exec: without
+                // this, SIGTERM on drop would wait for its 3 s and SIGKILL.
+                let mut unblocked = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                if libc::sigemptyset(unblocked.as_mut_ptr()) != 0
+                    || libc::sigprocmask(
+                        libc::SIG_SETMASK,
+                        unblocked.as_ptr(),
+                        std::ptr::null_mut(),
+                    ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 let limit = libc::rlimit {

@@ -1,16 +1,24 @@
 //! The comparison's output: a Markdown report (one table per workload,
 //! every cell `median (min–max) ×backend ×direct` where `backend` is the
 //! row's own baseline, then the issue's targets with met / missed, once
-//! per backend family) and the JSON document with every run's figures.
+//! per backend family) and the JSON document with every run's figures. One
+//! report per topology: its ratios are against its own rows of the same run.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use serde::Serialize;
 
-use crate::bench::stats::{
-    BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM,
-    CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, RSS_10K,
-    RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+use crate::bench::{
+    stats::{
+        BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM,
+        CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, RSS_10K,
+        RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+    },
+    topology::Kind,
 };
 
 /// One subject's figures.
@@ -42,9 +50,30 @@ pub struct TargetCheck {
 pub struct Report {
     pub runs: usize,
     pub settings: serde_json::Value,
+    /// `veth` or `loopback`.
+    pub network: &'static str,
+    /// What the network looks like.
     pub topology: &'static str,
     pub subjects: Vec<SubjectReport>,
     pub targets: Vec<TargetCheck>,
+}
+
+/// Where the JSON of `kind`'s report goes, given `--json OUT.json`: OUT.json
+/// itself for veth (the file earlier runs wrote), `OUT-loopback.json` for
+/// loopback; the Markdown and the chart take the same stem.
+pub fn path_for(json: &Path, kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Veth => json.to_owned(),
+        Kind::Loopback => {
+            let stem = json.file_stem().unwrap_or_default().to_string_lossy();
+            let mut name = format!("{stem}-{}", kind.name());
+            if let Some(extension) = json.extension() {
+                name.push('.');
+                name.push_str(&extension.to_string_lossy());
+            }
+            json.with_file_name(name)
+        }
+    }
 }
 
 const GROUPS: &[(&str, &[&str])] = &[
@@ -102,6 +131,7 @@ fn cell(figure: Option<&Figure>, decimals: usize) -> String {
 /// The Markdown report.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "## Comparison on the {} topology\n", report.network);
     let _ = writeln!(
         out,
         "Each cell: median over {} runs (min–max), then the median of the per-run \
@@ -333,6 +363,20 @@ mod tests {
                 std::slice::from_ref(&backend),
             ),
         }
+    }
+
+    #[test]
+    fn the_veth_report_keeps_the_given_path_and_loopback_gets_a_suffixed_one() {
+        let json = Path::new("bench-results/compare.json");
+        assert_eq!(path_for(json, Kind::Veth), json);
+        assert_eq!(
+            path_for(json, Kind::Loopback),
+            Path::new("bench-results/compare-loopback.json")
+        );
+        assert_eq!(
+            path_for(json, Kind::Loopback).with_extension("md"),
+            Path::new("bench-results/compare-loopback.md")
+        );
     }
 
     #[test]

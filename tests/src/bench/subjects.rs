@@ -1,9 +1,9 @@
 //! What is compared, and how each one is started: the config files
 //! (balancer YAML, haproxy.cfg, redsocks.conf, danted.conf) are written to
 //! the run's temporary directory, processes run in the topology's
-//! namespaces, iptables REDIRECT rules go into `lb`'s PREROUTING for the
-//! client's traffic to the target and are removed on drop (and vanish with
-//! the namespace anyway).
+//! namespaces; the transparent rows get their [`RedirectRule`]. The
+//! balancer's own rules (`transparent.manage_rules`) are not used: they
+//! exclude local destinations, which is every destination on loopback.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::{process::Process, topology::Topology};
+use crate::bench::{process::Process, redirect::RedirectRule, topology::Topology};
 
 /// Ports inside the namespaces (fresh per run), all below the ephemeral
 /// range [`topology`](crate::bench::topology) sets, so no outgoing connection
@@ -26,7 +26,8 @@ const BALANCER_REDIRECT_PORT: u16 = 2345;
 const HAPROXY_PORT: u16 = 1090;
 const REDSOCKS_PORT: u16 = 2346;
 /// `forwarding.mark` of the redirect subject (required by a redirect
-/// listener; the PREROUTING rule does not see the daemon's own traffic).
+/// listener; the REDIRECT rule matches the client's source address, so it
+/// never sees the daemon's own traffic).
 const MARK: u32 = 4919;
 
 /// A forwarding engine of the balancer.
@@ -85,7 +86,7 @@ impl Family {
 /// One row of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
-    /// Client -> target, no proxy (same veth path).
+    /// Client -> target, no proxy (the same devices as every other row).
     Direct,
     /// Client -> one microsocks -> target: the baseline of the microsocks
     /// rows (and of `direct` and `backend-dante`).
@@ -218,14 +219,14 @@ impl Backends {
         for port in MICROSOCKS_PORTS {
             let addr = SocketAddr::from((ip, port));
             let mut process = Process::spawn(
-                topology.backend.ns(),
+                topology.backend(),
                 &format!("microsocks-{port}"),
                 Path::new("microsocks"),
                 &["-i", &ip.to_string(), "-p", &port.to_string()],
                 &[],
                 dir,
             )?;
-            process.wait_accepting(topology.backend.ns(), addr)?;
+            process.wait_accepting(topology.backend(), addr)?;
             microsocks.push((addr, process));
         }
         let mut dante = Vec::new();
@@ -236,7 +237,7 @@ impl Backends {
             // Its own pid file: the default, /var/run/danted.pid, is shared.
             let pid_file = dir.join(format!("danted-{port}.pid"));
             let mut process = Process::spawn(
-                topology.backend.ns(),
+                topology.backend(),
                 &format!("danted-{port}"),
                 Path::new("danted"),
                 &[
@@ -248,7 +249,7 @@ impl Backends {
                 &[],
                 dir,
             )?;
-            process.wait_accepting(topology.backend.ns(), addr)?;
+            process.wait_accepting(topology.backend(), addr)?;
             dante.push((addr, process));
         }
         Ok(Self { microsocks, dante })
@@ -287,6 +288,18 @@ pub struct Running {
 }
 
 impl Running {
+    /// Connections the subject's REDIRECT rule has diverted so far; `None`
+    /// for a subject without one. A nat rule sees only the first packet of
+    /// a connection, so its packet counter counts connections: equal to
+    /// what the client opened, it shows that every client connection and
+    /// nothing else (no backend's own) went through the proxy.
+    pub fn redirected(&self) -> Result<Option<u64>> {
+        self.rules
+            .first()
+            .map(RedirectRule::connections)
+            .transpose()
+    }
+
     /// Fails, with the daemon's log, if one of the subject's processes died.
     pub fn ensure_running(&mut self) -> Result<()> {
         self.processes
@@ -318,7 +331,7 @@ pub fn start(
     dir: &Path,
     run: usize,
 ) -> Result<Running> {
-    let lb = topology.lb.ns();
+    let lb = topology.lb();
     let mut running = Running {
         access: Access::Plain,
         daemon_pid: None,
@@ -503,64 +516,6 @@ fn dante_conf(internal: SocketAddr, external: Ipv4Addr) -> String {
         internal.ip(),
         internal.port()
     )
-}
-
-/// `iptables -t nat PREROUTING` in `lb`: the client's TCP to the target is
-/// redirected to a local port. Removed on drop.
-#[derive(Debug)]
-pub struct RedirectRule {
-    lb: String,
-    spec: Vec<String>,
-}
-
-impl RedirectRule {
-    fn add(topology: &Topology, target: SocketAddr, port: u16) -> Result<Self> {
-        let spec: Vec<String> = [
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-s",
-            &topology.client_addr().to_string(),
-            "-d",
-            &target.ip().to_string(),
-            "--dport",
-            &target.port().to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &port.to_string(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let rule = Self {
-            lb: topology.lb.name().to_owned(),
-            spec,
-        };
-        rule.iptables("-A")?;
-        Ok(rule)
-    }
-
-    fn iptables(&self, action: &str) -> Result<()> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lb, "iptables", "-t", "nat", action])
-            .args(&self.spec)
-            .output()
-            .context("run iptables")?;
-        ensure!(
-            out.status.success(),
-            "iptables {action} {}: {}",
-            self.spec.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
-    }
-}
-
-impl Drop for RedirectRule {
-    fn drop(&mut self) {
-        let _ = self.iptables("-D");
-    }
 }
 
 /// The release `balancer` binary beside this executable, built by cargo

@@ -1,6 +1,10 @@
-//! The comparison benchmark's network: four namespaces in a line, joined by
-//! three veth pairs, with routes so that a packet from the client reaches the
-//! target over the same devices whether or not a proxy is in the way.
+//! The comparison benchmark's networks, one per [`Kind`]. Each is built in
+//! namespaces this process creates (never the host's), registered with
+//! [`cleanup`], and deleted on drop.
+//!
+//! `veth`: four namespaces in a line, joined by three veth pairs, with
+//! routes so that a packet from the client reaches the target over the same
+//! devices whether or not a proxy is in the way.
 //!
 //! ```text
 //!  client ──veth── lb ──veth── backend ──veth── target
@@ -11,13 +15,28 @@
 //!
 //! `lb` and `backend` forward IPv4 (`ip_forward=1`), so `direct` (client ->
 //! target, no proxy) crosses the same three veth pairs as every proxied path;
-//! only the TCP endpoints differ. `lb` has the nat table (conntrack) loaded
-//! for every subject. Addresses come from [`Veth`] (RFC 2544
+//! only the TCP endpoints differ. Addresses come from [`Veth`] (RFC 2544
 //! range); nothing leaves the namespaces.
+//!
+//! `loopback`: one namespace, every role on its own address of `lo`:
+//!
+//! ```text
+//!  client 127.0.0.2 -> lb 127.0.0.3 -> backend 127.0.0.4 -> target 127.0.0.5
+//! ```
+//!
+//! Every hop is a loopback TCP connection inside that one namespace. The
+//! client binds 127.0.0.2 as its source: nothing else in the namespace uses
+//! it (the proxies and microsocks leave their source to the kernel, which
+//! picks 127.0.0.1; dante's `external` is 127.0.0.4), so a transparent rule
+//! matching `-s 127.0.0.2` catches the client's connections to the target and
+//! never a backend's own.
+//!
+//! Either way the namespace holding the proxies has the nat table (with it,
+//! connection tracking) loaded from the start, for every subject alike.
 
-use std::net::Ipv4Addr;
+use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::{
     bench::cleanup,
@@ -45,15 +64,21 @@ impl Ns {
 
     /// Sets a sysctl inside the namespace (`ip netns exec NS sysctl -w`).
     fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+    }
+
+    /// Runs `program args` inside the namespace, failing with its stderr.
+    fn exec(&self, program: &str, args: &[&str]) -> Result<()> {
         let out = self
             .0
-            .command("sysctl")
-            .args(["-qw", &format!("{key}={value}")])
+            .command(program)
+            .args(args)
             .output()
-            .context("run sysctl")?;
+            .with_context(|| format!("run {program}"))?;
         ensure!(
             out.status.success(),
-            "sysctl {key}={value} in {}: {}",
+            "{program} {} in {}: {}",
+            args.join(" "),
             self.name(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -67,47 +92,158 @@ impl Drop for Ns {
     }
 }
 
-/// The four namespaces and the addresses each side uses. Fields drop in
-/// order: veths, then namespaces.
+/// Which network the benchmark runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Four namespaces joined by veth pairs.
+    Veth,
+    /// One namespace, everything over `lo`.
+    Loopback,
+}
+
+impl Kind {
+    pub const ALL: [Self; 2] = [Self::Veth, Self::Loopback];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Veth => "veth",
+            Self::Loopback => "loopback",
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Veth => {
+                "veth: client -veth- lb -veth- backend -veth- target (namespaces; lb and \
+                 backend forward IPv4, so `direct` crosses the same three veth pairs)"
+            }
+            Self::Loopback => {
+                "loopback: one namespace, every hop over `lo` (client 127.0.0.2, proxies \
+                 127.0.0.3, backends 127.0.0.4, target 127.0.0.5); transparent rows \
+                 REDIRECT the client's connections in nat OUTPUT"
+            }
+        }
+    }
+
+    /// The nat chain where a transparent subject's REDIRECT rule goes: the
+    /// client's packets are forwarded through `lb` on veth, but generated
+    /// locally on loopback.
+    pub fn redirect_chain(self) -> &'static str {
+        match self {
+            Self::Veth => "PREROUTING",
+            Self::Loopback => "OUTPUT",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|kind| kind.name() == name) {
+            Some(kind) => Ok(kind),
+            None => bail!("unknown topology {name:?}; known: veth, loopback"),
+        }
+    }
+}
+
+/// The topologies a `--topology` value selects: one, or `both` (veth first).
+pub fn parse_selection(value: &str) -> Result<Vec<Kind>> {
+    if value == "both" {
+        return Ok(Kind::ALL.to_vec());
+    }
+    value
+        .parse()
+        .map(|kind| vec![kind])
+        .context("--topology takes veth, loopback or both")
+}
+
+/// The addresses each role uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Addresses {
+    /// The client's source address (what a transparent rule matches).
+    client: Ipv4Addr,
+    /// Where proxies listen.
+    lb: Ipv4Addr,
+    /// Where backends listen.
+    backend: Ipv4Addr,
+    /// dante's `external`: the backends' source towards the target.
+    backend_external: Ipv4Addr,
+    /// Where the target listens.
+    target: Ipv4Addr,
+}
+
+/// The loopback roles; 127.0.0.1 stays what the kernel picks for every
+/// socket that does not bind a source.
+const LOOPBACK: Addresses = Addresses {
+    client: Ipv4Addr::new(127, 0, 0, 2),
+    lb: Ipv4Addr::new(127, 0, 0, 3),
+    backend: Ipv4Addr::new(127, 0, 0, 4),
+    backend_external: Ipv4Addr::new(127, 0, 0, 4),
+    target: Ipv4Addr::new(127, 0, 0, 5),
+};
+
+/// Role indices into [`Topology::namespaces`] on veth.
+const CLIENT: usize = 0;
+const LB: usize = 1;
+const BACKEND: usize = 2;
+const TARGET: usize = 3;
+
+/// The namespaces of one topology and the addresses each role uses. Fields
+/// drop in order: veths, then namespaces.
 #[derive(Debug)]
 pub struct Topology {
-    client_lb: Veth,
-    lb_backend: Veth,
-    backend_target: Veth,
-    pub client: Ns,
-    pub lb: Ns,
-    pub backend: Ns,
-    pub target: Ns,
+    kind: Kind,
+    #[expect(dead_code, reason = "held only to delete the links first, on drop")]
+    veths: Vec<Veth>,
+    /// veth: client, lb, backend, target; loopback: the one namespace.
+    namespaces: Vec<Ns>,
+    addrs: Addresses,
 }
 
 impl Topology {
-    /// Creates the namespaces, links and routes.
-    pub fn new() -> Result<Self> {
-        let client = Ns::new()?;
-        let lb = Ns::new()?;
-        let backend = Ns::new()?;
-        let target = Ns::new()?;
-        let client_lb = Veth::new(client.ns(), lb.ns())?;
-        let lb_backend = Veth::new(lb.ns(), backend.ns())?;
-        let backend_target = Veth::new(backend.ns(), target.ns())?;
-        let topology = Self {
-            client_lb,
-            lb_backend,
-            backend_target,
-            client,
-            lb,
-            backend,
-            target,
+    /// Creates the namespaces, links, routes and sysctls of `kind`.
+    pub fn new(kind: Kind) -> Result<Self> {
+        let topology = match kind {
+            Kind::Veth => Self::veth()?,
+            Kind::Loopback => Self {
+                kind,
+                veths: Vec::new(),
+                namespaces: vec![Ns::new()?],
+                addrs: LOOPBACK,
+            },
         };
-        topology.route()?;
+        topology.tune()?;
         Ok(topology)
     }
 
-    fn route(&self) -> Result<()> {
-        let route = |ns: &Ns, dest: &str, via: Ipv4Addr| {
+    fn veth() -> Result<Self> {
+        let namespaces = vec![Ns::new()?, Ns::new()?, Ns::new()?, Ns::new()?];
+        let link = |a: usize, b: usize| Veth::new(namespaces[a].ns(), namespaces[b].ns());
+        let veths = vec![
+            link(CLIENT, LB)?,
+            link(LB, BACKEND)?,
+            link(BACKEND, TARGET)?,
+        ];
+        let (client_lb, lb_backend, backend_target) = (&veths[0], &veths[1], &veths[2]);
+        let addrs = Addresses {
+            client: client_lb.a_addr,
+            lb: client_lb.b_addr,
+            backend: lb_backend.b_addr,
+            backend_external: backend_target.a_addr,
+            target: backend_target.b_addr,
+        };
+        let route = |role: usize, dest: &str, via: Ipv4Addr| {
             ip(&[
                 "-n",
-                ns.name(),
+                namespaces[role].name(),
                 "route",
                 "add",
                 dest,
@@ -115,86 +251,123 @@ impl Topology {
                 &via.to_string(),
             ])
         };
-        route(&self.client, "default", self.client_lb.b_addr)?;
-        route(
-            &self.lb,
-            &subnet(self.backend_target.a_addr),
-            self.lb_backend.b_addr,
-        )?;
-        route(
-            &self.backend,
-            &subnet(self.client_lb.a_addr),
-            self.lb_backend.a_addr,
-        )?;
-        route(&self.target, "default", self.backend_target.a_addr)?;
-        for ns in [&self.lb, &self.backend] {
-            ns.sysctl("net.ipv4.ip_forward", "1")?;
+        route(CLIENT, "default", client_lb.b_addr)?;
+        route(LB, &subnet(backend_target.a_addr), lb_backend.b_addr)?;
+        route(BACKEND, &subnet(client_lb.a_addr), lb_backend.a_addr)?;
+        route(TARGET, "default", backend_target.a_addr)?;
+        for role in [LB, BACKEND] {
+            namespaces[role].sysctl("net.ipv4.ip_forward", "1")?;
         }
+        Ok(Self {
+            kind: Kind::Veth,
+            veths,
+            namespaces,
+            addrs,
+        })
+    }
+
+    /// Sysctls for every namespace, and the nat table where proxies run.
+    fn tune(&self) -> Result<()> {
         // Tens of thousands of short connections per run: room for ports
-        // and TIME_WAIT reuse on every side that opens connections.
-        for ns in [&self.client, &self.lb, &self.backend] {
+        // and TIME_WAIT reuse on every side that opens connections (the
+        // target only accepts, which does not hurt).
+        for ns in &self.namespaces {
             ns.sysctl("net.ipv4.ip_local_port_range", "10000 65000")?;
             ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
-        }
-        for ns in [&self.client, &self.lb, &self.backend, &self.target] {
             ns.sysctl("net.core.somaxconn", "16384")?;
         }
-        // The redirect subjects need the nat table in `lb`, and with it
-        // connection tracking for everything `lb` forwards. Register it from
-        // the start with a rule that never matches (TEST-NET-1 source), so
-        // every subject pays for conntrack alike, not only those measured
-        // after the first REDIRECT rule.
-        let out = self
-            .lb
-            .ns()
-            .command("iptables")
-            .args([
+        // The redirect subjects need the nat table where the proxies run,
+        // and with it connection tracking for every packet there. Register
+        // it from the start with a rule that never matches (TEST-NET-1
+        // source), in the chain the REDIRECT rules use, so every subject
+        // pays for conntrack alike, not only those measured after the first
+        // REDIRECT rule.
+        self.lb_ns().exec(
+            "iptables",
+            &[
                 "-t",
                 "nat",
                 "-A",
-                "PREROUTING",
+                self.kind.redirect_chain(),
                 "-s",
                 "192.0.2.1/32",
                 "-p",
                 "tcp",
                 "-j",
                 "RETURN",
-            ])
-            .output()
-            .context("run iptables")?;
-        ensure!(
-            out.status.success(),
-            "iptables in {}: {}",
-            self.lb.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(())
+            ],
+        )
     }
 
-    /// The client's address (seen by `lb`).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn role(&self, role: usize) -> &Ns {
+        match self.kind {
+            Kind::Veth => &self.namespaces[role],
+            Kind::Loopback => &self.namespaces[0],
+        }
+    }
+
+    fn lb_ns(&self) -> &Ns {
+        self.role(LB)
+    }
+
+    /// Where the workloads run.
+    pub fn client(&self) -> &NetNs {
+        self.role(CLIENT).ns()
+    }
+
+    /// Where the balancer, haproxy and redsocks run, and their rules go.
+    pub fn lb(&self) -> &NetNs {
+        self.lb_ns().ns()
+    }
+
+    /// Where the SOCKS5 backends run.
+    pub fn backend(&self) -> &NetNs {
+        self.role(BACKEND).ns()
+    }
+
+    /// Where the target runs.
+    pub fn target(&self) -> &NetNs {
+        self.role(TARGET).ns()
+    }
+
+    /// The client's address (what a transparent rule matches as source).
     pub fn client_addr(&self) -> Ipv4Addr {
-        self.client_lb.a_addr
+        self.addrs.client
     }
 
-    /// Where proxies in `lb` listen.
+    /// The source address the client must bind: on loopback the kernel
+    /// would pick 127.0.0.1, shared with the backends' own connections; on
+    /// veth the route already gives the client its own.
+    pub fn client_source(&self) -> Option<Ipv4Addr> {
+        match self.kind {
+            Kind::Veth => None,
+            Kind::Loopback => Some(self.addrs.client),
+        }
+    }
+
+    /// Where proxies listen.
     pub fn lb_addr(&self) -> Ipv4Addr {
-        self.client_lb.b_addr
+        self.addrs.lb
     }
 
-    /// Where backends listen (the side facing `lb`).
+    /// Where backends listen.
     pub fn backend_addr(&self) -> Ipv4Addr {
-        self.lb_backend.b_addr
+        self.addrs.backend
     }
 
-    /// The backend namespace's address facing the target (dante's
+    /// The backends' source address towards the target (dante's
     /// `external`).
     pub fn backend_external_addr(&self) -> Ipv4Addr {
-        self.backend_target.a_addr
+        self.addrs.backend_external
     }
 
     /// Where the target listens.
     pub fn target_addr(&self) -> Ipv4Addr {
-        self.backend_target.b_addr
+        self.addrs.target
     }
 }
 
@@ -212,5 +385,35 @@ mod tests {
     fn the_subnet_of_a_veth_address_is_its_aligned_slash_30() {
         assert_eq!(subnet(Ipv4Addr::new(198, 18, 1, 5)), "198.18.1.4/30");
         assert_eq!(subnet(Ipv4Addr::new(198, 18, 1, 6)), "198.18.1.4/30");
+    }
+
+    #[test]
+    fn both_selects_veth_then_loopback_and_unknown_names_are_errors() {
+        assert_eq!(
+            parse_selection("both").expect("both"),
+            [Kind::Veth, Kind::Loopback]
+        );
+        assert_eq!(
+            parse_selection("loopback").expect("loopback"),
+            [Kind::Loopback]
+        );
+        let error = parse_selection("lo").expect_err("an error");
+        assert!(
+            format!("{error:#}").contains("known: veth, loopback"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn on_loopback_the_client_source_is_an_address_no_other_role_uses() {
+        let others = [
+            LOOPBACK.lb,
+            LOOPBACK.backend,
+            LOOPBACK.backend_external,
+            LOOPBACK.target,
+            Ipv4Addr::LOCALHOST,
+        ];
+        assert!(!others.contains(&LOOPBACK.client), "{LOOPBACK:?}");
+        assert!(LOOPBACK.client.is_loopback() && LOOPBACK.target.is_loopback());
     }
 }

@@ -2,11 +2,14 @@
 //! namespace: bulk transfers, 64 B ping-pong, connection rate and idle
 //! connections for RSS. Each one checks what came back (CRC-32 of bulk
 //! data, echoed bytes compared) and fails the run on any mismatch. Every
-//! loop is bounded by its count and every socket has a 30 s timeout.
+//! loop is bounded by its count and every socket has a 30 s timeout. On
+//! loopback every connection binds the client's own source address first
+//! (see [`topology`](crate::bench::topology)), so transparent rules can tell
+//! it from the backends' connections to the target.
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
         Barrier,
         atomic::{AtomicUsize, Ordering},
@@ -16,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, ensure};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::{
     bench::{
@@ -28,15 +32,27 @@ use crate::{
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Opens a connection to `target` through `access`: a plain connect, or a
-/// SOCKS5 no-auth CONNECT whose success reply is read exactly.
-pub fn connect(access: Access, target: SocketAddr) -> Result<TcpStream> {
+/// Where the workloads run: the client's namespace, and the source address
+/// its connections bind (`None`: the kernel's choice).
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    pub ns: &'a NetNs,
+    pub source: Option<Ipv4Addr>,
+}
+
+/// Opens a connection to `target` through `access`, from `source` if given:
+/// a plain connect, or a SOCKS5 no-auth CONNECT whose success reply is read
+/// exactly.
+pub fn connect(source: Option<Ipv4Addr>, access: Access, target: SocketAddr) -> Result<TcpStream> {
     let proxy = match access {
         Access::Plain => target,
         Access::Socks5(proxy) => proxy,
     };
-    let mut stream = TcpStream::connect_timeout(&proxy, IO_TIMEOUT)
-        .with_context(|| format!("connect to {proxy}"))?;
+    let mut stream = match source {
+        None => TcpStream::connect_timeout(&proxy, IO_TIMEOUT),
+        Some(source) => connect_from(source, proxy),
+    }
+    .with_context(|| format!("connect to {proxy}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.set_nodelay(true)?;
@@ -44,6 +60,22 @@ pub fn connect(access: Access, target: SocketAddr) -> Result<TcpStream> {
         socks5_connect(&mut stream, target).with_context(|| format!("SOCKS5 via {proxy}"))?;
     }
     Ok(stream)
+}
+
+/// Connects from `source` with the port left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`): a plain `bind(source:0)` would reserve a
+/// port per socket, TIME_WAIT included, and run out within one connection
+/// rate phase, whereas `connect` may share a port between destinations.
+fn connect_from(source: Ipv4Addr, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&peer.into(), IO_TIMEOUT)?;
+    Ok(socket.into())
 }
 
 fn socks5_connect(stream: &mut TcpStream, target: SocketAddr) -> Result<()> {
@@ -131,7 +163,7 @@ impl Meter {
 /// every stream's CRC checked. The clock runs from the moment every stream
 /// is connected until the last CRC is in.
 pub fn bulk(
-    ns: &NetNs,
+    client: Client<'_>,
     access: Access,
     target: SocketAddr,
     direction: Direction,
@@ -140,14 +172,15 @@ pub fn bulk(
     daemon: Option<i32>,
 ) -> Result<Cost> {
     let per_stream = total / streams as u64;
-    ns.run(move || -> Result<Cost> {
+    let source = client.source;
+    client.ns.run(move || -> Result<Cost> {
         let barrier = Barrier::new(streams + 1);
         thread::scope(|scope| {
             let workers: Vec<_> = (0..streams)
                 .map(|i| {
                     let barrier = &barrier;
                     scope.spawn(move || -> Result<()> {
-                        let stream = connect(access, target);
+                        let stream = connect(source, access, target);
                         barrier.wait();
                         let mut stream = stream?;
                         match direction {
@@ -223,14 +256,15 @@ fn download(stream: &mut TcpStream, len: u64) -> Result<()> {
 /// Round-trip times in microseconds of `rounds` 64-byte echoes on one
 /// connection, after `warmup` unrecorded ones.
 pub fn ping_pong(
-    ns: &NetNs,
+    client: Client<'_>,
     access: Access,
     target: SocketAddr,
     warmup: usize,
     rounds: usize,
 ) -> Result<Vec<f64>> {
-    ns.run(move || -> Result<Vec<f64>> {
-        let mut stream = connect(access, target)?;
+    let source = client.source;
+    client.ns.run(move || -> Result<Vec<f64>> {
+        let mut stream = connect(source, access, target)?;
         stream.write_all(&[ECHO])?;
         let mut times = Vec::with_capacity(rounds);
         let mut back = [0u8; 64];
@@ -260,13 +294,14 @@ pub struct Rate {
 /// `total` connections at `concurrency`: connect (+ SOCKS5 CONNECT), send
 /// 1 KiB, read its echo, compare, close.
 pub fn connection_rate(
-    ns: &NetNs,
+    client: Client<'_>,
     access: Access,
     target: SocketAddr,
     concurrency: usize,
     total: usize,
 ) -> Result<Rate> {
-    ns.run(move || -> Result<Rate> {
+    let source = client.source;
+    client.ns.run(move || -> Result<Rate> {
         let next = AtomicUsize::new(0);
         let began = Instant::now();
         let setup_us = thread::scope(|scope| -> Result<Vec<f64>> {
@@ -280,7 +315,7 @@ pub fn connection_rate(
                         let mut back = vec![0u8; 1024];
                         while next.fetch_add(1, Ordering::Relaxed) < total {
                             let started = Instant::now();
-                            let mut stream = connect(access, target)?;
+                            let mut stream = connect(source, access, target)?;
                             times.push(started.elapsed().as_secs_f64() * 1e6);
                             stream.write_all(&payload)?;
                             stream.read_exact(&mut back)?;
@@ -317,14 +352,15 @@ pub struct Rss {
 }
 
 pub fn rss_with_idle_connections(
-    ns: &NetNs,
+    client: Client<'_>,
     access: Access,
     target: SocketAddr,
     count: usize,
     pid: i32,
 ) -> Result<Rss> {
     let idle_mib = crate::bench::cpu::rss_mib(pid)?;
-    let streams = ns.run(move || -> Result<Vec<TcpStream>> {
+    let source = client.source;
+    let streams = client.ns.run(move || -> Result<Vec<TcpStream>> {
         let threads = 8;
         thread::scope(|scope| -> Result<Vec<TcpStream>> {
             let workers: Vec<_> = (0..threads)
@@ -332,7 +368,7 @@ pub fn rss_with_idle_connections(
                     scope.spawn(move || -> Result<Vec<TcpStream>> {
                         let mut mine = Vec::new();
                         for i in (t..count).step_by(threads) {
-                            let mut stream = connect(access, target)
+                            let mut stream = connect(source, access, target)
                                 .with_context(|| format!("idle connection {i}"))?;
                             stream.write_all(&[ECHO])?;
                             if i % 100 == 0 {

@@ -1,21 +1,27 @@
-//! `bench_compare`: issue 6's comparison. Builds the namespace topology of
-//! [`balancer_tests::bench::topology`] once per run, starts the target and
-//! the SOCKS5 backends, then measures every subject in turn with the same
+//! `bench_compare`: issue 6's comparison. Builds a namespace topology of
+//! [`balancer_tests::bench::topology`] (veth: four namespaces in a line;
+//! loopback: one namespace, every hop over `lo`) once per run, starts the
+//! target and the SOCKS5 backends, then measures every subject in turn with the same
 //! client workloads (bulk 1 stream up / down and 8 streams down, 64 B
 //! ping-pong, connection rate, CPU per GB; RSS with idle connections for
 //! the balancer, once per engine), and reports medians over runs with
 //! ratios to each row's backend and to `direct` of the same run. The
 //! proxies run twice: in front of three microsocks (ratios to `backend`)
 //! and in front of three dante-servers (ratios to `backend-dante`), since
-//! microsocks alone caps every path through it near 0.1 GB/s.
+//! microsocks alone caps every path through it near 0.1 GB/s. Each topology
+//! (`--topology`, default both: veth, then loopback) is measured in full and
+//! reported on its own, every ratio against its own rows.
 //!
 //! ```text
 //! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
-//!     [--runs 5] [--quick] [--bulk-mib 192] [--rounds 20000]
-//!     [--connections 3000] [--rss-connections 10000] [--only a,b,...]
+//!     [--topology veth|loopback|both] [--runs 5] [--quick] [--bulk-mib 192]
+//!     [--rounds 20000] [--connections 3000] [--rss-connections 10000]
+//!     [--only a,b,...]
 //! ```
 //!
-//! Writes OUT.json, OUT.md (the table, also printed) and OUT.png (chart).
+//! Writes, per topology, the JSON, the Markdown (the tables, also printed)
+//! and the chart: OUT.json, OUT.md, OUT.png for veth and OUT-loopback.json,
+//! OUT-loopback.md, OUT-loopback.png for loopback.
 
 use std::{
     net::SocketAddr,
@@ -31,8 +37,8 @@ use balancer_tests::{
         stats::{self, Sample},
         subjects::{self, Backends, Subject, TARGET_PORT},
         target::{self, Target},
-        topology::Topology,
-        workloads::{self, Cost, Direction},
+        topology::{self, Kind, Topology},
+        workloads::{self, Client, Cost, Direction},
     },
     raise_nofile_limit, require_command, require_root,
 };
@@ -47,6 +53,7 @@ struct Settings {
     connections: usize,
     concurrency: usize,
     rss_connections: usize,
+    topologies: Vec<&'static str>,
     subjects: Vec<&'static str>,
 }
 
@@ -54,6 +61,7 @@ struct Settings {
 struct Args {
     json: Option<PathBuf>,
     settings: Settings,
+    topologies: Vec<Kind>,
     subjects: Vec<Subject>,
 }
 
@@ -67,14 +75,17 @@ fn parse_args() -> Result<Args> {
         connections: 3000,
         concurrency: 16,
         rss_connections: 10_000,
+        topologies: Vec::new(),
         subjects: Vec::new(),
     };
+    let mut topologies = Kind::ALL.to_vec();
     let mut subjects = Subject::ALL.to_vec();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--json" => json = Some(PathBuf::from(value()?)),
+            "--topology" => topologies = topology::parse_selection(&value()?)?,
             "--runs" => settings.runs = value()?.parse().context("--runs")?,
             "--bulk-mib" => settings.bulk_mib = value()?.parse().context("--bulk-mib")?,
             "--rounds" => settings.ping_pong_rounds = value()?.parse().context("--rounds")?,
@@ -117,10 +128,12 @@ fn parse_args() -> Result<Args> {
     }
     ensure!(settings.runs > 0, "--runs must be at least 1");
     ensure!(settings.bulk_mib >= 8, "--bulk-mib must be at least 8");
+    settings.topologies = topologies.iter().map(|kind| kind.name()).collect();
     settings.subjects = subjects.iter().map(|s| s.name()).collect();
     Ok(Args {
         json,
         settings,
+        topologies,
         subjects,
     })
 }
@@ -162,13 +175,19 @@ fn measure(
     let mut running = subjects::start(subject, topology, backends, balancer, dir, run)?;
     let access = running.access;
     let target = SocketAddr::from((topology.target_addr(), TARGET_PORT));
-    let client = topology.client.ns();
+    let client = Client {
+        ns: topology.client(),
+        source: topology.client_source(),
+    };
     let mut sample = Sample::new();
 
     let bytes = settings.bulk_mib << 20;
     let mut total = Cost::default();
     let mut moved = 0u64;
+    // Connections the client opens to the target, for the REDIRECT check.
+    let mut opened = 0u64;
     for (key, direction, streams) in BULK {
+        opened += streams as u64;
         let cost = workloads::bulk(
             client,
             access,
@@ -206,6 +225,7 @@ fn measure(
         settings.ping_pong_rounds,
     )
     .with_context(|| format!("{}: ping-pong", subject.name()))?;
+    opened += 1;
     sample.insert(stats::RTT_P50, stats::percentile(&rtts, 0.5));
     sample.insert(stats::RTT_P99, stats::percentile(&rtts, 0.99));
     sample.insert(stats::RTT_P999, stats::percentile(&rtts, 0.999));
@@ -218,6 +238,7 @@ fn measure(
         settings.connections,
     )
     .with_context(|| format!("{}: connection rate", subject.name()))?;
+    opened += rate.setup_us.len() as u64;
     sample.insert(stats::CONN_RATE, rate.per_second);
     sample.insert(
         stats::CONN_SETUP_P99,
@@ -234,12 +255,25 @@ fn measure(
             .min(usize::try_from(budget / engine.fds_per_connection()).unwrap_or(usize::MAX));
         let rss = workloads::rss_with_idle_connections(client, access, target, count, pid)
             .with_context(|| format!("{}: {count} idle connections", subject.name()))?;
+        opened += count as u64;
         sample.insert(stats::RSS_IDLE, rss.idle_mib);
         sample.insert(stats::RSS_CONNECTIONS, count as f64);
         sample.insert(stats::RSS_LOADED, rss.loaded_mib);
         sample.insert(
             stats::RSS_10K,
             rss.idle_mib + (rss.loaded_mib - rss.idle_mib) * 10_000.0 / count.max(1) as f64,
+        );
+    }
+    if let Some(redirected) = running.redirected()? {
+        ensure!(
+            redirected == opened,
+            "{}: the REDIRECT rule diverted {redirected} connections, the client opened \
+             {opened}: it missed some, or caught connections not the client's",
+            subject.name()
+        );
+        eprintln!(
+            "bench_compare: {}: REDIRECT diverted all {opened} client connections, no other",
+            subject.name()
         );
     }
     running
@@ -280,21 +314,56 @@ fn main() -> Result<()> {
         std::env::temp_dir().join(format!("bench-compare-{}", std::process::id())),
     )?;
     let began = Instant::now();
+    for &kind in &args.topologies {
+        let report = measure_topology(kind, &args, &balancer, &dir.0, began)?;
+        // Written before the next topology starts, so a failure there
+        // keeps this one's results.
+        let markdown = report::markdown(&report);
+        println!("{markdown}");
+        if let Some(json) = &args.json {
+            let json = report::path_for(json, kind);
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("write {}", json.display()))?;
+            let md = json.with_extension("md");
+            std::fs::write(&md, &markdown).with_context(|| format!("write {}", md.display()))?;
+            chart::draw(
+                &report.subjects,
+                kind.name(),
+                settings.runs,
+                &json.with_extension("png"),
+            )?;
+            eprintln!(
+                "bench_compare: {kind}: wrote {} (.md, .png)",
+                json.display()
+            );
+        }
+    }
+    eprintln!(
+        "bench_compare: {:.0} s in total",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
+/// Every run of every subject on a fresh topology of `kind`, reported with
+/// ratios against that topology's own rows.
+fn measure_topology(
+    kind: Kind,
+    args: &Args,
+    balancer: &Path,
+    dir: &Path,
+    began: Instant,
+) -> Result<Report> {
+    let settings = &args.settings;
     // samples[subject][run]
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.subjects.len()];
     for run in 0..settings.runs {
-        let topology = Topology::new()?;
-        let _target = Target::start(
-            topology.target.ns(),
-            topology.target_addr(),
-            TARGET_PORT,
-            &dir.0,
-        )?;
-        let mut backends = Backends::start(&topology, &dir.0)?;
+        let topology = Topology::new(kind)?;
+        let _target = Target::start(topology.target(), topology.target_addr(), TARGET_PORT, dir)?;
+        let mut backends = Backends::start(&topology, dir)?;
         for (i, subject) in args.subjects.iter().enumerate() {
             eprintln!(
-                "bench_compare: run {}/{}: {} ({:.0} s)",
+                "bench_compare: {kind}: run {}/{}: {} ({:.0} s)",
                 run + 1,
                 settings.runs,
                 subject.name(),
@@ -304,15 +373,15 @@ fn main() -> Result<()> {
                 *subject,
                 &topology,
                 &mut backends,
-                &balancer,
-                &dir.0,
+                balancer,
+                dir,
                 run,
                 settings,
-            )?;
+            )
+            .with_context(|| format!("{kind} topology"))?;
             samples[i].push(sample);
         }
     }
-    let elapsed = began.elapsed().as_secs_f64();
 
     let runs_of = |wanted: Subject| {
         args.subjects
@@ -335,23 +404,12 @@ fn main() -> Result<()> {
         })
         .collect();
     let targets = report::targets(&subject_reports);
-    let report = Report {
+    Ok(Report {
         runs: settings.runs,
         settings: serde_json::to_value(settings)?,
-        topology: "client -veth- lb -veth- backend -veth- target (namespaces; lb and backend \
-                   forward IPv4, so `direct` crosses the same three veth pairs)",
+        network: kind.name(),
+        topology: kind.describe(),
         subjects: subject_reports,
         targets,
-    };
-    let markdown = report::markdown(&report);
-    println!("{markdown}");
-    eprintln!("bench_compare: {elapsed:.0} s in total");
-    if let Some(json) = &args.json {
-        std::fs::write(json, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("write {}", json.display()))?;
-        let md = json.with_extension("md");
-        std::fs::write(&md, &markdown).with_context(|| format!("write {}", md.display()))?;
-        chart::draw(&report.subjects, settings.runs, &json.with_extension("png"))?;
-    }
-    Ok(())
+    })
 }
