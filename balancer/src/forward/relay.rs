@@ -422,7 +422,10 @@ mod tests {
             client.write_all(b"get").await.expect("write");
             client.shutdown().await.expect("fin");
             let mut got = Vec::new();
-            server.read_to_end(&mut got).await.expect("the FIN is passed on");
+            server
+                .read_to_end(&mut got)
+                .await
+                .expect("the FIN is passed on");
             assert_eq!(got, b"get");
             server.write_all(&[7; 4096]).await.expect("write");
         };
@@ -496,7 +499,10 @@ mod tests {
         };
         assert_eq!(first_wrong, None, "relayed bytes out of order");
         assert!(bytes.up > 0);
-        assert_eq!(received as u64, bytes.up, "every byte counted was delivered");
+        assert_eq!(
+            received as u64, bytes.up,
+            "every byte counted was delivered"
+        );
         assert!(
             handed_over_after >= Duration::from_millis(250),
             "handed over after {handed_over_after:?}, before the slow peer took the held bytes"

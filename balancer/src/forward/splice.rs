@@ -29,8 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
-    relay::Finished,
+    BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary, relay::Finished,
 };
 use crate::{
     stats::shared::SharedWords,
