@@ -211,6 +211,13 @@ struct Direct {
 /// Reads every backend of `instance` straight from its pins, named by the
 /// identity file the daemon keeps in its run directory.
 fn read_pins(instance: &str) -> (Vec<Direct>, Vec<u64>) {
+    let (backends, daemon) = read_pins_with_kernel_share(instance);
+    (backends.into_iter().map(|(b, _)| b).collect(), daemon)
+}
+
+/// As [`read_pins`], each backend with the bytes down that the verdict
+/// redirected (`BACKEND_BYTES` alone).
+fn read_pins_with_kernel_share(instance: &str) -> (Vec<(Direct, u64)>, Vec<u64>) {
     let pins = PathBuf::from("/sys/fs/bpf/balancer").join(instance);
     let identity: Value = serde_json::from_slice(
         &std::fs::read(
@@ -234,15 +241,18 @@ fn read_pins(instance: &str) -> (Vec<Direct>, Vec<u64>) {
             let slot = u32::try_from(owner["slot"].as_u64().expect("slot")).expect("u32");
             let block = &words[slot as usize * BACKEND_STAT_WORDS..][..BACKEND_STAT_WORDS];
             assert_eq!(block[stat::BACKEND_ID], owner["id"], "slot {slot} owner");
+            // The kernel's bytes plus what user space carried (each
+            // connection's first bytes, before the sockmap took it).
             let bytes = kernel_bytes(&bytes_fd, slot);
-            Direct {
+            let direct = Direct {
                 name: owner["name"].as_str().expect("name").to_owned(),
                 active: block[stat::ACTIVE],
                 attempts: block[stat::ATTEMPTS],
                 successes: block[stat::SUCCESSES],
-                up: bytes.up,
-                down: bytes.down,
-            }
+                up: bytes.up + block[stat::FALLBACK_BYTES_UP],
+                down: bytes.down + block[stat::FALLBACK_BYTES_DOWN],
+            };
+            (direct, bytes.down)
         })
         .collect();
     (backends, daemon)
@@ -356,6 +366,14 @@ fn pinned_maps_hold_what_the_daemon_carried_and_stats_reads_them() {
             backend.down,
             PER_BACKEND * DOWN_PER_CONNECTION,
             "{backend:?}"
+        );
+    }
+    // Past its first 64 KiB the kernel carries a connection: most of each
+    // download went through the verdict.
+    for (backend, kernel_down) in read_pins_with_kernel_share(&instance).0 {
+        assert!(
+            kernel_down * 2 > backend.down,
+            "the verdict redirected only {kernel_down} bytes down: {backend:?}"
         );
     }
     let snapshot = stats_json(&instance);

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::bench::{
     stats::{
-        BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM,
-        CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, RSS_10K,
-        RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+        BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_DAEMON_CPU, CONN_RATE, CONN_SETUP_P99,
+        CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS,
+        Metric, RSS_10K, RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
     },
     topology::Kind,
 };
@@ -87,7 +87,7 @@ const GROUPS: &[(&str, &[&str])] = &[
     ),
     (
         "Connection rate: connect + SOCKS5 + 1 KiB echo + close, 16 concurrent",
-        &[CONN_RATE, CONN_SETUP_P99],
+        &[CONN_RATE, CONN_SETUP_P99, CONN_DAEMON_CPU],
     ),
     (
         "CPU seconds per GB moved in the bulk phases (lower is better)",

@@ -40,6 +40,10 @@ pub const RTT_P99: &str = "rtt_p99_us";
 pub const RTT_P999: &str = "rtt_p999_us";
 pub const CONN_RATE: &str = "conn_per_s";
 pub const CONN_SETUP_P99: &str = "conn_setup_p99_us";
+/// CPU (user + kernel) of the proxy's own processes per connection of the
+/// connection-rate phase: what the proxy costs, apart from the backends and
+/// the client it shares the cores with.
+pub const CONN_DAEMON_CPU: &str = "conn_daemon_cpu_us";
 pub const CPU_USER: &str = "cpu_user_s_per_gb";
 pub const CPU_SYSTEM: &str = "cpu_system_s_per_gb";
 pub const CPU_SOFTIRQ: &str = "cpu_softirq_s_per_gb";
@@ -61,6 +65,7 @@ pub const METRICS: &[Metric] = &[
     metric(RTT_P999, "64 B RTT p99.9", "µs", false, 1),
     metric(CONN_RATE, "connections", "conn/s", true, 0),
     metric(CONN_SETUP_P99, "setup p99", "µs", false, 0),
+    metric(CONN_DAEMON_CPU, "proxy CPU per connection", "µs", false, 0),
     metric(CPU_USER, "system user", "CPU s/GB", false, 3),
     metric(CPU_SYSTEM, "system kernel", "CPU s/GB", false, 3),
     metric(CPU_SOFTIRQ, "system softirq", "CPU s/GB", false, 3),

@@ -323,11 +323,13 @@ impl Drop for Running {
 }
 
 /// Starts `subject` for one run; `run` makes instance names unique.
+/// `balancer`: the binary, and extra `forwarding:` keys for its config
+/// (empty for the defaults).
 pub fn start(
     subject: Subject,
     topology: &Topology,
     backends: &Backends,
-    balancer: &Path,
+    (balancer, forwarding): (&Path, &str),
     dir: &Path,
     run: usize,
 ) -> Result<Running> {
@@ -374,7 +376,7 @@ pub fn start(
                     socks,
                     redirect,
                     &backends.addrs(family),
-                    engine,
+                    (engine, forwarding),
                     target,
                 ),
             )?;
@@ -449,7 +451,7 @@ fn balancer_yaml(
     socks: SocketAddr,
     redirect: bool,
     backends: &[SocketAddr],
-    engine: Engine,
+    (engine, forwarding): (Engine, &str),
     probe_target: SocketAddr,
 ) -> String {
     let listener = if redirect {
@@ -463,17 +465,20 @@ fn balancer_yaml(
         .iter()
         .map(|addr| format!("  - {{ address: \"{addr}\" }}\n"))
         .collect();
-    let mark = if redirect {
+    let mut extra = if redirect {
         format!(", mark: {MARK}")
     } else {
         String::new()
     };
+    if !forwarding.is_empty() {
+        extra = format!("{extra}, {forwarding}");
+    }
     format!(
         "instance: {instance}\n\
          listeners:\n  - {{ name: socks, mode: socks5, bind: \"{socks}\" }}\n{listener}\
          backends:\n{backends}\
          balancing: {{ strategy: least_connections }}\n\
-         forwarding: {{ engine: {}{mark} }}\n\
+         forwarding: {{ engine: {}{extra} }}\n\
          health: {{ probe: {{ target: \"{probe_target}\" }} }}\n",
         engine.yaml()
     )
@@ -557,8 +562,12 @@ mod tests {
             "10.0.0.1:1080".parse().expect("addr"),
             true,
             &["10.0.0.2:1081".parse().expect("addr")],
-            Engine::Splice,
+            (Engine::Splice, "offload_after_bytes: 0"),
             "10.0.0.3:9000".parse().expect("addr"),
+        );
+        assert!(
+            yaml.contains("engine: splice, mark: 4919, offload_after_bytes: 0 }"),
+            "{yaml}"
         );
         assert!(yaml.contains("mode: redirect"), "{yaml}");
         assert!(yaml.contains("engine: splice, mark: 4919"), "{yaml}");

@@ -289,20 +289,25 @@ pub struct Rate {
     pub per_second: f64,
     /// Connect (+ SOCKS5 handshake) until the stream is usable, µs.
     pub setup_us: Vec<f64>,
+    /// CPU of the proxy's process group (`daemon`) over the whole phase.
+    pub daemon: GroupCpu,
 }
 
 /// `total` connections at `concurrency`: connect (+ SOCKS5 CONNECT), send
-/// 1 KiB, read its echo, compare, close.
+/// 1 KiB, read its echo, compare, close. `daemon`: the process group whose
+/// CPU the phase costs.
 pub fn connection_rate(
     client: Client<'_>,
     access: Access,
     target: SocketAddr,
     concurrency: usize,
     total: usize,
+    daemon: Option<i32>,
 ) -> Result<Rate> {
     let source = client.source;
     client.ns.run(move || -> Result<Rate> {
         let next = AtomicUsize::new(0);
+        let meter = Meter::start(daemon)?;
         let began = Instant::now();
         let setup_us = thread::scope(|scope| -> Result<Vec<f64>> {
             let workers: Vec<_> = (0..concurrency)
@@ -336,9 +341,11 @@ pub fn connection_rate(
             Ok(all)
         })?;
         let seconds = began.elapsed().as_secs_f64();
+        let cost = meter.stop()?;
         Ok(Rate {
             per_second: setup_us.len() as f64 / seconds,
             setup_us,
+            daemon: cost.daemon,
         })
     })?
 }

@@ -16,7 +16,7 @@
 //! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
 //!     [--topology veth|loopback|both] [--runs 5] [--quick] [--bulk-mib 192]
 //!     [--rounds 20000] [--connections 3000] [--rss-connections 10000]
-//!     [--only a,b,...]
+//!     [--only a,b,...] [--balancer-forwarding "offload_after_bytes: 0"]
 //! ```
 //!
 //! Writes, per topology, the JSON, the Markdown (the tables, also printed)
@@ -55,6 +55,8 @@ struct Settings {
     rss_connections: usize,
     topologies: Vec<&'static str>,
     subjects: Vec<&'static str>,
+    /// Extra `forwarding:` keys for every balancer row (`--balancer-forwarding`).
+    balancer_forwarding: String,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ fn parse_args() -> Result<Args> {
         rss_connections: 10_000,
         topologies: Vec::new(),
         subjects: Vec::new(),
+        balancer_forwarding: String::new(),
     };
     let mut topologies = Kind::ALL.to_vec();
     let mut subjects = Subject::ALL.to_vec();
@@ -90,6 +93,7 @@ fn parse_args() -> Result<Args> {
             "--bulk-mib" => settings.bulk_mib = value()?.parse().context("--bulk-mib")?,
             "--rounds" => settings.ping_pong_rounds = value()?.parse().context("--rounds")?,
             "--connections" => settings.connections = value()?.parse().context("--connections")?,
+            "--balancer-forwarding" => settings.balancer_forwarding = value()?,
             "--rss-connections" => {
                 settings.rss_connections = value()?.parse().context("--rss-connections")?;
             }
@@ -172,7 +176,14 @@ fn measure(
     run: usize,
     settings: &Settings,
 ) -> Result<Sample> {
-    let mut running = subjects::start(subject, topology, backends, balancer, dir, run)?;
+    let mut running = subjects::start(
+        subject,
+        topology,
+        backends,
+        (balancer, &settings.balancer_forwarding),
+        dir,
+        run,
+    )?;
     let access = running.access;
     let target = SocketAddr::from((topology.target_addr(), TARGET_PORT));
     let client = Client {
@@ -236,10 +247,17 @@ fn measure(
         target,
         settings.concurrency,
         settings.connections,
+        running.daemon_pid,
     )
     .with_context(|| format!("{}: connection rate", subject.name()))?;
     opened += rate.setup_us.len() as u64;
     sample.insert(stats::CONN_RATE, rate.per_second);
+    if running.daemon_pid.is_some() {
+        sample.insert(
+            stats::CONN_DAEMON_CPU,
+            (rate.daemon.user + rate.daemon.system) * 1e6 / rate.setup_us.len() as f64,
+        );
+    }
     sample.insert(
         stats::CONN_SETUP_P99,
         stats::percentile(&rate.setup_us, 0.99),
