@@ -204,7 +204,10 @@ impl Engine {
             None => (pair, ByteCount::default(), Finished::default()),
             Some(budget) => {
                 let counters = user_space.slot_counters(pair.slot)?;
-                match relay::relay(pair, budget, counters, options.idle_timeout, cancel).await {
+                // Boxed: freed at the hand-over, so a long-lived pair's task
+                // does not keep the relay's state (timers, readiness).
+                let relaying = relay::relay(pair, budget, counters, options.idle_timeout, cancel);
+                match Box::pin(relaying).await {
                     Relayed::Ended { bytes, end } => {
                         return Ok(PairSummary {
                             bytes,
@@ -277,5 +280,22 @@ impl Engine {
             Self::Sockmap(engine) => engine.clear_slot(slot),
             Self::Splice(engine) => engine.clear_slot(slot),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// `client <-> [accepted | connected] <-> server` over loopback: the two
+    /// middle sockets are what a proxy hands to forwarding.
+    pub(crate) async fn loopback_sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let connected = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, accepted, connected, server)
     }
 }

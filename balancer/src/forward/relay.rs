@@ -290,23 +290,18 @@ pub async fn relay(
 mod tests {
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
+        net::TcpStream,
         time::timeout,
     };
 
     use super::*;
-    use crate::forward::BackendSlot;
+    use crate::forward::{BackendSlot, testing::loopback_sockets};
 
     const LIMIT: Duration = Duration::from_secs(10);
 
     /// client <-> [pair.client | pair.backend] <-> server over loopback.
     async fn rig() -> (TcpStream, Pair, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (accepted, _) = listener.accept().await.expect("accept");
-        let connected = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (client, accepted, connected, server) = loopback_sockets().await;
         let pair = Pair {
             client: accepted,
             backend: connected,

@@ -409,23 +409,10 @@ fn abort(socket: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    /// client <-> [accepted | connected] <-> server over loopback.
-    async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (accepted, _) = listener.accept().await.expect("accept");
-        let connected = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        (client, accepted, connected, server)
-    }
+    use crate::forward::testing::loopback_sockets as sockets;
 
     #[tokio::test]
     async fn a_pair_forwards_both_ways_and_counts_bytes_per_slot() {
