@@ -209,10 +209,12 @@ const _: () = assert!(core::mem::size_of::<BackendStats>() == 512);
 pub const DAEMON_STAT_WORDS: usize = 32;
 /// Client handshake failure reasons (the daemon's `HandshakeFailure::ALL`).
 pub const HANDSHAKE_REASONS: usize = 7;
+/// What can carry a pair to its end (the daemon's `EngineName::CARRIERS`).
+pub const CARRIERS: usize = 3;
 
 /// Word indices of the [`DaemonStats`] entry.
 pub mod daemon_stat {
-    use crate::HANDSHAKE_REASONS;
+    use crate::{CARRIERS, HANDSHAKE_REASONS};
 
     /// Connections accepted on every listener.
     pub const ACCEPTED: usize = 0;
@@ -228,8 +230,12 @@ pub mod daemon_stat {
     /// Wall time the daemon started, milliseconds since the Unix epoch; the
     /// `*_NS` timestamps of [`crate::stat`] count from here.
     pub const EPOCH_UNIX_MS: usize = PID + 1;
+    /// First of [`CARRIERS`] counters of finished pairs by what carried
+    /// them to their end, in the order of the daemon's
+    /// `EngineName::CARRIERS`: the user-space copy alone, sockmap, splice.
+    pub const PAIRS_FINISHED_0: usize = EPOCH_UNIX_MS + 1;
     /// One past the last word in use.
-    pub const USED: usize = EPOCH_UNIX_MS + 1;
+    pub const USED: usize = PAIRS_FINISHED_0 + CARRIERS;
 }
 const _: () = assert!(daemon_stat::USED <= DAEMON_STAT_WORDS);
 

@@ -184,6 +184,7 @@ async fn forward(context: &Context, ready: Ready) {
     };
     match context.engine.forward(pair, &context.hard_stop).await {
         Ok(summary) => {
+            context.counters.pair_finished(summary.engine);
             if summary.end == PairEnd::Reset && summary.bytes.down == 0 {
                 // The backend accepted the CONNECT but the stream died before
                 // a single byte came back: the backend's fault, not the client's.

@@ -223,6 +223,42 @@ fn run_engine(engine: &str) {
         assert_eq!(backend["state"], "closed", "{backend}");
         assert!(backend["success_rate"].as_f64().is_some(), "{backend}");
     }
+    // Each pair moved far more than the user-space copy's 64 KiB: the
+    // engine carried every one to its end.
+    let pairs = &snapshot["counters"]["pairs_finished"];
+    assert_eq!(
+        (pairs[engine].as_u64(), pairs["relay"].as_u64()),
+        (Some(CONNECTIONS), Some(0)),
+        "{snapshot:#}"
+    );
+
+    // One short exchange (an empty upload, the 32-byte digest back) ends
+    // within the copy's budget and never reaches the engine.
+    let digest = ns
+        .run(move || {
+            let mut stream =
+                socks_connect(proxy, &Target::Addr(target_addr), None).expect("SOCKS5 CONNECT");
+            stream.write_all(&[0; 16]).expect("header");
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).expect("digest");
+            back
+        })
+        .expect("netns");
+    assert_eq!(digest.len(), 32);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let snapshot = stats_json(&instance);
+        let pairs = &snapshot["counters"]["pairs_finished"];
+        if pairs["relay"].as_u64() == Some(1) {
+            assert_eq!(pairs[engine].as_u64(), Some(CONNECTIONS), "{snapshot:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the short pair is not counted as relay after 15 s: {snapshot:#}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 
     // The table, through the config file as `cargo xtask demo` asks.
     let copy = ConfigCopy(std::env::temp_dir().join(format!("{instance}-stats.yaml")));

@@ -186,6 +186,23 @@ impl Collector for SnapshotCollector {
                     )
                 }),
         )?;
+        family(
+            &mut encoder,
+            "balancer_pairs_finished",
+            "Forwarded connections that ended, by what carried them to the end: relay (the user-space copy alone, within forwarding.offload_after_*), sockmap or splice",
+            None,
+            counter,
+            snapshot
+                .counters
+                .pairs_finished
+                .iter()
+                .map(|(carrier, &count)| {
+                    (
+                        vec![(Cow::Borrowed("carrier"), Cow::Owned(carrier.clone()))],
+                        ConstCounter::new(count),
+                    )
+                }),
+        )?;
         single(
             &mut encoder,
             "balancer_uptime",
@@ -388,6 +405,7 @@ mod tests {
             retries: 1,
             exhausted: 2,
             handshake_failures: BTreeMap::new(),
+            pairs_finished: BTreeMap::from([("relay".to_owned(), 7), ("sockmap".to_owned(), 4)]),
         };
         counters.handshake_failures.insert("timeout".to_owned(), 3);
         counters
@@ -444,6 +462,11 @@ mod tests {
         has(
             &text,
             "balancer_info{instance=\"default\",engine=\"sockmap\"} 1",
+        );
+        has(&text, "balancer_pairs_finished_total{carrier=\"relay\"} 7");
+        has(
+            &text,
+            "balancer_pairs_finished_total{carrier=\"sockmap\"} 4",
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }

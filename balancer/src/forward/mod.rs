@@ -43,6 +43,23 @@ pub enum EngineName {
     Relay,
 }
 
+impl EngineName {
+    /// Every value a pair's summary can name, in the order of the
+    /// `balancer_common::daemon_stat::PAIRS_FINISHED_0` words.
+    pub const CARRIERS: [Self; balancer_common::CARRIERS] =
+        [Self::Relay, Self::Sockmap, Self::Splice];
+
+    /// Position in [`Self::CARRIERS`].
+    #[must_use]
+    pub fn carrier_index(self) -> usize {
+        match self {
+            Self::Relay => 0,
+            Self::Sockmap => 1,
+            Self::Splice => 2,
+        }
+    }
+}
+
 impl fmt::Display for EngineName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

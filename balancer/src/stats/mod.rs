@@ -23,11 +23,11 @@ pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use balancer_common::{HANDSHAKE_REASONS, daemon_stat};
+use balancer_common::{CARRIERS, HANDSHAKE_REASONS, daemon_stat};
 
 use shared::{DaemonWords, View};
 
-use crate::socks5::ServerError;
+use crate::{forward::EngineName, socks5::ServerError};
 
 /// Why a client's side of the handshake failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +130,16 @@ impl Counters {
         self.words[daemon_stat::HANDSHAKE_FAILED_0 + failure as usize].load(Ordering::Relaxed)
     }
 
+    /// A pair ended; `carrier` took it to its end.
+    pub fn pair_finished(&self, carrier: EngineName) {
+        self.words[daemon_stat::PAIRS_FINISHED_0 + carrier.carrier_index()]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pairs_finished(&self, carrier: EngineName) -> u64 {
+        self.words[daemon_stat::PAIRS_FINISHED_0 + carrier.carrier_index()].load(Ordering::Relaxed)
+    }
+
     /// Records who writes the block and since when (`unix_ms` is the wall
     /// time of the backend store's epoch), so a reader of the pins can tell
     /// a live daemon from stale pins and date the timestamps.
@@ -143,6 +153,7 @@ impl Counters {
         for counter in [&*self.accepted, &*self.retries, &*self.exhausted]
             .into_iter()
             .chain(self.words[daemon_stat::HANDSHAKE_FAILED_0..][..HANDSHAKE_REASONS].iter())
+            .chain(self.words[daemon_stat::PAIRS_FINISHED_0..][..CARRIERS].iter())
         {
             counter.store(0, Ordering::Relaxed);
         }

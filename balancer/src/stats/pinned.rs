@@ -18,6 +18,7 @@ use crate::{
         AdminState, FAILURE_LABELS, admin_from_code, breaker_from_code, latency::LatencyEma,
     },
     bpf::{BpfError, PinnedStats},
+    forward::EngineName,
 };
 
 /// The pins could not give a snapshot.
@@ -115,6 +116,13 @@ fn counters(daemon: &DaemonStats) -> DaemonCounters {
             .map(|&failure| {
                 let count = daemon.words[daemon_stat::HANDSHAKE_FAILED_0 + failure as usize];
                 (failure.label().to_owned(), count)
+            })
+            .collect(),
+        pairs_finished: EngineName::CARRIERS
+            .iter()
+            .map(|&carrier| {
+                let count = daemon.words[daemon_stat::PAIRS_FINISHED_0 + carrier.carrier_index()];
+                (carrier.to_string(), count)
             })
             .collect(),
     }

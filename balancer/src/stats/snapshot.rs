@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Counters, HandshakeFailure};
 use crate::{
     backend::{AdminState, BackendStatus, FAILURE_LABELS},
-    forward::ByteCount,
+    forward::{ByteCount, EngineName},
 };
 
 /// Bumped when a field changes meaning or disappears; new fields keep it.
@@ -50,6 +50,11 @@ pub struct DaemonCounters {
     pub exhausted: u64,
     /// Client handshakes that failed, by reason label (every label present).
     pub handshake_failures: BTreeMap<String, u64>,
+    /// Pairs that ended, by what carried them to their end: `relay` (the
+    /// user-space copy alone, within `offload_after_*`), `sockmap`,
+    /// `splice` (every label present).
+    #[serde(default)]
+    pub pairs_finished: BTreeMap<String, u64>,
 }
 
 /// One backend's figures.
@@ -122,6 +127,10 @@ impl DaemonCounters {
             handshake_failures: HandshakeFailure::ALL
                 .iter()
                 .map(|&f| (f.label().to_owned(), counters.handshake_failures(f)))
+                .collect(),
+            pairs_finished: EngineName::CARRIERS
+                .iter()
+                .map(|&carrier| (carrier.to_string(), counters.pairs_finished(carrier)))
                 .collect(),
         }
     }
