@@ -2,7 +2,7 @@
 //! dispatches to one `cmd` module per subcommand and turns the result into
 //! an exit code (0 ok, 1 runtime failure, 2 usage or invalid config).
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use balancer::{
     cli::{Cli, Command},
@@ -24,7 +24,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("balancer: {}", cmd::describe(&error));
+            // Not eprintln!: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "balancer: {}", cmd::describe(&error));
             ExitCode::from(cmd::exit_code(&error))
         }
     }
@@ -36,6 +37,11 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A failed write is dropped. By default the subscriber reports it
+        // with `eprintln!`, which panics when stderr is a pipe nobody reads
+        // any more: the task that logged died, and a daemon whose starter
+        // had exited ignored SIGTERM (its signal task died logging it).
+        .log_internal_errors(false)
         // Colour only for a person at a terminal: log files, journald and the
         // demo's relay would show the escape codes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

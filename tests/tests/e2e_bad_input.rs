@@ -509,3 +509,67 @@ fn without_bpf_privilege_auto_serves_through_splice_and_sockmap_exits_naming_the
         "{said}"
     );
 }
+
+/// A daemon whose log reader went away (the process that started it with
+/// stderr on a pipe exited) still stops on SIGTERM, at once and cleanly. A
+/// log line it cannot write is dropped; before, the subscriber's report of
+/// the failed write panicked the task that logged, here the signal task in
+/// the middle of "SIGTERM: shutting down", and the daemon ran on.
+#[test]
+fn a_daemon_whose_log_reader_is_gone_still_stops_on_sigterm() {
+    require_root("network namespaces");
+    let ns = NetNs::new().expect("netns");
+    let socks = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
+    let listen = SocketAddr::from((LO, free_port(&ns, LO)));
+    let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique("epipe"))));
+    std::fs::write(
+        &config.0,
+        format!(
+            "instance: {}\n\
+             listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
+             backends:\n  - {{ address: \"{}\" }}\n\
+             health: {{ probe: {{ enabled: false }} }}\n\
+             forwarding: {{ engine: splice }}\n\
+             metrics: {{ listen: null }}\n",
+            unique("ep"),
+            socks.addr()
+        ),
+    )
+    .expect("write config");
+    let binary = support::balancer_binary();
+    let mut child = ns
+        .command(binary.to_str().expect("utf-8 binary path"))
+        .args(["run", "--config", config.0.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn balancer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns
+        .run(move || TcpStream::connect(listen).is_ok())
+        .expect("netns")
+    {
+        assert!(Instant::now() < deadline, "daemon not listening after 10 s");
+        assert!(child.try_wait().expect("poll").is_none(), "daemon exited");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The reader goes away: every later write to stderr fails with EPIPE.
+    drop(child.stderr.take());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon ignored SIGTERM with its log reader gone");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
