@@ -295,6 +295,50 @@ fn bad_backends_are_failed_over_and_every_client_gets_through() {
 }
 
 /// Runs `balancer <subcommand> --config FILE` on `yaml`; returns (code, stderr).
+/// The child's exit status if it exits within `within`; otherwise it is
+/// killed and reaped, and `None`.
+fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A config file: one socks5 listener on `listen`, one backend, no probes,
+/// no metrics listener, then `extra` (whole lines).
+fn one_backend_config(
+    name: &str,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    extra: &str,
+) -> TempFile {
+    let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique(name))));
+    std::fs::write(
+        &config.0,
+        format!(
+            "instance: {}\n\
+             listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
+             backends:\n  - {{ address: \"{backend}\" }}\n\
+             health: {{ probe: {{ enabled: false }} }}\n\
+             metrics: {{ listen: null }}\n{extra}",
+            unique(&name[..2]),
+        ),
+    )
+    .expect("write config");
+    config
+}
+
 fn run_cli(subcommand: &str, yaml: &str) -> (Option<i32>, String) {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("badcfg")));
     std::fs::write(&path, yaml).expect("write config");
@@ -306,18 +350,9 @@ fn run_cli(subcommand: &str, yaml: &str) -> (Option<i32>, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn balancer");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_file(&path);
-            panic!("balancer {subcommand} on an invalid config still running after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = exit_within(&mut child, Duration::from_secs(10)) else {
+        let _ = std::fs::remove_file(&path);
+        panic!("balancer {subcommand} on an invalid config still running after 10 s");
     };
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
@@ -424,20 +459,7 @@ fn without_bpf_privilege_auto_serves_through_splice_and_sockmap_exits_naming_the
     let binary = TempFile(std::env::temp_dir().join(format!("balancer-nobody-{}", unique("b"))));
     std::fs::copy(support::balancer_binary(), &binary.0).expect("copy the binary");
     let listen = SocketAddr::from((LO, free_port(&ns, LO)));
-    let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique("nopriv"))));
-    std::fs::write(
-        &config.0,
-        format!(
-            "instance: {}\n\
-             listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
-             backends:\n  - {{ address: \"{}\" }}\n\
-             health: {{ probe: {{ enabled: false }} }}\n\
-             metrics: {{ listen: null }}\n",
-            unique("np"),
-            socks.addr()
-        ),
-    )
-    .expect("write config");
+    let config = one_backend_config("nopriv", listen, socks.addr(), "");
     for path in [&binary.0, &config.0] {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -450,19 +472,11 @@ fn without_bpf_privilege_auto_serves_through_splice_and_sockmap_exits_naming_the
         &binary.0,
         &["run", "--config", config_arg, "--engine", "sockmap"],
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!(
-                "engine sockmap started without privilege: {:?}",
-                lines.lock()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
+    let Some(status) = exit_within(&mut child, Duration::from_secs(10)) else {
+        panic!(
+            "engine sockmap started without privilege: {:?}",
+            lines.lock()
+        );
     };
     thread::sleep(Duration::from_millis(100)); // let the reader take the last line
     let said = lines.lock().expect("log lock").join("\n");
@@ -521,21 +535,12 @@ fn a_daemon_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let ns = NetNs::new().expect("netns");
     let socks = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
     let listen = SocketAddr::from((LO, free_port(&ns, LO)));
-    let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique("epipe"))));
-    std::fs::write(
-        &config.0,
-        format!(
-            "instance: {}\n\
-             listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
-             backends:\n  - {{ address: \"{}\" }}\n\
-             health: {{ probe: {{ enabled: false }} }}\n\
-             forwarding: {{ engine: splice }}\n\
-             metrics: {{ listen: null }}\n",
-            unique("ep"),
-            socks.addr()
-        ),
-    )
-    .expect("write config");
+    let config = one_backend_config(
+        "epipe",
+        listen,
+        socks.addr(),
+        "forwarding: { engine: splice }\n",
+    );
     let binary = support::balancer_binary();
     let mut child = ns
         .command(binary.to_str().expect("utf-8 binary path"))
@@ -559,17 +564,7 @@ fn a_daemon_whose_log_reader_is_gone_still_stops_on_sigterm() {
     drop(child.stderr.take());
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the daemon ignored SIGTERM with its log reader gone");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the daemon ignored SIGTERM with its log reader gone"));
     assert!(status.success(), "{status:?}");
 }
