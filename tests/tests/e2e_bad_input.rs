@@ -316,27 +316,41 @@ fn exit_within(
 }
 
 /// A config file: one socks5 listener on `listen`, one backend, no probes,
-/// no metrics listener, then `extra` (whole lines).
+/// no metrics listener, then `extra` (whole lines). With it, the run
+/// directory of its instance, removed on drop: a daemon that exits cleanly
+/// removes it itself, one a failing test had to kill cannot.
 fn one_backend_config(
     name: &str,
     listen: SocketAddr,
     backend: SocketAddr,
     extra: &str,
-) -> TempFile {
+) -> (TempFile, RunDir) {
+    let instance = unique(&name[..2]);
     let config = TempFile(std::env::temp_dir().join(format!("{}.yaml", unique(name))));
     std::fs::write(
         &config.0,
         format!(
-            "instance: {}\n\
+            "instance: {instance}\n\
              listeners:\n  - {{ name: socks, mode: socks5, bind: \"{listen}\" }}\n\
              backends:\n  - {{ address: \"{backend}\" }}\n\
              health: {{ probe: {{ enabled: false }} }}\n\
              metrics: {{ listen: null }}\n{extra}",
-            unique(&name[..2]),
         ),
     )
     .expect("write config");
-    config
+    (
+        config,
+        RunDir(std::path::Path::new("/run/balancer").join(instance)),
+    )
+}
+
+/// `/run/balancer/<instance>`, removed on drop.
+struct RunDir(std::path::PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn run_cli(subcommand: &str, yaml: &str) -> (Option<i32>, String) {
@@ -459,7 +473,7 @@ fn without_bpf_privilege_auto_serves_through_splice_and_sockmap_exits_naming_the
     let binary = TempFile(std::env::temp_dir().join(format!("balancer-nobody-{}", unique("b"))));
     std::fs::copy(support::balancer_binary(), &binary.0).expect("copy the binary");
     let listen = SocketAddr::from((LO, free_port(&ns, LO)));
-    let config = one_backend_config("nopriv", listen, socks.addr(), "");
+    let (config, _run_dir) = one_backend_config("nopriv", listen, socks.addr(), "");
     for path in [&binary.0, &config.0] {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -535,7 +549,7 @@ fn a_daemon_whose_log_reader_is_gone_still_stops_on_sigterm() {
     let ns = NetNs::new().expect("netns");
     let socks = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
     let listen = SocketAddr::from((LO, free_port(&ns, LO)));
-    let config = one_backend_config(
+    let (config, _run_dir) = one_backend_config(
         "epipe",
         listen,
         socks.addr(),
