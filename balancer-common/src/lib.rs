@@ -315,6 +315,7 @@ mod tests {
         ]
         .into_iter()
         .chain(daemon_stat::HANDSHAKE_FAILED_0..daemon_stat::HANDSHAKE_FAILED_0 + HANDSHAKE_REASONS)
+        .chain(daemon_stat::PAIRS_FINISHED_0..daemon_stat::PAIRS_FINISHED_0 + CARRIERS)
         {
             used[index] += 1;
         }
