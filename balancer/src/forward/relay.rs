@@ -179,9 +179,14 @@ pub async fn relay(
     cancel: &CancellationToken,
 ) -> Relayed {
     let start = Instant::now();
-    let hand_over_at = start + budget.time;
-    // Without a timeout the deadline is never reached in practice.
-    let idle = idle_timeout.unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+    // Both timers live for the whole relay, registered with tokio's timer
+    // at most once each: a sleep made per loop pass would be registered and
+    // removed again on every wake-up of every short connection.
+    let hand_over = sleep_until(start + budget.time);
+    // Checked lazily: on expiry it is pushed to the last activity plus the
+    // timeout, so traffic never touches it. Never polled without a timeout.
+    let idle_check = sleep_until(start + idle_timeout.unwrap_or_default());
+    tokio::pin!(hand_over, idle_check);
     let mut last_activity = start;
     let (mut up, mut down) = (Flow::default(), Flow::default());
     let mut handing_over = budget.bytes == 0 || budget.time.is_zero();
@@ -253,11 +258,17 @@ pub async fn relay(
             _ = client.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
             _ = backend.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
             () = cancel.cancelled() => break PairEnd::Cancelled,
-            () = sleep_until(hand_over_at), if !handing_over => {
+            () = &mut hand_over, if !handing_over => {
                 handing_over = true;
                 Ok(false)
             }
-            () = sleep_until(last_activity + idle) => break PairEnd::IdleTimeout,
+            () = &mut idle_check, if idle_timeout.is_some() => match idle_timeout {
+                Some(idle) if last_activity + idle > Instant::now() => {
+                    idle_check.as_mut().reset(last_activity + idle);
+                    Ok(false)
+                }
+                _ => break PairEnd::IdleTimeout,
+            },
         };
         match step {
             Ok(true) => last_activity = Instant::now(),
@@ -394,6 +405,45 @@ mod tests {
         let mut got = [0; 90];
         server.read_exact(&mut got).await.expect("read");
         assert_eq!(got.as_slice(), &segment[10..]);
+    }
+
+    #[tokio::test]
+    async fn a_pair_silent_for_the_idle_timeout_ends_in_the_relay_and_traffic_postpones_it() {
+        let (mut client, pair, mut server) = rig().await;
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let cancel = CancellationToken::new();
+        let started = Instant::now();
+        let idle = Some(Duration::from_millis(100));
+        let relaying = relay(
+            pair,
+            budget(1 << 20, 10_000),
+            (&counters[0], &counters[1]),
+            idle,
+            &cancel,
+        );
+        let traffic = async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            client.write_all(b"x").await.expect("write");
+            let mut byte = [0];
+            server.read_exact(&mut byte).await.expect("relayed");
+        };
+        let (relayed, ()) = tokio::join!(timeout(LIMIT, relaying), traffic);
+        let relayed = relayed.expect("relay returns");
+        assert!(
+            matches!(
+                relayed,
+                Relayed::Ended {
+                    end: PairEnd::IdleTimeout,
+                    ..
+                }
+            ),
+            "{relayed:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(160),
+            "ended {:?} after the start, before the timeout from the last byte",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
