@@ -1,6 +1,7 @@
-//! The path of one connection, and only that: learn the target, select
-//! candidate backends, connect with failover, answer the client, hand both
-//! sockets to the forwarding engine, account the result.
+//! The path of one connection, and only that: select candidate backends,
+//! learn the target (opening the first candidate meanwhile), connect with
+//! failover, answer the client, hand both sockets to the forwarding engine,
+//! account the result.
 
 use std::{
     net::SocketAddr,
@@ -18,9 +19,10 @@ use crate::{
     clock,
     forward::{Engine, Pair, PairEnd},
     listener::{ListenerSpec, Mode, original_destination},
-    socks5::{self, ReplyCode, TargetAddr},
+    select::Candidates,
+    socks5::{self, ReplyCode, ServerAuth, TargetAddr},
     stats::{Counters, HandshakeFailure},
-    upstream::{self, DialOptions},
+    upstream::{self, DialOptions, Early},
 };
 
 /// What every connection shares.
@@ -83,7 +85,7 @@ struct Ready {
     backend: Arc<Backend>,
 }
 
-/// Steps 1-4: the target, candidates, connect with failover, the answer.
+/// Steps 1-4: candidates, the target, connect with failover, the answer.
 async fn establish(
     context: &Context,
     listener: &ListenerSpec,
@@ -93,9 +95,16 @@ async fn establish(
     context.counters.accepted.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
 
-    // 1. The target.
-    let target = match read_target(context, listener, &mut client).await {
-        Ok(target) => target,
+    // 1. Candidates. They depend on the client, not on its target, so the
+    // first one can be opened while the client is still sending its request.
+    // One selector for the whole connection, even if a reload swaps it.
+    let selector = listener.selector.load_full();
+    let pool = context.registry.pool();
+    let candidates = selector.candidates(&pool, peer.ip(), clock::now(), &mut rand::rng());
+
+    // 2. The target.
+    let (target, early) = match read_target(context, listener, &mut client, &candidates).await {
+        Ok(found) => found,
         Err(failure) => {
             context.counters.handshake_failed(failure);
             tracing::debug!(reason = failure.label(), "client handshake failed");
@@ -103,17 +112,12 @@ async fn establish(
         }
     };
     if let Some(target) = &target {
-        tracing::debug!(?target, "target");
+        tracing::debug!(?target, early = early.is_some(), "target");
     }
 
-    // 2. Candidates, 3. connect with failover.
-    let now = clock::now();
-    // One selector for the whole connection, even if a reload swaps it.
-    let selector = listener.selector.load_full();
-    let pool = context.registry.pool();
-    let candidates = selector.candidates(&pool, peer.ip(), now, &mut rand::rng());
+    // 3. Connect with failover.
     let mut connected =
-        upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await;
+        upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial, early).await;
     // A reload between the pick and the dial drains the picked backends,
     // and draining ones are not dialled: pick once more from the new pool
     // rather than fail a client that arrived while the pool changed.
@@ -123,7 +127,8 @@ async fn establish(
             let candidates =
                 selector.candidates(&current, peer.ip(), clock::now(), &mut rand::rng());
             connected =
-                upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial).await;
+                upstream::connect_with_failover(&candidates, target.as_ref(), &context.dial, None)
+                    .await;
         }
     }
     let connected = match connected {
@@ -206,35 +211,71 @@ async fn forward(context: &Context, ready: Ready) {
     }
 }
 
+/// The target, and the first candidate's attempt when it was opened while
+/// the client's request was on its way (SOCKS5 only: the other modes know
+/// the target at once).
 async fn read_target(
     context: &Context,
     listener: &ListenerSpec,
     client: &mut TcpStream,
-) -> Result<Option<TargetAddr>, HandshakeFailure> {
+    candidates: &Candidates,
+) -> Result<(Option<TargetAddr>, Option<Early>), HandshakeFailure> {
     match &listener.mode {
-        Mode::Passthrough => Ok(None),
+        Mode::Passthrough => Ok((None, None)),
         Mode::Redirect => original_destination(client)
-            .map(Some)
+            .map(|target| (Some(target), None))
             .map_err(|_| HandshakeFailure::NoOriginalDestination),
         Mode::Tproxy => client
             .local_addr()
-            .map(|addr| Some(TargetAddr::Ip(addr)))
+            .map(|addr| (Some(TargetAddr::Ip(addr)), None))
             .map_err(|_| HandshakeFailure::NoOriginalDestination),
-        Mode::Socks5 { auth } => {
-            match tokio::time::timeout(
-                context.handshake_timeout,
-                socks5::server::accept(client, auth),
-            )
-            .await
-            {
-                Err(_) => Err(HandshakeFailure::Timeout),
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "SOCKS5 handshake with the client failed");
-                    Err(HandshakeFailure::from(&error))
-                }
-                Ok(Ok(request)) => Ok(Some(request.target)),
-            }
+        Mode::Socks5 { auth } => socks5_target(context, client, auth, candidates).await,
+    }
+}
+
+/// The client's SOCKS5 handshake, all of it within the handshake timeout.
+/// Only once the client is admitted (method chosen, credentials checked)
+/// is the first candidate opened, so an unauthenticated client cannot make
+/// the daemon open backend connections; its connect and greeting then
+/// overlap the client's round trip for the request. A client that fails
+/// its request drops that connection unused, with no outcome recorded
+/// against the backend.
+async fn socks5_target(
+    context: &Context,
+    client: &mut TcpStream,
+    auth: &ServerAuth,
+    candidates: &Candidates,
+) -> Result<(Option<TargetAddr>, Option<Early>), HandshakeFailure> {
+    let deadline = tokio::time::Instant::now() + context.handshake_timeout;
+    client_step(deadline, socks5::server::negotiate(client, auth)).await?;
+    let Some(backend) = upstream::first_to_open_early(candidates, clock::now()) else {
+        let request = client_step(deadline, socks5::server::read_request(client)).await?;
+        return Ok((Some(request.target), None));
+    };
+    let (request, opened) = {
+        let request = client_step(deadline, socks5::server::read_request(client));
+        let open = upstream::open(&backend, true, &context.dial);
+        tokio::pin!(request, open);
+        tokio::select! {
+            request = &mut request => (request?, open.await),
+            opened = &mut open => (request.await?, opened),
         }
+    };
+    Ok((Some(request.target), Some(Early { backend, opened })))
+}
+
+/// One step of the client's handshake, classified on failure.
+async fn client_step<T>(
+    deadline: tokio::time::Instant,
+    step: impl Future<Output = Result<T, socks5::ServerError>>,
+) -> Result<T, HandshakeFailure> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Err(_) => Err(HandshakeFailure::Timeout),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "SOCKS5 handshake with the client failed");
+            Err(HandshakeFailure::from(&error))
+        }
+        Ok(Ok(value)) => Ok(value),
     }
 }
 

@@ -275,3 +275,183 @@ fn fault_backends_misbehave_as_designed() {
     assert!(slow.contains("UnexpectedEof"), "{slow}");
     assert!(waited >= Duration::from_secs(3), "{waited:?}");
 }
+
+/// What a recording backend saw, in order, with when.
+#[derive(Default)]
+struct Seen {
+    connections: usize,
+    greeted: Vec<Instant>,
+    requested: Vec<Instant>,
+    closed_before_request: usize,
+}
+
+/// A SOCKS5 backend that records when each connection greeted it and when
+/// its CONNECT arrived, then answers every CONNECT itself with the checksum
+/// target's ping protocol (16 bytes in, "pong\n" out), whatever the target.
+fn recording_backend(ns: &NetNs, seen: Arc<std::sync::Mutex<Seen>>) -> support::ThreadServer {
+    use std::io::{Read, Write};
+    let bind = SocketAddr::from((LO, free_port(ns, LO)));
+    support::ThreadServer::start(ns, bind, move |mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let record = |f: &dyn Fn(&mut Seen)| f(&mut seen.lock().expect("seen lock"));
+        record(&|s| s.connections += 1);
+        let mut greeting = [0u8; 3];
+        if stream.read_exact(&mut greeting).is_err() || greeting != [5, 1, 0] {
+            return;
+        }
+        let greeted = Instant::now();
+        record(&|s| s.greeted.push(greeted));
+        if stream.write_all(&[5, 0]).is_err() {
+            return;
+        }
+        // The daemon asks for an IPv4 target here: 10 bytes.
+        let mut request = [0u8; 10];
+        if stream.read_exact(&mut request).is_err() {
+            record(&|s| s.closed_before_request += 1);
+            return;
+        }
+        let requested = Instant::now();
+        record(&|s| s.requested.push(requested));
+        let mut ping = [0u8; 16];
+        if stream.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 9]).is_ok()
+            && stream.read_exact(&mut ping).is_ok()
+        {
+            let _ = stream.write_all(b"pong\n");
+        }
+    })
+    .expect("recording backend")
+}
+
+/// The client's side of method selection, without the request.
+fn negotiate(
+    proxy: SocketAddr,
+    credentials: Option<(&str, &str)>,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(proxy)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let method = if credentials.is_some() { 2 } else { 0 };
+    stream.write_all(&[5, 1, method])?;
+    let mut chosen = [0u8; 2];
+    stream.read_exact(&mut chosen)?;
+    if let Some((user, password)) = credentials {
+        let mut auth = vec![1, user.len() as u8];
+        auth.extend_from_slice(user.as_bytes());
+        auth.push(password.len() as u8);
+        auth.extend_from_slice(password.as_bytes());
+        stream.write_all(&auth)?;
+        let mut status = [0u8; 2];
+        stream.read_exact(&mut status)?;
+    }
+    Ok(stream)
+}
+
+#[test]
+fn the_first_backend_is_greeted_while_the_client_is_still_sending_its_request() {
+    use std::io::{Read, Write};
+    require_root("network namespaces");
+    let ns = NetNs::new().expect("netns");
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let backend = recording_backend(&ns, seen.clone());
+    let instance = unique("early");
+    let yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n  \
+         - {{ name: auth, mode: socks5, bind: \"127.0.0.2:0\", auth: {{ required: true, users: [{{ username: u, password: p }}] }} }}\n\
+         backends:\n  - {{ address: \"{}\" }}\n\
+         health: {{ probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: auto, handshake_timeout: 5s }}\n",
+        backend.addr()
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let (socks, auth) = (daemon.listener("socks"), daemon.listener("auth"));
+    let seen_now = |f: &dyn Fn(&Seen) -> usize| f(&seen.lock().expect("seen lock"));
+    let wait_for = |what: &str, f: &dyn Fn(&Seen) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f(&seen.lock().expect("seen lock")) {
+            assert!(Instant::now() < deadline, "backend never saw: {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // 1. A client that pauses between method selection and its request:
+    // the backend is connected and greeted during the pause, and only gets
+    // its CONNECT once the client's request is in.
+    let request_sent = ns
+        .run(|| {
+            let mut stream = negotiate(socks, None).expect("negotiate");
+            thread::sleep(Duration::from_millis(300));
+            let sent = Instant::now();
+            stream
+                .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 9])
+                .expect("request");
+            let mut reply = [0u8; 10];
+            stream.read_exact(&mut reply).expect("reply");
+            assert_eq!(reply[1], 0, "reply {reply:?}");
+            stream.write_all(&[0u8; 16]).expect("ping");
+            let mut pong = [0u8; 5];
+            stream.read_exact(&mut pong).expect("pong");
+            assert_eq!(&pong, b"pong\n");
+            sent
+        })
+        .expect("netns");
+    {
+        let seen = seen.lock().expect("seen lock");
+        assert_eq!((seen.greeted.len(), seen.requested.len()), (1, 1));
+        assert!(
+            seen.greeted[0] < request_sent,
+            "the backend was greeted {:?} after the client's request was sent",
+            seen.greeted[0].duration_since(request_sent)
+        );
+        assert!(seen.requested[0] > request_sent);
+    }
+
+    // 2. A client that leaves after method selection: the connection opened
+    // for it is closed unused and nothing is held against the backend.
+    let leaving = ns
+        .run(|| negotiate(socks, None).expect("negotiate"))
+        .expect("netns");
+    wait_for("the second connection greeted", &|s| s.greeted.len() == 2);
+    drop(leaving);
+    wait_for("the unused connection closed", &|s| {
+        s.closed_before_request == 1
+    });
+    let snapshot = support::stats_json(&instance);
+    let stats = &snapshot["backends"][0];
+    assert_eq!(stats["attempts"], 1, "{snapshot:#}");
+    assert_eq!(stats["successes"], 1, "{snapshot:#}");
+    assert_eq!(stats["state"], "closed", "{snapshot:#}");
+    assert_eq!(
+        snapshot["counters"]["handshake_failures"]["client_closed"], 1,
+        "{snapshot:#}"
+    );
+
+    // 3. A client refused at authentication never causes a backend
+    // connection; one that authenticates does, before its request.
+    let before = seen_now(&|s| s.connections);
+    ns.run(|| {
+        let mut stream = negotiate(auth, Some(("u", "wrong"))).expect("negotiate");
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    })
+    .expect("netns");
+    assert_eq!(
+        snapshot_handshake_failures(&instance, "auth_failed"),
+        1,
+        "the wrong password was refused"
+    );
+    assert_eq!(seen_now(&|s| s.connections), before);
+    let _admitted = ns
+        .run(|| negotiate(auth, Some(("u", "p"))).expect("negotiate"))
+        .expect("netns");
+    wait_for("the authenticated client's backend greeted", &|s| {
+        s.greeted.len() == 3
+    });
+    drop(daemon);
+}
+
+fn snapshot_handshake_failures(instance: &str, label: &str) -> u64 {
+    support::stats_json(instance)["counters"]["handshake_failures"][label]
+        .as_u64()
+        .expect("a handshake failure count")
+}

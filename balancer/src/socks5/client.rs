@@ -78,8 +78,8 @@ impl ClientError {
 
 /// Asks the backend on `stream` to CONNECT to `target` and returns the
 /// address it reports as bound (`BND.ADDR`/`BND.PORT`, a domain if the
-/// backend says so). Offers username/password only when `credentials` is
-/// given. Reads exactly the handshake's bytes.
+/// backend says so): [`greet`], then [`request`]. An unencodable target
+/// fails before a byte is sent.
 pub async fn connect<S>(
     stream: &mut S,
     target: &TargetAddr,
@@ -88,8 +88,21 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Encode everything up front so an unencodable target or credential
-    // fails before a byte is sent.
+    let request = encode_request(target)?;
+    greet(stream, credentials).await?;
+    send_request(stream, &request).await
+}
+
+/// Method selection and, when the backend picks it, RFC 1929
+/// authentication. Offers username/password only when `credentials` is
+/// given. Needs no target, so the daemon runs it while its own client is
+/// still sending the request.
+pub async fn greet<S>(stream: &mut S, credentials: Option<&Credentials>) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Encode everything up front so an unencodable credential fails before
+    // a byte is sent.
     let methods = match credentials {
         Some(_) => vec![Method::NoAuth, Method::UserPass],
         None => vec![Method::NoAuth],
@@ -103,31 +116,52 @@ where
         }
         .encode(&mut auth)?;
     }
+
+    send(stream, &greeting).await?;
+    let MethodSelection { method } = read_message(stream, MethodSelection::decode).await?;
+    match (method, credentials) {
+        (Method::NoAuth, _) => Ok(()),
+        (Method::UserPass, Some(_)) => {
+            send(stream, &auth).await?;
+            let response: AuthResponse = read_message(stream, AuthResponse::decode).await?;
+            if response.is_success() {
+                Ok(())
+            } else {
+                Err(ClientError::AuthRejected {
+                    status: response.status,
+                })
+            }
+        }
+        (Method::NoAcceptable, _) => Err(ClientError::NoAcceptableMethod),
+        (other, _) => Err(ClientError::UnexpectedMethod(other)),
+    }
+}
+
+/// The CONNECT on a greeted `stream`, and the backend's reply read exactly,
+/// so that whatever the target sends first stays in the socket.
+pub async fn request<S>(stream: &mut S, target: &TargetAddr) -> Result<TargetAddr, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = encode_request(target)?;
+    send_request(stream, &request).await
+}
+
+fn encode_request(target: &TargetAddr) -> Result<Vec<u8>, ClientError> {
     let mut request = Vec::with_capacity(22);
     Request {
         command: Command::Connect,
         target: target.clone(),
     }
     .encode(&mut request)?;
+    Ok(request)
+}
 
-    send(stream, &greeting).await?;
-    let MethodSelection { method } = read_message(stream, MethodSelection::decode).await?;
-    match (method, credentials) {
-        (Method::NoAuth, _) => {}
-        (Method::UserPass, Some(_)) => {
-            send(stream, &auth).await?;
-            let response: AuthResponse = read_message(stream, AuthResponse::decode).await?;
-            if !response.is_success() {
-                return Err(ClientError::AuthRejected {
-                    status: response.status,
-                });
-            }
-        }
-        (Method::NoAcceptable, _) => return Err(ClientError::NoAcceptableMethod),
-        (other, _) => return Err(ClientError::UnexpectedMethod(other)),
-    }
-
-    send(stream, &request).await?;
+async fn send_request<S>(stream: &mut S, request: &[u8]) -> Result<TargetAddr, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    send(stream, request).await?;
     let reply: Reply = read_message(stream, Reply::decode).await?;
     match reply.code {
         ReplyCode::Succeeded => Ok(reply.bound),

@@ -294,3 +294,22 @@ async fn client_and_server_drivers_complete_a_handshake_with_each_other() {
         .expect("payload arrives");
     assert_eq!(&hello, b"hello");
 }
+
+#[tokio::test]
+async fn greet_sends_nothing_of_the_request_and_request_then_completes_it() {
+    let (mut ours, theirs) = duplex(4096);
+    let steps = vec![
+        (vec![5, 1, 0], vec![5, 0]),
+        (target_bytes(), REPLY_V4.to_vec()),
+    ];
+    let peer = backend(theirs, steps);
+    greet(&mut ours, None).await.expect("greeted");
+    // The scripted backend asserts the exact bytes of each step, so a
+    // greeting that carried any of the request would fail it here.
+    let bound = request(&mut ours, &target()).await.expect("connected");
+    assert_eq!(
+        bound,
+        TargetAddr::Ip(SocketAddr::from(([10, 1, 2, 3], 8080)))
+    );
+    peer.await.expect("backend script ran to its end");
+}

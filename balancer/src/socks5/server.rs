@@ -107,6 +107,18 @@ pub async fn accept<S>(stream: &mut S, auth: &ServerAuth) -> Result<Request, Ser
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    negotiate(stream, auth).await?;
+    read_request(stream).await
+}
+
+/// The first half of [`accept`]: method selection and, when chosen, the
+/// RFC 1929 check. Once it returns the client has shown it speaks SOCKS5
+/// and is admitted, and its request is the next thing on the wire; the
+/// daemon uses that round trip to open a backend connection.
+pub async fn negotiate<S>(stream: &mut S, auth: &ServerAuth) -> Result<(), ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let greeting: Greeting = read_message(stream, Greeting::decode).await?;
     let Some(method) = auth.choose(&greeting.methods) else {
         write_msg(stream, |out| {
@@ -137,7 +149,15 @@ where
             });
         }
     }
+    Ok(())
+}
 
+/// The second half of [`accept`]: the request, which must be a CONNECT.
+/// A malformed or unsupported request is answered with its failure reply.
+pub async fn read_request<S>(stream: &mut S) -> Result<Request, ServerError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let request = match read_message(stream, Request::decode).await {
         Ok(request) => request,
         Err(ReadError::Codec(e)) => {

@@ -302,3 +302,21 @@ async fn reply_is_written_in_one_write() {
     assert_eq!(&log.0[0][..4], [5, 4, 0, 4]);
     assert_eq!(log.0[0].len(), 22);
 }
+
+#[tokio::test]
+async fn negotiate_answers_the_greeting_and_leaves_the_request_for_read_request() {
+    let mut sent = vec![5, 1, 0];
+    sent.extend_from_slice(&CONNECT_LOCALHOST_80);
+    sent.extend_from_slice(PAYLOAD);
+    let (mut client, mut server) = client_sent(&sent).await;
+    negotiate(&mut server, &ServerAuth::NoAuth)
+        .await
+        .expect("negotiated");
+    assert_eq!(read_n(&mut client, 2).await, [5, 0]);
+    let request = read_request(&mut server).await.expect("request");
+    assert_eq!(
+        request.target,
+        TargetAddr::Ip(SocketAddr::from((Ipv4Addr::LOCALHOST, 80)))
+    );
+    assert_eq!(read_n(&mut server, PAYLOAD.len()).await, PAYLOAD);
+}

@@ -1,6 +1,8 @@
 //! One attempt on one backend: TCP connect (with the daemon's `SO_MARK` so
-//! iptables rules can exclude it), then the SOCKS5 CONNECT for the target,
-//! each under its own timeout.
+//! iptables rules can exclude it), then the SOCKS5 greeting and the CONNECT
+//! for the target, the connect and the handshake each under its own
+//! timeout. The two halves can run apart ([`open`], [`Opened::request`]) so
+//! that the connect and greeting overlap the client's own handshake.
 
 use std::{io, net::SocketAddr, time::Duration};
 
@@ -68,6 +70,30 @@ pub async fn dial(
     target: Option<&TargetAddr>,
     options: &DialOptions,
 ) -> Result<(TcpStream, Duration), DialError> {
+    open(backend, target.is_some(), options)
+        .await?
+        .request(target, options)
+        .await
+}
+
+/// A backend connection made before the target was known: connected and,
+/// for SOCKS5, greeted (and authenticated), waiting for its CONNECT.
+#[derive(Debug)]
+pub struct Opened {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Connect and greeting time, without any wait for the target after it.
+    spent: Duration,
+    /// What is left of the handshake timeout for the CONNECT.
+    handshake_left: Duration,
+}
+
+/// The first half of [`dial`]: TCP connect and, with `socks5`, the greeting.
+pub async fn open(
+    backend: &Backend,
+    socks5: bool,
+    options: &DialOptions,
+) -> Result<Opened, DialError> {
     let started = clock::now();
     let addr = resolve(backend.address()).await?;
     let socket = if addr.is_ipv4() {
@@ -92,13 +118,15 @@ pub async fn dial(
         })?
         .map_err(|source| DialError::Connect { addr, source })?;
 
-    if let Some(target) = target {
+    let mut handshake_left = options.handshake_timeout;
+    if socks5 {
+        let greeting_started = clock::now();
         let credentials = backend
             .username()
             .map(|user| Credentials::new(user, backend.password().unwrap_or_default()));
         tokio::time::timeout(
             options.handshake_timeout,
-            socks5::client::connect(&mut stream, target, credentials.as_ref()),
+            socks5::client::greet(&mut stream, credentials.as_ref()),
         )
         .await
         .map_err(|_| DialError::HandshakeTimeout {
@@ -106,8 +134,49 @@ pub async fn dial(
             timeout: options.handshake_timeout,
         })?
         .map_err(|source| DialError::Handshake { addr, source })?;
+        handshake_left =
+            handshake_left.saturating_sub(clock::now().saturating_duration_since(greeting_started));
     }
-    Ok((stream, clock::now().saturating_duration_since(started)))
+    Ok(Opened {
+        stream,
+        addr,
+        spent: clock::now().saturating_duration_since(started),
+        handshake_left,
+    })
+}
+
+impl Opened {
+    /// The second half of [`dial`]: the CONNECT for `target` (nothing when
+    /// there is no target), within what the greeting left of the handshake
+    /// timeout. Returns the stream and the backend's latency: its connect,
+    /// greeting and reply, without the time the connection waited between.
+    pub async fn request(
+        self,
+        target: Option<&TargetAddr>,
+        options: &DialOptions,
+    ) -> Result<(TcpStream, Duration), DialError> {
+        let Self {
+            mut stream,
+            addr,
+            spent,
+            handshake_left,
+        } = self;
+        let Some(target) = target else {
+            return Ok((stream, spent));
+        };
+        let started = clock::now();
+        tokio::time::timeout(handshake_left, socks5::client::request(&mut stream, target))
+            .await
+            .map_err(|_| DialError::HandshakeTimeout {
+                addr,
+                timeout: options.handshake_timeout,
+            })?
+            .map_err(|source| DialError::Handshake { addr, source })?;
+        Ok((
+            stream,
+            spent + clock::now().saturating_duration_since(started),
+        ))
+    }
 }
 
 async fn resolve(address: &str) -> Result<SocketAddr, DialError> {

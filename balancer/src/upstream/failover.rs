@@ -1,15 +1,20 @@
 //! Failover: try the candidates selection ordered, one after another, until
 //! one backend completes the handshake or the candidates (the failover
 //! budget, `max_attempts`) run out. Runs entirely before the client gets any
-//! reply, so a failure another backend can absorb is never seen.
+//! reply, so a failure another backend can absorb is never seen. The first
+//! candidate may have been opened early, while the client was still sending
+//! its request ([`Early`]); it then counts as the first attempt.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpStream;
 
-use super::dial::{DialError, DialOptions, dial};
+use super::dial::{DialError, DialOptions, Opened, open};
 use crate::{
-    backend::{Backend, Outcome, TransitionEvent},
+    backend::{Admission, Backend, Outcome, TransitionEvent},
     clock,
     select::Candidates,
     socks5::{ReplyCode, TargetAddr},
@@ -60,13 +65,36 @@ impl Exhausted {
     }
 }
 
+/// The first candidate, opened while the client was still sending its
+/// request, and how that went.
+#[derive(Debug)]
+pub struct Early {
+    pub backend: Arc<Backend>,
+    pub opened: Result<Opened, DialError>,
+}
+
+/// The candidate worth opening before the target is known: the first one,
+/// when its breaker admits it as an ordinary attempt. A half-open trial (or
+/// panic mode) goes the ordinary way, after the client's request, because
+/// a client that fails its own handshake would leave the trial's place
+/// taken without an outcome.
+pub fn first_to_open_early(candidates: &Candidates, now: Instant) -> Option<Arc<Backend>> {
+    if candidates.panic() {
+        return None;
+    }
+    let first = candidates.iter().next()?;
+    (first.allows(now) == Admission::Allowed).then(|| first.clone())
+}
+
 /// Tries `candidates` in order, recording every attempt's outcome on its
 /// backend. A candidate whose breaker no longer admits it (its half-open
 /// trial was taken meanwhile) is skipped without costing an attempt.
+/// `early` is the first candidate's attempt when it was already opened.
 pub async fn connect_with_failover(
     candidates: &Candidates,
     target: Option<&TargetAddr>,
     options: &DialOptions,
+    mut early: Option<Early>,
 ) -> Result<Connected, Exhausted> {
     let panic = candidates.panic();
     if panic {
@@ -75,13 +103,24 @@ pub async fn connect_with_failover(
     let mut attempts = 0;
     let mut last = None;
     for backend in candidates.iter() {
-        let (admission, event) = backend.admit(clock::now(), panic);
-        log_transition(backend, event);
-        if !admission.admitted() {
-            continue;
-        }
+        let opened = match early.take_if(|early| Arc::ptr_eq(&early.backend, backend)) {
+            // Admitted as an ordinary attempt, which claims nothing.
+            Some(early) => early.opened,
+            None => {
+                let (admission, event) = backend.admit(clock::now(), panic);
+                log_transition(backend, event);
+                if !admission.admitted() {
+                    continue;
+                }
+                open(backend, target.is_some(), options).await
+            }
+        };
         attempts += 1;
-        match dial(backend, target, options).await {
+        let dialled = match opened {
+            Ok(opened) => opened.request(target, options).await,
+            Err(error) => Err(error),
+        };
+        match dialled {
             Ok((stream, latency)) => {
                 record_outcome(backend, Ok(latency));
                 if attempts > 1 {
@@ -125,5 +164,49 @@ pub fn log_transition(backend: &Backend, event: Option<TransitionEvent>) {
             open_for = ?event.open_for,
             "breaker state changed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use rand::{SeedableRng, rngs::StdRng};
+
+    use super::*;
+    use crate::{
+        backend::{BackendSpec, BreakerState, HealthConfig, Origin, Registry},
+        select::{SelectionConfig, Selector},
+    };
+
+    fn first_early(registry: &Registry, now: Instant) -> (bool, Option<String>) {
+        let candidates = Selector::new(SelectionConfig::default()).candidates(
+            &registry.pool(),
+            Ipv4Addr::LOCALHOST.into(),
+            now,
+            &mut StdRng::seed_from_u64(7),
+        );
+        let early = first_to_open_early(&candidates, now).map(|b| b.name().to_owned());
+        (candidates.panic(), early)
+    }
+
+    #[test]
+    fn only_an_ordinary_attempt_is_opened_before_the_target_is_known() {
+        let now = clock::now();
+        let registry = Registry::new(HealthConfig::default());
+        registry
+            .register(BackendSpec::new("b0", "b0.test:1080"), Origin::Config, now)
+            .expect("registers");
+        assert_eq!(first_early(&registry, now), (false, Some("b0".to_owned())));
+
+        let backend = registry.pool().backends()[0].clone();
+        backend.force(BreakerState::Open, now);
+        // Still open: offered in panic mode only, which waits for the target.
+        assert_eq!(first_early(&registry, now), (true, None));
+        // Open long enough for a half-open trial: that waits too, so that a
+        // client failing its handshake cannot leave the trial unresolved.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(backend.allows(later), Admission::Trial);
+        assert_eq!(first_early(&registry, later), (false, None));
     }
 }

@@ -6,5 +6,8 @@
 mod dial;
 mod failover;
 
-pub use dial::{DialError, DialOptions, dial};
-pub use failover::{Connected, Exhausted, connect_with_failover, log_transition, record_outcome};
+pub use dial::{DialError, DialOptions, Opened, dial, open};
+pub use failover::{
+    Connected, Early, Exhausted, connect_with_failover, first_to_open_early, log_transition,
+    record_outcome,
+};

@@ -299,6 +299,25 @@ impl Topology {
         )
     }
 
+    /// Steers the receive processing of every interface in the balancer's
+    /// namespace to the CPUs of `mask` (RPS, hex as in `rps_cpus`). The
+    /// sockmap verdict runs there, and the psock work it queues runs on the
+    /// same CPU (a per-CPU workqueue), so this is how an operator places the
+    /// kernel's forwarding work. On loopback it steers every hop.
+    pub fn steer_lb_receive(&self, mask: &str) -> Result<()> {
+        ensure!(
+            !mask.is_empty() && mask.chars().all(|c| c.is_ascii_hexdigit() || c == ','),
+            "--lb-rps-cpus takes a hex CPU mask such as 2, not {mask:?}"
+        );
+        self.lb_ns().exec(
+            "sh",
+            &[
+                "-c",
+                &format!("for f in /sys/class/net/*/queues/rx-*/rps_cpus; do echo {mask} > $f || exit 1; done"),
+            ],
+        )
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }

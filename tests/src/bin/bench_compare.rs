@@ -17,6 +17,7 @@
 //!     [--topology veth|loopback|both] [--runs 5] [--quick] [--bulk-mib 192]
 //!     [--rounds 20000] [--connections 3000] [--rss-connections 10000]
 //!     [--only a,b,...] [--balancer-forwarding "offload_after_bytes: 0"]
+//!     [--lb-rps-cpus 2]
 //! ```
 //!
 //! Writes, per topology, the JSON, the Markdown (the tables, also printed)
@@ -57,6 +58,9 @@ struct Settings {
     subjects: Vec<&'static str>,
     /// Extra `forwarding:` keys for every balancer row (`--balancer-forwarding`).
     balancer_forwarding: String,
+    /// RPS CPU mask for the receive queues in the balancer's namespace
+    /// (`--lb-rps-cpus`; empty: the kernel's default, no steering).
+    lb_rps_cpus: String,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Args> {
         topologies: Vec::new(),
         subjects: Vec::new(),
         balancer_forwarding: String::new(),
+        lb_rps_cpus: String::new(),
     };
     let mut topologies = Kind::ALL.to_vec();
     let mut subjects = Subject::ALL.to_vec();
@@ -94,6 +99,7 @@ fn parse_args() -> Result<Args> {
             "--rounds" => settings.ping_pong_rounds = value()?.parse().context("--rounds")?,
             "--connections" => settings.connections = value()?.parse().context("--connections")?,
             "--balancer-forwarding" => settings.balancer_forwarding = value()?,
+            "--lb-rps-cpus" => settings.lb_rps_cpus = value()?,
             "--rss-connections" => {
                 settings.rss_connections = value()?.parse().context("--rss-connections")?;
             }
@@ -377,6 +383,9 @@ fn measure_topology(
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.subjects.len()];
     for run in 0..settings.runs {
         let topology = Topology::new(kind)?;
+        if !settings.lb_rps_cpus.is_empty() {
+            topology.steer_lb_receive(&settings.lb_rps_cpus)?;
+        }
         let _target = Target::start(topology.target(), topology.target_addr(), TARGET_PORT, dir)?;
         let mut backends = Backends::start(&topology, dir)?;
         for (i, subject) in args.subjects.iter().enumerate() {
