@@ -7,7 +7,11 @@
 //! - `balancer, failover`: balancer with a refusing backend beside the
 //!   healthy one, round robin, breaker disabled, so every other connection
 //!   starts at the refusing backend and fails over; the daemon's debug log
-//!   says which connections took two attempts.
+//!   says which connections took two attempts;
+//! - the first two again with a client that waits 1 ms between the method
+//!   selection and its request, which is what a client 1 ms away looks like
+//!   to the proxy for that round trip: the balancer opens its backend
+//!   during it.
 //!
 //! It also times a backend's death until its breaker opens (clients keep
 //! connecting), and its recovery until its breaker is closed again.
@@ -27,9 +31,13 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde::Serialize;
-use support::{ChecksumTarget, Daemon, Target, free_port, socks_connect, unique};
+use support::{
+    ChecksumTarget, Daemon, Target, free_port, socks_connect, socks_connect_pausing, unique,
+};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The distant client's wait between method selection and request.
+const CLIENT_AWAY: Duration = Duration::from_millis(1);
 /// Upper bound on any wait for a breaker transition.
 const BREAKER_WAIT: Duration = Duration::from_secs(30);
 
@@ -62,18 +70,20 @@ fn parse_args() -> Result<Args> {
 }
 
 /// Setup times (connect + SOCKS5 CONNECT until the success reply) of
-/// `count` sequential connections through `proxy`, in microseconds.
+/// `count` sequential connections through `proxy`, in microseconds, by a
+/// client that waits `pause` before its request.
 fn setup_times(
     ns: &NetNs,
     proxy: SocketAddr,
     target: SocketAddr,
     count: usize,
+    pause: Duration,
 ) -> Result<Vec<f64>> {
     ns.run(move || {
         (0..count)
             .map(|i| {
                 let began = Instant::now();
-                let stream = socks_connect(proxy, &Target::Addr(target), None)
+                let stream = socks_connect_pausing(proxy, &Target::Addr(target), None, pause)
                     .map_err(|e| anyhow::anyhow!("connection {i} through {proxy}: {e:?}"))?;
                 let took = began.elapsed();
                 drop(stream);
@@ -97,7 +107,8 @@ struct Row {
     /// Median over runs of each run's median / p99 (microseconds).
     p50_us: f64,
     p99_us: f64,
-    /// Median over runs of (this case's p50 - `microsocks direct` p50).
+    /// Median over runs of (this case's p50 - its baseline's p50, the
+    /// `microsocks direct` row with the same client).
     added_p50_us: f64,
     /// Each run's p50, for the spread.
     run_p50_us: Vec<f64>,
@@ -157,27 +168,46 @@ fn attempts(daemon: &Daemon) -> Vec<u32> {
         .collect()
 }
 
-/// One run of the latency cases; returns (direct, healthy only, first pick
-/// healthy, first pick refused).
-fn latency_run(connections: usize) -> Result<[Vec<f64>; 4]> {
+/// The latency cases: name, and the index of its baseline among them.
+const CASES: [(&str, usize); 6] = [
+    ("microsocks direct", 0),
+    ("balancer, one healthy backend", 0),
+    ("balancer, first pick healthy", 0),
+    ("balancer, first pick refused (failover)", 0),
+    ("microsocks direct, client 1 ms away", 4),
+    ("balancer, one healthy backend, client 1 ms away", 4),
+];
+
+/// One run of the latency cases, in the order of [`CASES`].
+fn latency_run(connections: usize) -> Result<[Vec<f64>; 6]> {
     let ns = NetNs::new()?;
     let target = ChecksumTarget::start(&ns, IpAddr::V4(LO))?;
     let healthy = Microsocks::start_in(&ns, LO, free_port(&ns, LO))?;
     let refusing = SocketAddr::from((LO, free_port(&ns, LO)));
     let no_breaker = "health: { circuit_threshold: 100000, probe: { enabled: false } }\n";
 
-    let direct = setup_times(&ns, healthy.addr(), target.addr(), connections)?;
+    let at_once = Duration::ZERO;
+    let direct = setup_times(&ns, healthy.addr(), target.addr(), connections, at_once)?;
+    let direct_away = setup_times(&ns, healthy.addr(), target.addr(), connections, CLIENT_AWAY)?;
 
     let instance = unique("bh");
     let yaml = config(&instance, &[healthy.addr()], no_breaker);
     let daemon = Daemon::start_logging(&ns, &instance, &yaml, LOG_FILTER)?;
-    let through = setup_times(&ns, daemon.listener("socks"), target.addr(), connections)?;
+    let proxy = daemon.listener("socks");
+    let through = setup_times(&ns, proxy, target.addr(), connections, at_once)?;
+    let through_away = setup_times(&ns, proxy, target.addr(), connections, CLIENT_AWAY)?;
     drop(daemon);
 
     let instance = unique("bf");
     let yaml = config(&instance, &[refusing, healthy.addr()], no_breaker);
     let daemon = Daemon::start_logging(&ns, &instance, &yaml, LOG_FILTER)?;
-    let mixed = setup_times(&ns, daemon.listener("socks"), target.addr(), connections)?;
+    let mixed = setup_times(
+        &ns,
+        daemon.listener("socks"),
+        target.addr(),
+        connections,
+        at_once,
+    )?;
     // Sequential clients: the daemon's n-th "backend ready" is the n-th
     // client. The log line is written before the client's reply, so it is
     // there once the client has its reply.
@@ -202,7 +232,14 @@ fn latency_run(connections: usize) -> Result<[Vec<f64>; 4]> {
         first.len(),
         failed_over.len()
     );
-    Ok([direct, through, first, failed_over])
+    Ok([
+        direct,
+        through,
+        first,
+        failed_over,
+        direct_away,
+        through_away,
+    ])
 }
 
 /// Kills a backend under client load and brings it back; times the breaker.
@@ -265,29 +302,27 @@ fn breaker_run(threshold: u32, recovery: Duration) -> Result<(f64, f64)> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     require_root("network namespaces and BPF");
-    let mut cases: [Vec<(f64, f64)>; 4] = Default::default();
+    let mut cases: [Vec<(f64, f64)>; 6] = Default::default();
     for run in 0..args.runs {
         eprintln!("bench_failover: latency run {}/{}", run + 1, args.runs);
         for (case, times) in cases.iter_mut().zip(latency_run(args.connections)?) {
             case.push((percentile(&times, 0.5), percentile(&times, 0.99)));
         }
     }
-    let names = [
-        "microsocks direct",
-        "balancer, one healthy backend",
-        "balancer, first pick healthy",
-        "balancer, first pick refused (failover)",
-    ];
     let median = |v: Vec<f64>| percentile(&v, 0.5);
-    let direct_p50: Vec<f64> = cases[0].iter().map(|c| c.0).collect();
-    let rows: Vec<Row> = names
+    let rows: Vec<Row> = CASES
         .iter()
         .zip(&cases)
-        .map(|(case, runs)| Row {
+        .map(|(&(case, baseline), runs)| Row {
             case,
             p50_us: median(runs.iter().map(|c| c.0).collect()),
             p99_us: median(runs.iter().map(|c| c.1).collect()),
-            added_p50_us: median(runs.iter().zip(&direct_p50).map(|(c, d)| c.0 - d).collect()),
+            added_p50_us: median(
+                runs.iter()
+                    .zip(&cases[baseline])
+                    .map(|(c, d)| c.0 - d.0)
+                    .collect(),
+            ),
             run_p50_us: runs.iter().map(|c| c.0).collect(),
         })
         .collect();
@@ -311,7 +346,7 @@ fn main() -> Result<()> {
          {} runs, loopback in a namespace; median over runs.\n",
         args.connections, args.runs
     );
-    println!("| case | p50 µs (runs min-max) | p99 µs | added p50 vs direct µs |");
+    println!("| case | p50 µs (runs min-max) | p99 µs | added p50 vs its direct row µs |");
     println!("| --- | ---: | ---: | ---: |");
     for row in &rows {
         let (min, max) = row

@@ -426,6 +426,18 @@ pub fn socks_connect(
     target: &Target,
     auth: Option<(&str, &str)>,
 ) -> Result<TcpStream, SocksError> {
+    socks_connect_pausing(proxy, target, auth, Duration::ZERO)
+}
+
+/// [`socks_connect`] by a client that waits `pause` between the method
+/// selection (or authentication) and its request: to the proxy, a client
+/// that far away for that round trip.
+pub fn socks_connect_pausing(
+    proxy: SocketAddr,
+    target: &Target,
+    auth: Option<(&str, &str)>,
+    pause: Duration,
+) -> Result<TcpStream, SocksError> {
     let mut stream = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let method = if auth.is_some() { 2 } else { 0 };
@@ -446,6 +458,9 @@ pub fn socks_connect(
         if status[1] != 0 {
             return Err(SocksError::Auth(status[1]));
         }
+    }
+    if !pause.is_zero() {
+        thread::sleep(pause);
     }
     let mut request = vec![5, 1, 0];
     match target {
