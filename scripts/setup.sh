@@ -17,6 +17,8 @@ APT_PACKAGES=(
   microsocks dante-server curl proxychains4 iptables iproute2 nginx-light
   # what users run today instead of us (comparison benchmarks), load tools
   haproxy redsocks iperf3 wrk gnuplot-nox fonts-dejavu-core
+  # the comparison traces the sockmap engine's kworker hand-off
+  linux-perf
   # `promtool check metrics` validates our Prometheus exposition
   prometheus
   # the demo's HTTP target; benchmarks: CPU accounting, charts

@@ -20,6 +20,7 @@ pub mod chart;
 pub mod cleanup;
 pub mod cpu;
 pub mod process;
+pub mod psock_trace;
 pub mod redirect;
 pub mod report;
 pub mod stats;

@@ -16,7 +16,8 @@ use crate::bench::{
     stats::{
         BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_DAEMON_CPU, CONN_RATE, CONN_SETUP_P99,
         CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS,
-        Metric, RSS_10K, RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+        Metric, PSOCK_PER_RTT, PSOCK_RUN_P50, PSOCK_SAME_CPU, PSOCK_WAIT_P50, PSOCK_WAIT_P99,
+        RSS_10K, RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
     },
     topology::Kind,
 };
@@ -103,6 +104,17 @@ const GROUPS: &[(&str, &[&str])] = &[
     (
         "Daemon memory (VmRSS): idle, then holding idle spliced connections",
         &[RSS_IDLE, RSS_CONNECTIONS, RSS_LOADED, RSS_10K],
+    ),
+    (
+        "Sockmap's hand-off to a kworker per redirected message (64 B ping-pong again, \
+         traced with perf's workqueue tracepoints; the trace slows it)",
+        &[
+            PSOCK_PER_RTT,
+            PSOCK_WAIT_P50,
+            PSOCK_WAIT_P99,
+            PSOCK_RUN_P50,
+            PSOCK_SAME_CPU,
+        ],
     ),
 ];
 

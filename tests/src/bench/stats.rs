@@ -54,6 +54,13 @@ pub const RSS_IDLE: &str = "rss_idle_mib";
 pub const RSS_LOADED: &str = "rss_loaded_mib";
 pub const RSS_CONNECTIONS: &str = "rss_connections";
 pub const RSS_10K: &str = "rss_10k_extrapolated_mib";
+/// Sockmap rows only, from a second ping-pong traced with perf (see
+/// [`crate::bench::psock_trace`]).
+pub const PSOCK_PER_RTT: &str = "psock_items_per_rtt";
+pub const PSOCK_WAIT_P50: &str = "psock_wait_p50_us";
+pub const PSOCK_WAIT_P99: &str = "psock_wait_p99_us";
+pub const PSOCK_RUN_P50: &str = "psock_run_p50_us";
+pub const PSOCK_SAME_CPU: &str = "psock_same_cpu_share";
 
 /// Every metric, in report order.
 pub const METRICS: &[Metric] = &[
@@ -76,6 +83,29 @@ pub const METRICS: &[Metric] = &[
     metric(RSS_CONNECTIONS, "idle connections held", "count", true, 0),
     metric(RSS_LOADED, "daemon RSS with them", "MiB", false, 1),
     metric(RSS_10K, "linear to 10,000", "MiB", false, 1),
+    metric(
+        PSOCK_PER_RTT,
+        "psock work items per round trip",
+        "count",
+        false,
+        2,
+    ),
+    metric(
+        PSOCK_WAIT_P50,
+        "queued -> kworker runs it, p50",
+        "µs",
+        false,
+        1,
+    ),
+    metric(
+        PSOCK_WAIT_P99,
+        "queued -> kworker runs it, p99",
+        "µs",
+        false,
+        1,
+    ),
+    metric(PSOCK_RUN_P50, "its run (the send), p50", "µs", false, 1),
+    metric(PSOCK_SAME_CPU, "run on the queueing CPU", "share", true, 3),
 ];
 
 /// Metric key -> value of one subject in one run.

@@ -161,6 +161,14 @@ impl Subject {
         }
     }
 
+    /// The balancer's engine, `None` for the other subjects.
+    pub fn engine(self) -> Option<Engine> {
+        match self {
+            Self::BalancerSocks(engine, _) | Self::BalancerRedirect(engine) => Some(engine),
+            _ => None,
+        }
+    }
+
     /// The engine whose daemon the RSS workload (idle spliced connections)
     /// measures; `None` where it does not apply. The daemon's memory does
     /// not depend on the backends, so it is measured once per engine (the

@@ -254,13 +254,15 @@ fn download(stream: &mut TcpStream, len: u64) -> Result<()> {
 }
 
 /// Round-trip times in microseconds of `rounds` 64-byte echoes on one
-/// connection, after `warmup` unrecorded ones.
+/// connection, after `warmup` unrecorded ones; `after_warmup` runs between
+/// the two (to start a trace of the measured rounds only).
 pub fn ping_pong(
     client: Client<'_>,
     access: Access,
     target: SocketAddr,
     warmup: usize,
     rounds: usize,
+    after_warmup: impl FnOnce() -> Result<()> + Send,
 ) -> Result<Vec<f64>> {
     let source = client.source;
     client.ns.run(move || -> Result<Vec<f64>> {
@@ -268,7 +270,13 @@ pub fn ping_pong(
         stream.write_all(&[ECHO])?;
         let mut times = Vec::with_capacity(rounds);
         let mut back = [0u8; 64];
+        let mut after_warmup = Some(after_warmup);
         for i in 0..warmup + rounds {
+            if i == warmup
+                && let Some(hook) = after_warmup.take()
+            {
+                hook()?;
+            }
             let message = [(i % 251) as u8; 64];
             let began = Instant::now();
             stream.write_all(&message)?;

@@ -33,10 +33,10 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use balancer_tests::{
     bench::{
-        chart, cleanup, process,
+        chart, cleanup, process, psock_trace,
         report::{self, Report, SubjectReport},
         stats::{self, Sample},
-        subjects::{self, Backends, Subject, TARGET_PORT},
+        subjects::{self, Backends, Engine, Subject, TARGET_PORT},
         target::{self, Target},
         topology::{self, Kind, Topology},
         workloads::{self, Client, Cost, Direction},
@@ -166,6 +166,49 @@ impl Drop for TempDir {
     }
 }
 
+/// Rounds of the traced ping-pong.
+const TRACED_ROUNDS: usize = 5000;
+
+/// A second ping-pong, traced with perf: how the sockmap engine hands each
+/// redirected message to a kworker (see [`psock_trace`]). Its warm-up
+/// outlasts the user-space copy's default time budget (100 ms) threefold,
+/// so every traced round goes through the engine.
+fn trace_psock_work(
+    client: Client<'_>,
+    access: subjects::Access,
+    target: SocketAddr,
+    rtt_p50_us: f64,
+    dir: &Path,
+    sample: &mut Sample,
+) -> Result<()> {
+    let warmup = (300_000.0 / rtt_p50_us.max(1.0)).ceil() as usize;
+    let mut recording = psock_trace::Recording::start(client.ns, dir)?;
+    workloads::ping_pong(client, access, target, warmup, TRACED_ROUNDS, || {
+        recording.enable()
+    })?;
+    let work = recording.finish()?;
+    ensure!(
+        !work.wait_us.is_empty(),
+        "perf saw no {} work item: is the sockmap engine forwarding?",
+        "sk_psock_backlog"
+    );
+    sample.insert(
+        stats::PSOCK_PER_RTT,
+        work.queued as f64 / TRACED_ROUNDS as f64,
+    );
+    sample.insert(stats::PSOCK_WAIT_P50, stats::percentile(&work.wait_us, 0.5));
+    sample.insert(
+        stats::PSOCK_WAIT_P99,
+        stats::percentile(&work.wait_us, 0.99),
+    );
+    sample.insert(stats::PSOCK_RUN_P50, stats::percentile(&work.run_us, 0.5));
+    sample.insert(
+        stats::PSOCK_SAME_CPU,
+        work.same_cpu as f64 / work.wait_us.len() as f64,
+    );
+    Ok(())
+}
+
 const BULK: [(&str, Direction, usize); 3] = [
     (stats::BULK_UP_1, Direction::Up, 1),
     (stats::BULK_DOWN_1, Direction::Down, 1),
@@ -240,12 +283,19 @@ fn measure(
         target,
         settings.ping_pong_warmup,
         settings.ping_pong_rounds,
+        || Ok(()),
     )
     .with_context(|| format!("{}: ping-pong", subject.name()))?;
     opened += 1;
-    sample.insert(stats::RTT_P50, stats::percentile(&rtts, 0.5));
+    let rtt_p50 = stats::percentile(&rtts, 0.5);
+    sample.insert(stats::RTT_P50, rtt_p50);
     sample.insert(stats::RTT_P99, stats::percentile(&rtts, 0.99));
     sample.insert(stats::RTT_P999, stats::percentile(&rtts, 0.999));
+    if subject.engine() == Some(Engine::Sockmap) {
+        trace_psock_work(client, access, target, rtt_p50, dir, &mut sample)
+            .with_context(|| format!("{}: traced ping-pong", subject.name()))?;
+        opened += 1;
+    }
 
     let rate = workloads::connection_rate(
         client,
@@ -327,6 +377,7 @@ fn main() -> Result<()> {
         ("iptables", "iptables"),
         ("gnuplot", "gnuplot-nox"),
         ("nsenter", "util-linux"),
+        ("perf", "linux-perf"),
     ] {
         require_command(program, package);
     }
