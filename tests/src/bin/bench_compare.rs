@@ -159,8 +159,19 @@ impl TempDir {
     }
 }
 
+impl TempDir {
+    /// Leaves the directory in place; returns where it is.
+    fn keep(mut self) -> PathBuf {
+        cleanup::remove_directory(&self.0);
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
         cleanup::remove_directory(&self.0);
     }
@@ -390,7 +401,17 @@ fn main() -> Result<()> {
     )?;
     let began = Instant::now();
     for &kind in &args.topologies {
-        let report = measure_topology(kind, &args, &balancer, &dir.0, began)?;
+        let report = match measure_topology(kind, &args, &balancer, &dir.0, began) {
+            Ok(report) => report,
+            Err(error) => {
+                // The processes' logs say what went wrong: keep them.
+                eprintln!(
+                    "bench_compare: the configs and logs of this run are kept in {}",
+                    dir.keep().display()
+                );
+                return Err(error);
+            }
+        };
         // Written before the next topology starts, so a failure there
         // keeps this one's results.
         let markdown = report::markdown(&report);
