@@ -124,16 +124,13 @@ pub async fn open(
         let credentials = backend
             .username()
             .map(|user| Credentials::new(user, backend.password().unwrap_or_default()));
-        tokio::time::timeout(
+        handshake_step(
+            addr,
+            options.handshake_timeout,
             options.handshake_timeout,
             socks5::client::greet(&mut stream, credentials.as_ref()),
         )
-        .await
-        .map_err(|_| DialError::HandshakeTimeout {
-            addr,
-            timeout: options.handshake_timeout,
-        })?
-        .map_err(|source| DialError::Handshake { addr, source })?;
+        .await?;
         handshake_left =
             handshake_left.saturating_sub(clock::now().saturating_duration_since(greeting_started));
     }
@@ -165,18 +162,35 @@ impl Opened {
             return Ok((stream, spent));
         };
         let started = clock::now();
-        tokio::time::timeout(handshake_left, socks5::client::request(&mut stream, target))
-            .await
-            .map_err(|_| DialError::HandshakeTimeout {
-                addr,
-                timeout: options.handshake_timeout,
-            })?
-            .map_err(|source| DialError::Handshake { addr, source })?;
+        handshake_step(
+            addr,
+            handshake_left,
+            options.handshake_timeout,
+            socks5::client::request(&mut stream, target),
+        )
+        .await?;
         Ok((
             stream,
             spent + clock::now().saturating_duration_since(started),
         ))
     }
+}
+
+/// One step of the backend handshake within `limit`; a timeout is
+/// reported as the whole handshake's (`reported`).
+async fn handshake_step<T>(
+    addr: SocketAddr,
+    limit: Duration,
+    reported: Duration,
+    step: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, DialError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| DialError::HandshakeTimeout {
+            addr,
+            timeout: reported,
+        })?
+        .map_err(|source| DialError::Handshake { addr, source })
 }
 
 async fn resolve(address: &str) -> Result<SocketAddr, DialError> {
