@@ -1,9 +1,8 @@
 //! Release gate for the forwarding engines: every case runs for each engine
 //! (sockmap, splice) over loopback and over a veth pair between two
 //! namespaces the test creates, and once more per engine on loopback with
-//! the user-space relay's default budget configured, so that every case also
-//! crosses the hand-over from relay to engine (for sockmap, which ignores the
-//! budget, the hand-over after the relay's settling reads). Byte streams
+//! the user-space relay in front (the daemon's default budget), so that
+//! every case also crosses the hand-over from relay to engine. Byte streams
 //! are checked end to end with SHA-256, and the engine's per-backend
 //! counters against what was sent.
 //!

@@ -208,18 +208,13 @@ impl Engine {
         let started = crate::clock::now();
         let user_space = self.user_space();
         let options = user_space.options();
+        // The sockmap engine needs the relay's settling reads even without a
+        // budget (see `relay`): a zero budget does only those.
         let budget = match self {
-            // Only the relay's settling reads (see `relay`), never a budget:
-            // handing a pair to the sockhash while bytes stream through it
-            // lost or stalled data on Linux 6.18 (`bench_compare`, sockmap
-            // in front of dante on loopback: 7 of 107 runs with the default
-            // budget, 0 of 40 with none; splice 0 of 15), and the cause is
-            // not understood yet. Until it is, sockmap takes each pair from
-            // the end of its handshake.
-            Self::Sockmap(_) => Some(RelayBudget {
+            Self::Sockmap(_) => Some(options.relay.unwrap_or(RelayBudget {
                 bytes: 0,
                 time: Duration::ZERO,
-            }),
+            })),
             Self::Splice(_) => options.relay,
         };
         let (pair, relayed, finished) = match budget {

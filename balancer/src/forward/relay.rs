@@ -24,8 +24,7 @@
 //! at the target. Before handing over, the relay therefore reads each
 //! direction until a read comes back short of its buffer, which consumes
 //! every skb it touched. For that reason the sockmap engine runs the relay
-//! too, always with a zero budget: only the settling reads (see
-//! `Engine::forward` for why it takes no budget).
+//! with a zero budget even when `offload_after_*` is 0.
 
 use std::{
     io,
