@@ -17,7 +17,8 @@ use std::{
 
 use balancer_tests::{Microsocks, NetNs, require_root};
 use support::{
-    ChecksumTarget, Daemon, Fault, FaultBackend, Target, free_port, ping, sh, socks_connect, unique,
+    ChecksumTarget, Daemon, Fault, FaultBackend, SocksError, Target, free_port, ping, sh,
+    socks_connect, socks_negotiate, socks_request, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -322,33 +323,8 @@ fn recording_backend(ns: &NetNs, seen: Arc<std::sync::Mutex<Seen>>) -> support::
     .expect("recording backend")
 }
 
-/// The client's side of method selection, without the request.
-fn negotiate(
-    proxy: SocketAddr,
-    credentials: Option<(&str, &str)>,
-) -> std::io::Result<std::net::TcpStream> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(proxy)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let method = if credentials.is_some() { 2 } else { 0 };
-    stream.write_all(&[5, 1, method])?;
-    let mut chosen = [0u8; 2];
-    stream.read_exact(&mut chosen)?;
-    if let Some((user, password)) = credentials {
-        let mut auth = vec![1, user.len() as u8];
-        auth.extend_from_slice(user.as_bytes());
-        auth.push(password.len() as u8);
-        auth.extend_from_slice(password.as_bytes());
-        stream.write_all(&auth)?;
-        let mut status = [0u8; 2];
-        stream.read_exact(&mut status)?;
-    }
-    Ok(stream)
-}
-
 #[test]
 fn the_first_backend_is_greeted_while_the_client_is_still_sending_its_request() {
-    use std::io::{Read, Write};
     require_root("network namespaces");
     let ns = NetNs::new().expect("netns");
     let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
@@ -379,19 +355,12 @@ fn the_first_backend_is_greeted_while_the_client_is_still_sending_its_request() 
     // its CONNECT once the client's request is in.
     let request_sent = ns
         .run(|| {
-            let mut stream = negotiate(socks, None).expect("negotiate");
+            let mut stream = socks_negotiate(socks, None).expect("negotiate");
             thread::sleep(Duration::from_millis(300));
             let sent = Instant::now();
-            stream
-                .write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 9])
-                .expect("request");
-            let mut reply = [0u8; 10];
-            stream.read_exact(&mut reply).expect("reply");
-            assert_eq!(reply[1], 0, "reply {reply:?}");
-            stream.write_all(&[0u8; 16]).expect("ping");
-            let mut pong = [0u8; 5];
-            stream.read_exact(&mut pong).expect("pong");
-            assert_eq!(&pong, b"pong\n");
+            let anywhere = Target::Addr(SocketAddr::from((LO, 9)));
+            socks_request(&mut stream, &anywhere).expect("request answered with success");
+            ping(&mut stream).expect("ping through the backend");
             sent
         })
         .expect("netns");
@@ -409,7 +378,7 @@ fn the_first_backend_is_greeted_while_the_client_is_still_sending_its_request() 
     // 2. A client that leaves after method selection: the connection opened
     // for it is closed unused and nothing is held against the backend.
     let leaving = ns
-        .run(|| negotiate(socks, None).expect("negotiate"))
+        .run(|| socks_negotiate(socks, None).expect("negotiate"))
         .expect("netns");
     wait_for("the second connection greeted", &|s| s.greeted.len() == 2);
     drop(leaving);
@@ -429,20 +398,23 @@ fn the_first_backend_is_greeted_while_the_client_is_still_sending_its_request() 
     // 3. A client refused at authentication never causes a backend
     // connection; one that authenticates does, before its request.
     let before = seen_now(&|s| s.connections);
-    ns.run(|| {
-        let mut stream = negotiate(auth, Some(("u", "wrong"))).expect("negotiate");
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest);
-    })
-    .expect("netns");
-    assert_eq!(
-        snapshot_handshake_failures(&instance, "auth_failed"),
-        1,
-        "the wrong password was refused"
+    let refused = ns
+        .run(|| socks_negotiate(auth, Some(("u", "wrong"))))
+        .expect("netns");
+    assert!(
+        matches!(refused, Err(SocksError::Auth(_))),
+        "the wrong password was refused: {refused:?}"
     );
+    // The daemon counts the failure once it has answered it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while snapshot_handshake_failures(&instance, "auth_failed") == 0 {
+        assert!(Instant::now() < deadline, "the refusal was never counted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(snapshot_handshake_failures(&instance, "auth_failed"), 1);
     assert_eq!(seen_now(&|s| s.connections), before);
     let _admitted = ns
-        .run(|| negotiate(auth, Some(("u", "p"))).expect("negotiate"))
+        .run(|| socks_negotiate(auth, Some(("u", "p"))).expect("negotiate"))
         .expect("netns");
     wait_for("the authenticated client's backend greeted", &|s| {
         s.greeted.len() == 3

@@ -106,6 +106,19 @@ fn single(
     metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
 }
 
+/// Counters keyed by one label's value.
+fn counts_by<'a>(
+    label: &'static str,
+    counts: &'a std::collections::BTreeMap<String, u64>,
+) -> impl Iterator<Item = (Labels, ConstCounter)> + 'a {
+    counts.iter().map(move |(value, &count)| {
+        (
+            vec![(Cow::Borrowed(label), Cow::Owned(value.clone()))],
+            ConstCounter::new(count),
+        )
+    })
+}
+
 /// One labelled metric family.
 fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -175,16 +188,7 @@ impl Collector for SnapshotCollector {
             "Client SOCKS5 handshakes that failed, by reason",
             None,
             counter,
-            snapshot
-                .counters
-                .handshake_failures
-                .iter()
-                .map(|(reason, &count)| {
-                    (
-                        vec![(Cow::Borrowed("reason"), Cow::Owned(reason.clone()))],
-                        ConstCounter::new(count),
-                    )
-                }),
+            counts_by("reason", &snapshot.counters.handshake_failures),
         )?;
         family(
             &mut encoder,
@@ -192,16 +196,7 @@ impl Collector for SnapshotCollector {
             "Forwarded connections that ended, by what carried them to the end: relay (the user-space copy alone, within forwarding.offload_after_*), sockmap or splice",
             None,
             counter,
-            snapshot
-                .counters
-                .pairs_finished
-                .iter()
-                .map(|(carrier, &count)| {
-                    (
-                        vec![(Cow::Borrowed("carrier"), Cow::Owned(carrier.clone()))],
-                        ConstCounter::new(count),
-                    )
-                }),
+            counts_by("carrier", &snapshot.counters.pairs_finished),
         )?;
         single(
             &mut encoder,

@@ -200,8 +200,7 @@ fn trace_psock_work(
     let work = recording.finish()?;
     ensure!(
         !work.wait_us.is_empty(),
-        "perf saw no {} work item: is the sockmap engine forwarding?",
-        "sk_psock_backlog"
+        "perf saw no sk_psock_backlog work item: is the sockmap engine forwarding?"
     );
     sample.insert(
         stats::PSOCK_PER_RTT,

@@ -438,6 +438,20 @@ pub fn socks_connect_pausing(
     auth: Option<(&str, &str)>,
     pause: Duration,
 ) -> Result<TcpStream, SocksError> {
+    let mut stream = socks_negotiate(proxy, auth)?;
+    if !pause.is_zero() {
+        thread::sleep(pause);
+    }
+    socks_request(&mut stream, target)?;
+    Ok(stream)
+}
+
+/// The client's method selection (and RFC 1929 authentication with
+/// `auth`), without the request: the stream is left for [`socks_request`].
+pub fn socks_negotiate(
+    proxy: SocketAddr,
+    auth: Option<(&str, &str)>,
+) -> Result<TcpStream, SocksError> {
     let mut stream = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let method = if auth.is_some() { 2 } else { 0 };
@@ -459,9 +473,11 @@ pub fn socks_connect_pausing(
             return Err(SocksError::Auth(status[1]));
         }
     }
-    if !pause.is_zero() {
-        thread::sleep(pause);
-    }
+    Ok(stream)
+}
+
+/// The CONNECT for `target` on a negotiated stream, and its reply.
+pub fn socks_request(stream: &mut TcpStream, target: &Target) -> Result<(), SocksError> {
     let mut request = vec![5, 1, 0];
     match target {
         Target::Addr(SocketAddr::V4(addr)) => {
@@ -482,9 +498,9 @@ pub fn socks_connect_pausing(
         }
     }
     stream.write_all(&request)?;
-    read_reply(&mut stream)?;
+    read_reply(stream)?;
     stream.set_read_timeout(None)?;
-    Ok(stream)
+    Ok(())
 }
 
 /// Reads one SOCKS5 reply exactly; `Err(Reply(code))` unless it is success.
