@@ -12,8 +12,14 @@ use bytemuck::{Pod, Zeroable};
 
 /// Map names as they appear in the BPF object (and as pin file names).
 pub mod map {
-    /// `SOCKHASH`: socket cookie (`u64`) -> socket. The verdict redirects into it.
+    /// `SOCKHASH`: socket cookie (`u64`) -> socket. The verdict is attached
+    /// to it: it reads what every socket in it receives.
     pub const SOCKETS: &str = "SOCKETS";
+    /// `SOCKHASH` with no program: socket cookie (`u64`) -> socket. The
+    /// verdict redirects into it. A pair joins it before [`SOCKETS`], so
+    /// that from the moment either socket's verdict runs, its peer is a
+    /// valid destination (see `forward::sockmap` in the daemon).
+    pub const TARGETS: &str = "TARGETS";
     /// `HASH`: socket cookie (`u64`) -> [`crate::PeerInfo`].
     pub const PEERS: &str = "PEERS";
     /// `PERCPU_ARRAY`: backend slot (`u32`) -> [`crate::BackendBytes`].
@@ -27,8 +33,9 @@ pub mod map {
     /// `ARRAY` with `BPF_F_MMAPABLE`: [`crate::DaemonStats`] at index 0.
     pub const DAEMON_STATS: &str = "DAEMON_STATS";
     /// Every map above (tests check that the object defines each).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         SOCKETS,
+        TARGETS,
         PEERS,
         BACKEND_BYTES,
         GLOBAL,
@@ -80,7 +87,7 @@ pub struct PeerInfo {
     /// One of [`direction`].
     pub direction: u32,
     /// Bytes received on this socket whose redirect failed because the peer
-    /// was not (or no longer) in [`map::SOCKETS`]: the kernel dropped them, so
+    /// was not (or no longer) in [`map::TARGETS`]: the kernel dropped them, so
     /// user space must reset the pair instead of ending it cleanly.
     pub dropped_bytes: u64,
 }
@@ -105,7 +112,7 @@ pub struct Global {
     pub redirected_skbs: u64,
     /// skbs whose socket had no [`PeerInfo`] entry (passed to the socket).
     pub no_peer: u64,
-    /// skbs whose redirect failed (peer missing from the sockhash).
+    /// skbs whose redirect failed (peer missing from [`map::TARGETS`]).
     pub redirect_failed: u64,
     /// Reserved; keeps the struct a multiple of 16 bytes.
     pub _reserved: u64,

@@ -40,6 +40,11 @@ use balancer_common::{
 #[map(name = "SOCKETS")]
 static SOCKETS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
+// Where the verdict redirects: the same sockets, but with no program
+// attached, so a socket is a destination before its own verdict runs.
+#[map(name = "TARGETS")]
+static TARGETS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
+
 #[map(name = "PEERS")]
 static PEERS: HashMap<u64, PeerInfo> = HashMap::with_max_entries(MAX_SOCKETS, 0);
 
@@ -92,7 +97,7 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
     // keeps it alive for the duration of the program (RCU).
     let (peer_cookie, slot, dir) =
         unsafe { ((*peer).peer_cookie, (*peer).slot, (*peer).direction) };
-    let verdict = SOCKETS.redirect_skb(ctx, peer_cookie, 0);
+    let verdict = TARGETS.redirect_skb(ctx, peer_cookie, 0);
     let Ok(verdict) = u32::try_from(verdict) else {
         return Err(sk_action::SK_DROP);
     };

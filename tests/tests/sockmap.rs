@@ -16,9 +16,11 @@ use std::{
 };
 
 use balancer::{
+    bpf::{Bpf, SocketMap},
     forward::{BackendSlot, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine},
     sys::socket,
 };
+use balancer_common::{NO_SLOT, PeerInfo, direction};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -204,9 +206,9 @@ async fn finish(mut run: Running) -> PairSummary {
 fn assert_maps_empty(engine: &SockmapEngine) {
     let entries = engine.map_entries().expect("map entries");
     assert_eq!(
-        (entries.peers, entries.sockets),
-        (0, 0),
-        "PEERS/SOCKETS not empty after every pair ended"
+        (entries.peers, entries.sockets, entries.targets),
+        (0, 0, 0),
+        "PEERS/SOCKETS/TARGETS not empty after every pair ended"
     );
 }
 
@@ -558,4 +560,75 @@ async fn two_hundred_concurrent_pairs_keep_their_checksums() {
     let counted = rig.engine.backend_bytes(BackendSlot(100));
     assert_eq!((counted.up, counted.down), (total, total));
     assert_maps_empty(&rig.engine);
+}
+
+/// The kernel behaviour the engine's insert order rests on, checked on the
+/// maps directly. A FIN makes `tcp_data_ready` run the verdict even under a
+/// huge `SO_RCVLOWAT`, so a socket's verdict can run the moment it joins
+/// `SOCKETS`, before its peer does: the peer must already be in `TARGETS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_that_runs_before_its_peer_is_spliced_delivers_to_a_peer_already_in_targets() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root (CAP_BPF)");
+    let bpf = Bpf::load(None, false).expect("load the BPF object");
+    for peer_is_target in [true, false] {
+        let mut s = sockets().await;
+        let client_cookie = socket::cookie(&s.client_inner).expect("cookie");
+        let backend_cookie = socket::cookie(&s.backend_inner).expect("cookie");
+        let peer = |peer_cookie, direction| PeerInfo {
+            peer_cookie,
+            slot: NO_SLOT,
+            direction,
+            ..PeerInfo::default()
+        };
+        bpf.set_peer(client_cookie, peer(backend_cookie, direction::UP))
+            .expect("PEERS");
+        bpf.set_peer(backend_cookie, peer(client_cookie, direction::DOWN))
+            .expect("PEERS");
+        socket::set_rcvlowat(&s.backend_inner, i32::MAX).expect("SO_RCVLOWAT");
+        if peer_is_target {
+            bpf.insert_socket(SocketMap::Targets, client_cookie, s.client_inner.as_fd())
+                .expect("TARGETS");
+        }
+        bpf.insert_socket(SocketMap::Targets, backend_cookie, s.backend_inner.as_fd())
+            .expect("TARGETS");
+        bpf.insert_socket(SocketMap::Sockets, backend_cookie, s.backend_inner.as_fd())
+            .expect("SOCKETS");
+        // The client socket is not in SOCKETS: the instant between the
+        // engine's two inserts, held open.
+        s.server.write_all(b"answer").await.expect("write");
+        s.server.shutdown().await.expect("FIN");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let info = loop {
+            let info = bpf.peer(backend_cookie).expect("PEERS").expect("entry");
+            if info.redirected_bytes + info.dropped_bytes == 6 {
+                break info;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the verdict never ran on data + FIN under SO_RCVLOWAT (peer is target: {peer_is_target}): {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if peer_is_target {
+            assert_eq!((info.redirected_bytes, info.dropped_bytes), (6, 0));
+            let mut got = [0u8; 6];
+            tokio::time::timeout(Duration::from_secs(5), s.client.read_exact(&mut got))
+                .await
+                .expect("redirected bytes arrive in time")
+                .expect("read");
+            assert_eq!(&got, b"answer");
+        } else {
+            assert_eq!(
+                (info.redirected_bytes, info.dropped_bytes),
+                (0, 6),
+                "with its peer in no sockhash the verdict drops what it read"
+            );
+        }
+        for cookie in [client_cookie, backend_cookie] {
+            bpf.remove_peer(cookie).expect("remove PEERS");
+        }
+    }
+    // Closed sockets leave both sockhashes by themselves.
+    let entries = bpf.entries().expect("entries");
+    assert_eq!((entries.peers, entries.sockets, entries.targets), (0, 0, 0));
 }

@@ -135,6 +135,7 @@ pub enum BpfError {
 /// The loaded object with its program attached and its maps open.
 pub struct Bpf {
     sockets: Mutex<SockHash<MapData, u64>>,
+    targets: Mutex<SockHash<MapData, u64>>,
     peers: Mutex<HashMap<MapData, u64, PeerInfo>>,
     backend_bytes: Mutex<PerCpuArray<MapData, BackendBytes>>,
     global: PerCpuArray<MapData, Global>,
@@ -202,6 +203,7 @@ impl Bpf {
         Ok(Self {
             logger,
             sockets: Mutex::new(sockets),
+            targets: Mutex::new(take_map(&mut ebpf, map::TARGETS)?),
             peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
             backend_bytes: Mutex::new(take_map(&mut ebpf, map::BACKEND_BYTES)?),
             global: take_map(&mut ebpf, map::GLOBAL)?,
@@ -255,14 +257,14 @@ impl Bpf {
         ignore_absent(lock(&self.peers).remove(&cookie), "remove", map::PEERS)
     }
 
-    /// Adds the socket `fd` to `SOCKETS` under `cookie`; from then on the
-    /// verdict sees what it receives.
+    /// Adds the socket `fd` to `which` under `cookie`.
     pub fn insert_socket(
         &self,
+        which: SocketMap,
         cookie: u64,
         fd: impl std::os::fd::AsRawFd,
     ) -> Result<(), BpfError> {
-        lock(&self.sockets)
+        lock(self.socket_map(which))
             .insert(cookie, fd, 0)
             .map_err(|source| match source {
                 MapError::SyscallError(err)
@@ -275,23 +277,40 @@ impl Bpf {
                 }
                 source => BpfError::MapOp {
                     op: "insert",
-                    map: map::SOCKETS,
+                    map: which.name(),
                     source,
                 },
             })
     }
 
-    /// Removes `cookie` from `SOCKETS` (absent is fine: the kernel removes a
-    /// socket by itself when it is closed).
-    pub fn remove_socket(&self, cookie: u64) -> Result<(), BpfError> {
-        ignore_absent(lock(&self.sockets).remove(&cookie), "remove", map::SOCKETS)
+    /// Removes `cookie` from `which` (absent is fine: the kernel removes a
+    /// socket from every sockhash by itself when it is closed).
+    pub fn remove_socket(&self, which: SocketMap, cookie: u64) -> Result<(), BpfError> {
+        ignore_absent(
+            lock(self.socket_map(which)).remove(&cookie),
+            "remove",
+            which.name(),
+        )
     }
 
-    /// Entries in `PEERS` and `SOCKETS` (walks the maps: tests and stats only).
+    fn socket_map(&self, which: SocketMap) -> &Mutex<SockHash<MapData, u64>> {
+        match which {
+            SocketMap::Sockets => &self.sockets,
+            SocketMap::Targets => &self.targets,
+        }
+    }
+
+    /// Entries in `PEERS`, `SOCKETS` and `TARGETS` (walks the maps: tests
+    /// and stats only).
     pub fn entries(&self) -> Result<MapEntries, BpfError> {
         let peers = lock(&self.peers).keys().count();
         let sockets = lock(&self.sockets).keys().count();
-        Ok(MapEntries { peers, sockets })
+        let targets = lock(&self.targets).keys().count();
+        Ok(MapEntries {
+            peers,
+            sockets,
+            targets,
+        })
     }
 
     /// `BACKEND_BYTES[slot]` summed over the CPUs; zero for a slot outside.
@@ -615,11 +634,31 @@ fn verdict(ebpf: &mut Ebpf) -> Result<&mut SkSkb, BpfError> {
         })
 }
 
-/// How many entries the two per-socket maps hold.
+/// How many entries the per-socket maps hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapEntries {
     pub peers: usize,
     pub sockets: usize,
+    pub targets: usize,
+}
+
+/// The two sockhashes every spliced socket joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketMap {
+    /// `SOCKETS`: the verdict is attached, so it reads what a socket here
+    /// receives.
+    Sockets,
+    /// `TARGETS`: no program; the verdict redirects to the sockets here.
+    Targets,
+}
+
+impl SocketMap {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sockets => map::SOCKETS,
+            Self::Targets => map::TARGETS,
+        }
+    }
 }
 
 /// The pinned maps of one instance; removed on drop.

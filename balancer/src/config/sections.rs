@@ -218,7 +218,7 @@ pub struct ForwardingConfig {
     /// connection to the engine once it has moved this many bytes (both
     /// directions together) or lived `offload_after_time`, whichever comes
     /// first. Connections that end sooner never pay the engine's per-pair
-    /// set-up (sockmap: 12 `bpf` calls and ~30 other syscalls; splice: two
+    /// set-up (sockmap: 14 `bpf` calls and ~30 other syscalls; splice: two
     /// pipes). Default 64 KiB; 0 = the engine from the first byte.
     pub offload_after_bytes: u64,
     /// See `offload_after_bytes`. Default 100ms; 0s = the engine from the

@@ -3,7 +3,7 @@
 //!
 //! Most connections through a proxy are short, a request and its answer,
 //! and for those an engine's per-pair set-up costs more than the bytes: the
-//! sockmap engine spends 12 `bpf` calls and about 30 other syscalls per pair
+//! sockmap engine spends 14 `bpf` calls and about 30 other syscalls per pair
 //! (cookies, write baselines, `SO_RCVLOWAT`, socket buffers, its epoll), the
 //! splice engine two pipes. The relay reads into a stack buffer and writes
 //! straight on, so a pair that ends within its budget never reaches the

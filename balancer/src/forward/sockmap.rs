@@ -6,11 +6,14 @@
 //! once every redirected byte was handed on, and tears the pair down.
 //!
 //! Lifecycle of one pair ([`SockmapEngine::forward`]):
-//! 1. `SO_RCVLOWAT` huge on both sockets, so `tcp_data_ready` does not run the
-//!    verdict before both sockets are in the map;
+//! 1. `SO_RCVLOWAT` huge on both sockets, so that `tcp_data_ready` mostly
+//!    leaves what arrives meanwhile queued until step 3;
 //! 2. `PEERS` entries for both cookies, a baseline of bytes written per socket
-//!    (`tcpi_bytes_acked + SIOCOUTQ`), then both sockets into `SOCKETS`
-//!    (backend first: a client is the side likelier to half-close early);
+//!    (`tcpi_bytes_acked + SIOCOUTQ`), then both sockets into `TARGETS` (no
+//!    program: where the verdict redirects to), then both into `SOCKETS` (the
+//!    verdict attached), backend first each time: a client is the side
+//!    likelier to half-close early. Whichever socket's verdict runs first,
+//!    its peer is already a destination;
 //! 3. `SO_RCVLOWAT` 1 on both: `tcp_set_rcvlowat` calls `tcp_data_ready`,
 //!    which runs the verdict over everything already queued, in order;
 //! 4. an engine-wide epoll (no `EPOLLIN`, so data never wakes user space)
@@ -18,7 +21,7 @@
 //!    `SIOCINQ(A) == 0` and B has written its baseline plus every byte the
 //!    verdict redirected from A.
 //!
-//! Sockets the sockhash refuses (not ESTABLISHED, e.g. already half-closed)
+//! Sockets a sockhash refuses (not ESTABLISHED, e.g. already half-closed)
 //! go to the [`SpliceEngine`] this engine owns. Minimum kernel: Linux 5.15.
 
 use std::{
@@ -45,7 +48,7 @@ use super::{
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
-    bpf::{Bpf, BpfError, MapEntries, MappedWords, kernel_log},
+    bpf::{Bpf, BpfError, MapEntries, MappedWords, SocketMap, kernel_log},
     stats::shared::SharedWords,
     sys::socket,
 };
@@ -243,7 +246,8 @@ impl SockmapEngine {
         total
     }
 
-    /// How many entries `PEERS` and `SOCKETS` hold (zero once all pairs end).
+    /// How many entries `PEERS`, `SOCKETS` and `TARGETS` hold (zero once all
+    /// pairs end).
     pub fn map_entries(&self) -> Result<MapEntries, SockmapError> {
         Ok(self.bpf.entries()?)
     }
@@ -295,34 +299,31 @@ impl SockmapEngine {
             .set_peer(client_cookie, info(backend_cookie, direction::UP))?;
         self.bpf
             .set_peer(backend_cookie, info(client_cookie, direction::DOWN))?;
-        let refused = match self
-            .bpf
-            .insert_socket(backend_cookie, spliced.backend()?.as_raw_fd())
-        {
-            Err(BpfError::SocketRejected { .. }) => true,
-            Err(err) => return Err(err.into()),
-            Ok(()) => match self
-                .bpf
-                .insert_socket(client_cookie, spliced.client()?.as_raw_fd())
-            {
-                Err(BpfError::SocketRejected { .. }) => true,
-                Err(err) => return Err(err.into()),
-                Ok(()) => false,
-            },
-        };
+        // TARGETS first: a socket there runs no program, so a refusal at this
+        // step leaves nothing redirected. SOCKETS second: from the moment the
+        // first socket's verdict runs, its peer is already a destination.
+        // SO_RCVLOWAT does not hold the verdict back reliably: tcp_data_ready
+        // calls it regardless once a FIN arrives or the receive buffer nears
+        // full, which is the state a bulk transfer is handed over in. With
+        // one map for both roles, the verdict of the socket inserted first
+        // could run before its peer was inserted and drop what it read.
+        let refused =
+            self.join(&spliced, SocketMap::Targets)? || self.join(&spliced, SocketMap::Sockets)?;
         if refused {
-            // Between the two inserts the backend socket was in the map: if
-            // the verdict ran on it, those bytes are gone and the pair cannot
-            // continue anywhere.
-            let dropped = self
-                .bpf
-                .peer(backend_cookie)?
-                .map(|info| info.dropped_bytes)
-                .unwrap_or(0);
+            // A socket whose state changed between the two steps (a FIN came)
+            // is refused by SOCKETS after TARGETS took it: by then the verdict
+            // of the socket inserted first may have moved bytes, and the pair
+            // can continue nowhere else.
+            let mut moved = 0;
+            for cookie in [backend_cookie, client_cookie] {
+                if let Some(info) = self.bpf.peer(cookie)? {
+                    moved += info.redirected_bytes + info.dropped_bytes;
+                }
+            }
             spliced.remove_from_maps()?;
-            if dropped > 0 {
+            if moved > 0 {
                 return Err(SockmapError::Socket {
-                    op: "splice (bytes dropped while the peer was refused)",
+                    op: "splice (bytes moved while the peer was refused)",
                     source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
                 });
             }
@@ -345,6 +346,23 @@ impl SockmapEngine {
             socket::set_rcvlowat(sock, 1).map_err(sock_err("lower SO_RCVLOWAT"))?;
         }
         Ok(Ok(spliced))
+    }
+
+    /// Inserts the pair into `which`, backend first (a client is the side
+    /// likelier to half-close early). `Ok(true)`: the kernel refused a
+    /// socket (not an established TCP socket).
+    fn join(&self, pair: &Spliced<'_>, which: SocketMap) -> Result<bool, SockmapError> {
+        for (cookie, sock) in [
+            (pair.down.from_cookie, pair.backend()?),
+            (pair.up.from_cookie, pair.client()?),
+        ] {
+            match self.bpf.insert_socket(which, cookie, sock.as_raw_fd()) {
+                Ok(()) => {}
+                Err(BpfError::SocketRejected { .. }) => return Ok(true),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(false)
     }
 
     /// Step 4: waits for the end of the pair.
@@ -473,7 +491,7 @@ impl SockmapEngine {
             }
         }
         // The pair leaves the maps when it drops, right after, before its
-        // sockets close: removing it here too would repeat four deletes.
+        // sockets close: removing it here too would repeat the deletes.
         Ok(ByteCount {
             up: up.redirected_bytes,
             down: down.redirected_bytes,
@@ -674,13 +692,28 @@ impl Spliced<'_> {
         Ok(up.max(down))
     }
 
-    fn remove_from_maps(&self) -> Result<(), SockmapError> {
+    /// Takes the pair out of `SOCKETS` and `PEERS`, and out of `TARGETS`
+    /// too unless its sockets are about to close (closing removes a socket
+    /// from every sockhash).
+    fn leave_maps(&self, closing: bool) -> Result<(), SockmapError> {
+        let cookies = [self.up.from_cookie, self.down.from_cookie];
         // SOCKETS first, both, so the verdict stops before its PEERS go.
-        self.bpf.remove_socket(self.up.from_cookie)?;
-        self.bpf.remove_socket(self.down.from_cookie)?;
-        self.bpf.remove_peer(self.up.from_cookie)?;
-        self.bpf.remove_peer(self.down.from_cookie)?;
+        for cookie in cookies {
+            self.bpf.remove_socket(SocketMap::Sockets, cookie)?;
+        }
+        if !closing {
+            for cookie in cookies {
+                self.bpf.remove_socket(SocketMap::Targets, cookie)?;
+            }
+        }
+        for cookie in cookies {
+            self.bpf.remove_peer(cookie)?;
+        }
         Ok(())
+    }
+
+    fn remove_from_maps(&self) -> Result<(), SockmapError> {
+        self.leave_maps(false)
     }
 }
 
@@ -689,7 +722,7 @@ impl Drop for Spliced<'_> {
         // A pair handed back to the fallback (both sockets taken) already
         // left the maps before its sockets were taken.
         let handed_back = self.client.is_none() && self.backend.is_none();
-        if !handed_back && let Err(err) = self.remove_from_maps() {
+        if !handed_back && let Err(err) = self.leave_maps(true) {
             tracing::warn!(%err, "cannot remove a pair from the BPF maps");
         }
         for (cookie, sock) in [
