@@ -153,19 +153,35 @@ fn config(instance: &str, backends: &[SocketAddr], extra: &str) -> String {
 const LOG_FILTER: &str = "info,balancer::session=debug";
 
 /// Attempts per connection, in the order the daemon served them.
-fn attempts(daemon: &Daemon) -> Vec<u32> {
-    daemon
-        .log_lines(&["backend ready"])
-        .iter()
-        .filter_map(|line| {
-            line.split(" attempts=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
+/// How many attempts each of the first `clients` connections took, from the
+/// daemon's "backend ready" lines. The daemon writes a line before its
+/// client's reply, but the thread that collects its stderr may not have read
+/// the last one yet when the client is done: wait for it, for a bounded time.
+fn attempts(daemon: &Daemon, clients: usize) -> Result<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let attempts: Vec<u32> = daemon
+            .log_lines(&["backend ready"])
+            .iter()
+            .filter_map(|line| {
+                line.split(" attempts=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        if attempts.len() >= clients || Instant::now() >= deadline {
+            ensure!(
+                attempts.len() == clients,
+                "daemon logged {} connections, the client made {clients}",
+                attempts.len(),
+            );
+            return Ok(attempts);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The latency cases: name, and the index of its baseline among them.
@@ -209,15 +225,8 @@ fn latency_run(connections: usize) -> Result<[Vec<f64>; 6]> {
         at_once,
     )?;
     // Sequential clients: the daemon's n-th "backend ready" is the n-th
-    // client. The log line is written before the client's reply, so it is
-    // there once the client has its reply.
-    let attempts = attempts(&daemon);
-    ensure!(
-        attempts.len() == mixed.len(),
-        "daemon logged {} connections, the client made {}",
-        attempts.len(),
-        mixed.len()
-    );
+    // client.
+    let attempts = attempts(&daemon, mixed.len())?;
     let (mut first, mut failed_over) = (Vec::new(), Vec::new());
     for (time, attempts) in mixed.into_iter().zip(attempts) {
         match attempts {
