@@ -94,13 +94,12 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(writer.run(shutdown.clone()));
         let path = status_file::path_in(&dir);
-        // The first tick is immediate: a few turns of this single-threaded
-        // runtime let the task write.
-        for _ in 0..1_000 {
-            if path.exists() {
-                break;
-            }
-            tokio::task::yield_now().await;
+        // The first tick is due at once, but the timer fires it only once
+        // its millisecond has passed: wait in time, not in turns of the
+        // runtime (a fast machine takes 1,000 turns in under a millisecond).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !path.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let snap = status_file::read_live("t", &dir, clock::wall_now()).expect("written");
         assert_eq!(snap.backends.len(), 2);

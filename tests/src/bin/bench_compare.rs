@@ -12,13 +12,8 @@
 //! (`--topology`, default both: veth, then loopback) is measured in full and
 //! reported on its own, every ratio against its own rows.
 //!
-//! ```text
-//! cargo run --release -p balancer-tests --bin bench_compare -- --json OUT.json
-//!     [--topology veth|loopback|both] [--runs 5] [--quick] [--bulk-mib 192]
-//!     [--rounds 20000] [--connections 3000] [--rss-connections 10000]
-//!     [--only a,b,...] [--balancer-forwarding "offload_after_bytes: 0"]
-//!     [--lb-rps-cpus 2]
-//! ```
+//! Usage: [`USAGE`] (`--help` prints it); through xtask,
+//! `cargo xtask bench --only NAME -- ARGS`.
 //!
 //! Writes, per topology, the JSON, the Markdown (the tables, also printed)
 //! and the chart: OUT.json, OUT.md, OUT.png for veth and OUT-loopback.json,
@@ -63,6 +58,18 @@ struct Settings {
     lb_rps_cpus: String,
 }
 
+const USAGE: &str = "bench_compare [--json OUT.json] [--topology veth|loopback|both] [--runs 5]
+    [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 3000]
+    [--rss-connections 10000] [--only SUBJECT,...]
+    [--balancer-forwarding \"offload_after_bytes: 0\"] [--lb-rps-cpus 2]
+
+--only takes subject names (direct, backend, balancer-sockmap, haproxy, ...;
+a wrong one lists them) and adds the baselines their ratios need.
+--quick: 1 run, 64 MiB bulk, 2,000 rounds, 500 connections, 1,000 held.
+--balancer-forwarding: YAML keys added to the balancer's `forwarding`.
+--lb-rps-cpus: hex CPU mask for RPS on the balancer namespace's interfaces.
+With --json: writes OUT.json/.md/.png (veth) and OUT-loopback.json/.md/.png.";
+
 #[derive(Debug)]
 struct Args {
     json: Option<PathBuf>,
@@ -92,6 +99,10 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--json" => json = Some(PathBuf::from(value()?)),
             "--topology" => topologies = topology::parse_selection(&value()?)?,
             "--runs" => settings.runs = value()?.parse().context("--runs")?,
@@ -133,7 +144,7 @@ fn parse_args() -> Result<Args> {
                     .filter(|s| wanted.contains(s))
                     .collect();
             }
-            other => bail!("unknown argument {other:?}"),
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
     ensure!(settings.runs > 0, "--runs must be at least 1");

@@ -5,10 +5,8 @@
 //! system-wide from `/proc/stat` (user+nice+system+irq+softirq, all CPUs), so
 //! kernel workers and softirq count too.
 //!
-//! ```text
-//! cargo run --release -p balancer-tests --bin bench_engine -- --json OUT
-//!     [--runs 5] [--mib 1024] [--engines splice,sockmap] [--buffers default,4,16]
-//! ```
+//! Usage: [`USAGE`] (`--help` prints it); through xtask,
+//! `cargo xtask bench --only NAME -- ARGS`.
 //!
 //! Prints a Markdown table to stdout and writes the JSON to OUT.
 
@@ -25,6 +23,11 @@ use balancer_tests::{RandomSource, Topology, TopologyKind};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "bench_engine [--json OUT] [--runs 5] [--mib 1024] [--engines splice,sockmap]
+    [--buffers default,4,16]
+
+--buffers: socket buffer sizes in MiB, `default` for the kernel's autotuning.";
 
 #[derive(Debug)]
 struct Args {
@@ -48,6 +51,10 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--json" => args.json = Some(value()?),
             "--runs" => args.runs = value()?.parse().context("--runs")?,
             "--mib" => args.bytes = value()?.parse::<usize>().context("--mib")? << 20,
@@ -70,7 +77,7 @@ fn parse_args() -> Result<Args> {
                     })
                     .collect::<Result<_>>()?;
             }
-            other => bail!("unknown argument {other:?}"),
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
     ensure!(args.runs > 0, "--runs must be at least 1");

@@ -16,9 +16,8 @@
 //! It also times a backend's death until its breaker opens (clients keep
 //! connecting), and its recovery until its breaker is closed again.
 //!
-//! ```text
-//! cargo run --release -p balancer-tests --bin bench_failover -- --json OUT [--runs 5] [--connections 200]
-//! ```
+//! Usage: [`USAGE`] (`--help` prints it); through xtask,
+//! `cargo xtask bench --only NAME -- ARGS`.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -41,6 +40,8 @@ const CLIENT_AWAY: Duration = Duration::from_millis(1);
 /// Upper bound on any wait for a breaker transition.
 const BREAKER_WAIT: Duration = Duration::from_secs(30);
 
+const USAGE: &str = "bench_failover [--json OUT] [--runs 5] [--connections 200]";
+
 #[derive(Debug)]
 struct Args {
     json: Option<String>,
@@ -58,10 +59,14 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--json" => args.json = Some(value()?),
             "--runs" => args.runs = value()?.parse().context("--runs")?,
             "--connections" => args.connections = value()?.parse().context("--connections")?,
-            other => bail!("unknown argument {other:?}"),
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
     ensure!(args.runs > 0, "--runs must be at least 1");
