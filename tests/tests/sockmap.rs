@@ -17,14 +17,16 @@ use std::{
 
 use balancer::{
     bpf::{Bpf, SocketMap},
-    forward::{BackendSlot, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine},
+    forward::{
+        BackendSlot, EngineName, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine,
+    },
     sys::socket,
 };
 use balancer_common::{NO_SLOT, PeerInfo, direction};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
@@ -631,4 +633,54 @@ async fn a_verdict_that_runs_before_its_peer_is_spliced_delivers_to_a_peer_alrea
     // Closed sockets leave both sockhashes by themselves.
     let entries = bpf.entries().expect("entries");
     assert_eq!((entries.peers, entries.sockets, entries.targets), (0, 0, 0));
+}
+
+/// A socket that is no longer established when the engine takes it (its
+/// peer half-closed first) is refused by the sockhashes before any verdict
+/// runs, so the pair goes whole to the splice fallback: the queued bytes,
+/// the half-close and the answer all arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_whose_client_half_closed_before_the_splice_is_carried_by_the_fallback() {
+    let rig = rig(ForwardOptions::default()).await;
+    let mut s = sockets().await;
+    s.client.write_all(b"request").await.expect("write");
+    s.client.shutdown().await.expect("FIN");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !s
+        .client_inner
+        .ready(Interest::READABLE)
+        .await
+        .expect("readiness")
+        .is_read_closed()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the FIN never reached the proxy's socket"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut run = spawn_forward(&rig.engine, s, 9);
+    let mut got = Vec::new();
+    tokio::time::timeout(TIMEOUT, run.server.read_to_end(&mut got))
+        .await
+        .expect("request and FIN in time")
+        .expect("read");
+    assert_eq!(got, b"request");
+    run.server.write_all(b"answer").await.expect("write");
+    run.server.shutdown().await.expect("FIN");
+    let mut back = Vec::new();
+    tokio::time::timeout(TIMEOUT, run.client.read_to_end(&mut back))
+        .await
+        .expect("answer and FIN in time")
+        .expect("read");
+    assert_eq!(back, b"answer");
+    drop((run.client_inner, run.backend_inner));
+    let summary = tokio::time::timeout(TIMEOUT, run.forward)
+        .await
+        .expect("pair ends")
+        .expect("join");
+    assert_eq!(summary.engine, EngineName::Splice);
+    assert_eq!(summary.end, PairEnd::Closed);
+    assert_eq!((summary.bytes.up, summary.bytes.down), (7, 6));
+    assert_maps_empty(&rig.engine);
 }

@@ -313,7 +313,11 @@ impl SockmapEngine {
             // A socket whose state changed between the two steps (a FIN came)
             // is refused by SOCKETS after TARGETS took it: by then the verdict
             // of the socket inserted first may have moved bytes, and the pair
-            // can continue nowhere else.
+            // can continue nowhere else. Out of SOCKETS first, so that no
+            // verdict starts any more and what moved is final when read.
+            for cookie in [backend_cookie, client_cookie] {
+                self.bpf.remove_socket(SocketMap::Sockets, cookie)?;
+            }
             let mut moved = 0;
             for cookie in [backend_cookie, client_cookie] {
                 if let Some(info) = self.bpf.peer(cookie)? {
