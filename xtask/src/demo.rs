@@ -156,7 +156,10 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
         daemon.env("RUST_LOG", "info");
     }
     children.spawn("balancer", &mut daemon, &daemon_log)?;
-    if let Err(error) = wait_listening(&mut children, ports.socks) {
+    // The metrics port opens after every listener is bound; a probe of the
+    // SOCKS5 port itself would show in the stats below as a client whose
+    // handshake failed.
+    if let Err(error) = wait_listening(&mut children, ports.metrics) {
         bail!(
             "balancer did not start: {error:#}\nIts config was:\n{}",
             config_yaml(&ports)
