@@ -191,16 +191,31 @@ async fn expect_eof(stream: &mut TcpStream) {
     assert_eq!(n, 0, "expected EOF, got {n} bytes");
 }
 
+/// Everything until EOF, which must come within [`TIMEOUT`].
+async fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut got))
+        .await
+        .expect("EOF in time")
+        .expect("read");
+    got
+}
+
+/// The summary of a forwarding task, which must end within `limit`.
+async fn ended(forward: JoinHandle<PairSummary>, limit: Duration) -> PairSummary {
+    tokio::time::timeout(limit, forward)
+        .await
+        .expect("pair ends in time")
+        .expect("join")
+}
+
 async fn finish(mut run: Running) -> PairSummary {
     run.client.shutdown().await.expect("client shutdown");
     run.server.shutdown().await.expect("server shutdown");
     expect_eof(&mut run.client).await;
     expect_eof(&mut run.server).await;
     drop((run.client_inner, run.backend_inner));
-    let summary = tokio::time::timeout(TIMEOUT, run.forward)
-        .await
-        .expect("pair ends")
-        .expect("join");
+    let summary = ended(run.forward, TIMEOUT).await;
     drop(run.cancel);
     summary
 }
@@ -322,10 +337,7 @@ async fn half_close(client_first: bool) {
     second.shutdown().await.expect("shutdown");
     expect_eof(first).await;
     drop((run.client_inner, run.backend_inner));
-    let summary = tokio::time::timeout(TIMEOUT, run.forward)
-        .await
-        .expect("ends")
-        .expect("join");
+    let summary = ended(run.forward, TIMEOUT).await;
     assert_eq!(summary.end, PairEnd::Closed);
     assert_maps_empty(&rig.engine);
 }
@@ -366,10 +378,7 @@ async fn sixty_four_mib_then_an_immediate_close_loses_nothing() {
     expect_eof(&mut server).await;
     assert_eq!(sender.await.expect("sender"), got);
     server.shutdown().await.expect("shutdown");
-    let summary = tokio::time::timeout(TIMEOUT, forward)
-        .await
-        .expect("ends")
-        .expect("join");
+    let summary = ended(forward, TIMEOUT).await;
     assert_eq!(summary.bytes.up, len);
     assert_maps_empty(&rig.engine);
 }
@@ -403,10 +412,7 @@ async fn a_reset_on_one_side_closes_the_other_within_a_second() {
         "client not closed within 1 s: {closed:?}"
     );
     assert!(started.elapsed() <= Duration::from_secs(1));
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
-        .await
-        .expect("ends")
-        .expect("join");
+    let summary = ended(forward, Duration::from_secs(5)).await;
     assert_eq!(summary.end, PairEnd::Reset);
     assert_maps_empty(&rig.engine);
 }
@@ -438,10 +444,7 @@ async fn an_idle_pair_is_closed_after_the_idle_timeout() {
         tokio::time::sleep(idle / 4).await;
     }
     let started = tokio::time::Instant::now();
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
-        .await
-        .expect("ends")
-        .expect("join");
+    let summary = ended(forward, Duration::from_secs(5)).await;
     assert_eq!(summary.end, PairEnd::IdleTimeout);
     assert!(
         started.elapsed() >= idle / 2,
@@ -467,10 +470,7 @@ async fn cancelling_closes_the_pair() {
     } = run;
     drop((client_inner, backend_inner));
     cancel.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(5), forward)
-        .await
-        .expect("ends")
-        .expect("join");
+    let summary = ended(forward, Duration::from_secs(5)).await;
     assert_eq!(summary.end, PairEnd::Cancelled);
     expect_eof(&mut client).await;
     assert_maps_empty(&rig.engine);
@@ -660,25 +660,12 @@ async fn a_pair_whose_client_half_closed_before_the_splice_is_carried_by_the_fal
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut run = spawn_forward(&rig.engine, s, 9);
-    let mut got = Vec::new();
-    tokio::time::timeout(TIMEOUT, run.server.read_to_end(&mut got))
-        .await
-        .expect("request and FIN in time")
-        .expect("read");
-    assert_eq!(got, b"request");
+    assert_eq!(read_to_eof(&mut run.server).await, b"request");
     run.server.write_all(b"answer").await.expect("write");
     run.server.shutdown().await.expect("FIN");
-    let mut back = Vec::new();
-    tokio::time::timeout(TIMEOUT, run.client.read_to_end(&mut back))
-        .await
-        .expect("answer and FIN in time")
-        .expect("read");
-    assert_eq!(back, b"answer");
+    assert_eq!(read_to_eof(&mut run.client).await, b"answer");
     drop((run.client_inner, run.backend_inner));
-    let summary = tokio::time::timeout(TIMEOUT, run.forward)
-        .await
-        .expect("pair ends")
-        .expect("join");
+    let summary = ended(run.forward, TIMEOUT).await;
     assert_eq!(summary.engine, EngineName::Splice);
     assert_eq!(summary.end, PairEnd::Closed);
     assert_eq!((summary.bytes.up, summary.bytes.down), (7, 6));
