@@ -6,16 +6,16 @@
 //! once every redirected byte was handed on, and tears the pair down.
 //!
 //! Lifecycle of one pair ([`SockmapEngine::forward`]):
-//! 1. `SO_RCVLOWAT` huge on both sockets, so that `tcp_data_ready` mostly
-//!    leaves what arrives meanwhile queued until step 3;
-//! 2. `PEERS` entries for both cookies, a baseline of bytes written per socket
-//!    (`tcpi_bytes_acked + SIOCOUTQ`), then both sockets into `TARGETS` (no
-//!    program: where the verdict redirects to), then both into `SOCKETS` (the
-//!    verdict attached), backend first each time: a client is the side
-//!    likelier to half-close early. Whichever socket's verdict runs first,
-//!    its peer is already a destination;
-//! 3. `SO_RCVLOWAT` 1 on both: `tcp_set_rcvlowat` calls `tcp_data_ready`,
-//!    which runs the verdict over everything already queued, in order;
+//! 1. `PEERS` entries for both cookies, a baseline of bytes written per socket
+//!    (`tcpi_bytes_acked + SIOCOUTQ`);
+//! 2. both sockets into `TARGETS` (no program: where the verdict redirects
+//!    to), then both into `SOCKETS` (the verdict attached), backend first each
+//!    time: a client is the side likelier to half-close early. Whichever
+//!    socket's verdict runs first, its peer is already a destination, so
+//!    nothing needs to hold the verdict back meanwhile;
+//! 3. the kick: `SO_RCVLOWAT` 1 (its value already) on both, because
+//!    `tcp_set_rcvlowat` calls `tcp_data_ready`, which runs the verdict over
+//!    what was queued before the insert and saw no verdict yet, in order;
 //! 4. an engine-wide epoll (no `EPOLLIN`, so data never wakes user space)
 //!    reports RDHUP/HUP/ERR; on EOF of A, B's write side is shut once
 //!    `SIOCINQ(A) == 0` and B has written its baseline plus every byte the
@@ -267,9 +267,6 @@ impl SockmapEngine {
     ) -> Result<Result<Spliced<'_>, (StdTcpStream, StdTcpStream)>, SockmapError> {
         let client_cookie = socket::cookie(&client).map_err(sock_err("read SO_COOKIE"))?;
         let backend_cookie = socket::cookie(&backend).map_err(sock_err("read SO_COOKIE"))?;
-        for sock in [&client, &backend] {
-            socket::set_rcvlowat(sock, i32::MAX).map_err(sock_err("raise SO_RCVLOWAT"))?;
-        }
         let now = socket::monotonic_ns();
         let info = |peer_cookie, direction| PeerInfo {
             peer_cookie,
@@ -302,11 +299,10 @@ impl SockmapEngine {
         // TARGETS first: a socket there runs no program, so a refusal at this
         // step leaves nothing redirected. SOCKETS second: from the moment the
         // first socket's verdict runs, its peer is already a destination.
-        // SO_RCVLOWAT does not hold the verdict back reliably: tcp_data_ready
-        // calls it regardless once a FIN arrives or the receive buffer nears
-        // full, which is the state a bulk transfer is handed over in. With
-        // one map for both roles, the verdict of the socket inserted first
-        // could run before its peer was inserted and drop what it read.
+        // With one map for both roles the verdict of the socket inserted
+        // first could run before its peer was in and drop what it read; a
+        // huge SO_RCVLOWAT did not hold it back, since tcp_data_ready runs it
+        // regardless once a FIN arrives or the receive buffer nears full.
         let refused =
             self.join(&spliced, SocketMap::Targets)? || self.join(&spliced, SocketMap::Sockets)?;
         if refused {
@@ -315,16 +311,15 @@ impl SockmapEngine {
             // of the socket inserted first may have moved bytes, and the pair
             // can continue nowhere else. Out of SOCKETS first, so that no
             // verdict starts any more and what moved is final when read.
-            for cookie in [backend_cookie, client_cookie] {
-                self.bpf.remove_socket(SocketMap::Sockets, cookie)?;
-            }
+            spliced.leave(SocketMap::Sockets)?;
             let mut moved = 0;
             for cookie in [backend_cookie, client_cookie] {
                 if let Some(info) = self.bpf.peer(cookie)? {
                     moved += info.redirected_bytes + info.dropped_bytes;
                 }
             }
-            spliced.remove_from_maps()?;
+            spliced.leave(SocketMap::Targets)?;
+            spliced.forget_peers()?;
             if moved > 0 {
                 return Err(SockmapError::Socket {
                     op: "splice (bytes moved while the peer was refused)",
@@ -335,19 +330,16 @@ impl SockmapEngine {
             let (Some(client), Some(backend)) = (client, backend) else {
                 return Err(gone());
             };
-            for sock in [&client, &backend] {
-                socket::set_rcvlowat(sock, 1).map_err(sock_err("restore SO_RCVLOWAT"))?;
-            }
             return Ok(Err((client, backend)));
         }
         spliced.events = Some(self.watcher.watch([
             (client_cookie, spliced.client()?.as_fd()),
             (backend_cookie, spliced.backend()?.as_fd()),
         ])?);
-        // The kick: lowering SO_RCVLOWAT runs tcp_data_ready, which hands
+        // The kick: setting SO_RCVLOWAT runs tcp_data_ready, which hands
         // every byte queued before the insert to the verdict, in order.
         for sock in [spliced.client()?, spliced.backend()?] {
-            socket::set_rcvlowat(sock, 1).map_err(sock_err("lower SO_RCVLOWAT"))?;
+            socket::set_rcvlowat(sock, 1).map_err(sock_err("set SO_RCVLOWAT"))?;
         }
         Ok(Ok(spliced))
     }
@@ -696,28 +688,19 @@ impl Spliced<'_> {
         Ok(up.max(down))
     }
 
-    /// Takes the pair out of `SOCKETS` and `PEERS`, and out of `TARGETS`
-    /// too unless its sockets are about to close (closing removes a socket
-    /// from every sockhash).
-    fn leave_maps(&self, closing: bool) -> Result<(), SockmapError> {
-        let cookies = [self.up.from_cookie, self.down.from_cookie];
-        // SOCKETS first, both, so the verdict stops before its PEERS go.
-        for cookie in cookies {
-            self.bpf.remove_socket(SocketMap::Sockets, cookie)?;
-        }
-        if !closing {
-            for cookie in cookies {
-                self.bpf.remove_socket(SocketMap::Targets, cookie)?;
-            }
-        }
-        for cookie in cookies {
-            self.bpf.remove_peer(cookie)?;
+    /// Takes both sockets out of `which`.
+    fn leave(&self, which: SocketMap) -> Result<(), SockmapError> {
+        for cookie in [self.up.from_cookie, self.down.from_cookie] {
+            self.bpf.remove_socket(which, cookie)?;
         }
         Ok(())
     }
 
-    fn remove_from_maps(&self) -> Result<(), SockmapError> {
-        self.leave_maps(false)
+    fn forget_peers(&self) -> Result<(), SockmapError> {
+        for cookie in [self.up.from_cookie, self.down.from_cookie] {
+            self.bpf.remove_peer(cookie)?;
+        }
+        Ok(())
     }
 }
 
@@ -726,7 +709,14 @@ impl Drop for Spliced<'_> {
         // A pair handed back to the fallback (both sockets taken) already
         // left the maps before its sockets were taken.
         let handed_back = self.client.is_none() && self.backend.is_none();
-        if !handed_back && let Err(err) = self.leave_maps(true) {
+        // SOCKETS before PEERS, so the verdict stops before its PEERS go;
+        // TARGETS is left to the close right after, which empties every
+        // sockhash of a socket.
+        if !handed_back
+            && let Err(err) = self
+                .leave(SocketMap::Sockets)
+                .and_then(|()| self.forget_peers())
+        {
             tracing::warn!(%err, "cannot remove a pair from the BPF maps");
         }
         for (cookie, sock) in [
