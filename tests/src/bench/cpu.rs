@@ -15,6 +15,8 @@ pub struct SystemCpu {
     pub system: f64,
     /// irq + softirq
     pub softirq: f64,
+    /// idle + iowait: what no one used.
+    pub idle: f64,
 }
 
 impl SystemCpu {
@@ -36,11 +38,21 @@ impl SystemCpu {
             user: field(0) + field(1),
             system: field(2),
             softirq: field(5) + field(6),
+            idle: field(3) + field(4),
         })
     }
 
+    /// Seconds used, by anyone.
     pub fn total(&self) -> f64 {
         self.user + self.system + self.softirq
+    }
+
+    /// Share of the machine's CPU time that was used (of a delta): near 1
+    /// means the phase was bound by CPU, so its rate is the cores divided
+    /// by the CPU one unit of work costs, whoever spends it.
+    pub fn busy_share(&self) -> f64 {
+        let all = self.total() + self.idle;
+        if all > 0.0 { self.total() / all } else { 0.0 }
     }
 }
 
@@ -51,6 +63,7 @@ impl Sub for SystemCpu {
             user: self.user - earlier.user,
             system: self.system - earlier.system,
             softirq: self.softirq - earlier.softirq,
+            idle: self.idle - earlier.idle,
         }
     }
 }
@@ -146,6 +159,16 @@ mod tests {
         assert_eq!(cpu.user, 1.2);
         assert_eq!(cpu.system, 3.0);
         assert_eq!(cpu.softirq, 1.0);
+        assert!((cpu.idle - 100.04).abs() < 1e-9, "{}", cpu.idle);
+    }
+
+    #[test]
+    fn the_busy_share_is_used_time_over_used_and_idle_time() {
+        let before = SystemCpu::parse("cpu  100 0 100 800 0 0 0 0 0 0\n", 100.0).expect("parsed");
+        let after = SystemCpu::parse("cpu  250 0 250 900 0 0 0 0 0 0\n", 100.0).expect("parsed");
+        let share = (after - before).busy_share();
+        assert!((share - 0.75).abs() < 1e-9, "{share}");
+        assert_eq!(SystemCpu::default().busy_share(), 0.0);
     }
 
     #[test]

@@ -14,10 +14,11 @@ use serde::Serialize;
 
 use crate::bench::{
     stats::{
-        BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_DAEMON_CPU, CONN_RATE, CONN_SETUP_P99,
-        CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER, DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS,
-        Metric, PSOCK_PER_RTT, PSOCK_RUN_P50, PSOCK_SAME_CPU, PSOCK_WAIT_P50, PSOCK_WAIT_P99,
-        RSS_10K, RSS_CONNECTIONS, RSS_IDLE, RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+        BULK_BUSY, BULK_DOWN_1, BULK_DOWN_8, BULK_UP_1, CONN_BUSY, CONN_CPU_TOTAL, CONN_DAEMON_CPU,
+        CONN_DAEMON_USER, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER,
+        DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, PSOCK_PER_RTT, PSOCK_RUN_P50,
+        PSOCK_SAME_CPU, PSOCK_WAIT_P50, PSOCK_WAIT_P99, RSS_10K, RSS_CONNECTIONS, RSS_IDLE,
+        RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
     },
     topology::Kind,
 };
@@ -87,8 +88,15 @@ const GROUPS: &[(&str, &[&str])] = &[
         &[RTT_P50, RTT_P99, RTT_P999],
     ),
     (
-        "Connection rate: connect + SOCKS5 + 1 KiB echo + close, 16 concurrent",
-        &[CONN_RATE, CONN_SETUP_P99, CONN_DAEMON_CPU],
+        "Connection rate: connect + SOCKS5 + 1 KiB echo + close, {concurrency} concurrent",
+        &[
+            CONN_RATE,
+            CONN_SETUP_P99,
+            CONN_DAEMON_CPU,
+            CONN_DAEMON_USER,
+            CONN_CPU_TOTAL,
+            CONN_BUSY,
+        ],
     ),
     (
         "CPU seconds per GB moved in the bulk phases (lower is better)",
@@ -97,6 +105,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             CPU_SYSTEM,
             CPU_SOFTIRQ,
             CPU_TOTAL,
+            BULK_BUSY,
             DAEMON_USER,
             DAEMON_SYSTEM,
         ],
@@ -165,7 +174,9 @@ pub fn markdown(report: &Report) -> String {
             subject.name, subject.group, subject.path, subject.baseline
         );
     }
+    let concurrency = report.settings["concurrency"].to_string();
     for (title, keys) in GROUPS {
+        let title = title.replace("{concurrency}", &concurrency);
         let _ = writeln!(out, "\n**{title}**\n");
         let metrics: Vec<&Metric> = keys.iter().filter_map(|key| metric(key)).collect();
         let mut header = "| subject |".to_owned();

@@ -44,10 +44,19 @@ pub const CONN_SETUP_P99: &str = "conn_setup_p99_us";
 /// connection-rate phase: what the proxy costs, apart from the backends and
 /// the client it shares the cores with.
 pub const CONN_DAEMON_CPU: &str = "conn_daemon_cpu_us";
+/// Its user-space part: what the proxy's own code and runtime cost.
+pub const CONN_DAEMON_USER: &str = "conn_daemon_user_us";
+/// CPU of the whole machine per connection (client, backends, proxy,
+/// softirq): with the cores busy, the connection rate is the cores over it.
+pub const CONN_CPU_TOTAL: &str = "conn_cpu_total_us";
+/// Share of the machine's CPU in use during the connection-rate phase.
+pub const CONN_BUSY: &str = "conn_cpu_busy_share";
 pub const CPU_USER: &str = "cpu_user_s_per_gb";
 pub const CPU_SYSTEM: &str = "cpu_system_s_per_gb";
 pub const CPU_SOFTIRQ: &str = "cpu_softirq_s_per_gb";
 pub const CPU_TOTAL: &str = "cpu_total_s_per_gb";
+/// Share of the machine's CPU in use during the bulk phases.
+pub const BULK_BUSY: &str = "bulk_cpu_busy_share";
 pub const DAEMON_USER: &str = "daemon_user_s_per_gb";
 pub const DAEMON_SYSTEM: &str = "daemon_system_s_per_gb";
 pub const RSS_IDLE: &str = "rss_idle_mib";
@@ -73,10 +82,14 @@ pub const METRICS: &[Metric] = &[
     metric(CONN_RATE, "connections", "conn/s", true, 0),
     metric(CONN_SETUP_P99, "setup p99", "µs", false, 0),
     metric(CONN_DAEMON_CPU, "proxy CPU per connection", "µs", false, 0),
+    metric(CONN_DAEMON_USER, "of it user space", "µs", false, 0),
+    metric(CONN_CPU_TOTAL, "machine CPU per connection", "µs", false, 0),
+    metric(CONN_BUSY, "CPU busy", "share", false, 2),
     metric(CPU_USER, "system user", "CPU s/GB", false, 3),
     metric(CPU_SYSTEM, "system kernel", "CPU s/GB", false, 3),
     metric(CPU_SOFTIRQ, "system softirq", "CPU s/GB", false, 3),
     metric(CPU_TOTAL, "system total", "CPU s/GB", false, 3),
+    metric(BULK_BUSY, "CPU busy", "share", false, 2),
     metric(DAEMON_USER, "daemon user", "CPU s/GB", false, 4),
     metric(DAEMON_SYSTEM, "daemon kernel", "CPU s/GB", false, 3),
     metric(RSS_IDLE, "daemon RSS idle", "MiB", false, 1),

@@ -59,7 +59,7 @@ struct Settings {
 }
 
 const USAGE: &str = "bench_compare [--json OUT.json] [--topology veth|loopback|both] [--runs 5]
-    [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 3000]
+    [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 3000] [--concurrency 16]
     [--rss-connections 10000] [--only SUBJECT,...]
     [--balancer-forwarding \"offload_after_bytes: 0\"] [--lb-rps-cpus 2]
 
@@ -109,6 +109,7 @@ fn parse_args() -> Result<Args> {
             "--bulk-mib" => settings.bulk_mib = value()?.parse().context("--bulk-mib")?,
             "--rounds" => settings.ping_pong_rounds = value()?.parse().context("--rounds")?,
             "--connections" => settings.connections = value()?.parse().context("--connections")?,
+            "--concurrency" => settings.concurrency = value()?.parse().context("--concurrency")?,
             "--balancer-forwarding" => settings.balancer_forwarding = value()?,
             "--lb-rps-cpus" => settings.lb_rps_cpus = value()?,
             "--rss-connections" => {
@@ -149,6 +150,7 @@ fn parse_args() -> Result<Args> {
     }
     ensure!(settings.runs > 0, "--runs must be at least 1");
     ensure!(settings.bulk_mib >= 8, "--bulk-mib must be at least 8");
+    ensure!(settings.concurrency > 0, "--concurrency must be at least 1");
     settings.topologies = topologies.iter().map(|kind| kind.name()).collect();
     settings.subjects = subjects.iter().map(|s| s.name()).collect();
     Ok(Args {
@@ -285,6 +287,7 @@ fn measure(
         total.system.user += cost.system.user;
         total.system.system += cost.system.system;
         total.system.softirq += cost.system.softirq;
+        total.system.idle += cost.system.idle;
         total.daemon.user += cost.daemon.user;
         total.daemon.system += cost.daemon.system;
     }
@@ -293,6 +296,7 @@ fn measure(
     sample.insert(stats::CPU_SYSTEM, total.system.system / gb);
     sample.insert(stats::CPU_SOFTIRQ, total.system.softirq / gb);
     sample.insert(stats::CPU_TOTAL, total.system.total() / gb);
+    sample.insert(stats::BULK_BUSY, total.system.busy_share());
     if running.daemon_pid.is_some() {
         sample.insert(stats::DAEMON_USER, total.daemon.user / gb);
         sample.insert(stats::DAEMON_SYSTEM, total.daemon.system / gb);
@@ -329,12 +333,16 @@ fn measure(
     .with_context(|| format!("{}: connection rate", subject.name()))?;
     opened += rate.setup_us.len() as u64;
     sample.insert(stats::CONN_RATE, rate.per_second);
+    let per_connection = 1e6 / rate.setup_us.len() as f64;
     if running.daemon_pid.is_some() {
         sample.insert(
             stats::CONN_DAEMON_CPU,
-            (rate.daemon.user + rate.daemon.system) * 1e6 / rate.setup_us.len() as f64,
+            (rate.daemon.user + rate.daemon.system) * per_connection,
         );
+        sample.insert(stats::CONN_DAEMON_USER, rate.daemon.user * per_connection);
     }
+    sample.insert(stats::CONN_CPU_TOTAL, rate.system.total() * per_connection);
+    sample.insert(stats::CONN_BUSY, rate.system.busy_share());
     sample.insert(
         stats::CONN_SETUP_P99,
         stats::percentile(&rate.setup_us, 0.99),
