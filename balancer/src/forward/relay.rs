@@ -27,6 +27,7 @@
 //! with a zero budget even when `offload_after_*` is 0.
 
 use std::{
+    future::poll_fn,
     io,
     net::Shutdown,
     sync::atomic::{AtomicU64, Ordering},
@@ -43,8 +44,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ByteCount, Pair, PairEnd};
 
-/// Largest read per wake-up; on the stack, never held across an await.
+/// Largest read per wake-up.
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// The read buffer of every relay on this worker thread: a read and its
+    /// write never await, so no two relays use it at once. One per thread
+    /// instead of one on the stack per read, which was zeroed on every read
+    /// (16 KiB of memset per wake-up of every short connection).
+    static READ_BUFFER: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// When a pair leaves the relay for its engine: whichever limit it reaches
 /// first.
@@ -120,8 +130,17 @@ impl Flow {
         to: &TcpStream,
         counter: &AtomicU64,
     ) -> io::Result<bool> {
-        let mut buf = [0u8; READ_CHUNK];
-        let read = match from.try_read(&mut buf) {
+        READ_BUFFER.with_borrow_mut(|buf| self.read_and_write_with(buf, from, to, counter))
+    }
+
+    fn read_and_write_with(
+        &mut self,
+        buf: &mut [u8],
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+    ) -> io::Result<bool> {
+        let read = match from.try_read(buf) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.settled = true;
@@ -178,6 +197,53 @@ pub async fn relay(
     idle_timeout: Option<Duration>,
     cancel: &CancellationToken,
 ) -> Relayed {
+    let (mut up, mut down) = (Flow::default(), Flow::default());
+    let exit = pass_bytes(
+        &pair,
+        (&mut up, &mut down),
+        budget,
+        counters,
+        idle_timeout,
+        cancel,
+    )
+    .await;
+    let bytes = ByteCount {
+        up: up.moved,
+        down: down.moved,
+    };
+    let Some(end) = exit else {
+        let finished = Finished {
+            up: up.eof,
+            down: down.eof,
+        };
+        return Relayed::HandOver {
+            pair,
+            bytes,
+            finished,
+        };
+    };
+    if end == PairEnd::Reset {
+        // Pass the abort on: the surviving peer must not mistake a broken
+        // stream for a complete one.
+        for socket in [&pair.client, &pair.backend] {
+            if let Err(cause) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
+                tracing::debug!(%cause, "relay: cannot set SO_LINGER 0 before abort");
+            }
+        }
+    }
+    Relayed::Ended { bytes, end }
+}
+
+/// The relay's loop, on a borrowed pair: `None` when the pair is to be
+/// handed over, else how it ended.
+async fn pass_bytes(
+    pair: &Pair,
+    (up, down): (&mut Flow, &mut Flow),
+    budget: RelayBudget,
+    counters: (&AtomicU64, &AtomicU64),
+    idle_timeout: Option<Duration>,
+    cancel: &CancellationToken,
+) -> Option<PairEnd> {
     let start = Instant::now();
     // Both timers live for the whole relay, registered with tokio's timer
     // at most once each: a sleep made per loop pass would be registered and
@@ -186,11 +252,24 @@ pub async fn relay(
     // Checked lazily: on expiry it is pushed to the last activity plus the
     // timeout, so traffic never touches it. Never polled without a timeout.
     let idle_check = sleep_until(start + idle_timeout.unwrap_or_default());
-    tokio::pin!(hand_over, idle_check);
+    // Made once too: a new one per pass registers with the token's waiter
+    // list under its lock, and leaves it again, on every pass.
+    let cancelled = cancel.cancelled();
     let mut last_activity = start;
-    let (mut up, mut down) = (Flow::default(), Flow::default());
     let mut handing_over = budget.bytes == 0 || budget.time.is_zero();
     let (client, backend) = (&pair.client, &pair.backend);
+    // A reset on a socket whose reading direction is finished, or not being
+    // read, is seen by no read: watched directly, by one waiter per socket
+    // for the whole relay (each pass would otherwise add and remove one).
+    let client_error = client.ready(Interest::ERROR);
+    let backend_error = backend.ready(Interest::ERROR);
+    tokio::pin!(
+        hand_over,
+        idle_check,
+        cancelled,
+        client_error,
+        backend_error
+    );
     let end = loop {
         if up.eof && down.eof {
             break PairEnd::Closed;
@@ -201,8 +280,8 @@ pub async fn relay(
             // stale after the handshake) until no skb is left partly read.
             let (mut unsettled, mut failed) = (false, None);
             for (flow, from, to, counter) in [
-                (&mut up, client, backend, counters.0),
-                (&mut down, backend, client, counters.1),
+                (&mut *up, client, backend, counters.0),
+                (&mut *down, backend, client, counters.1),
             ] {
                 if flow.eof || flow.settled || flow.holds_bytes() {
                     continue;
@@ -217,20 +296,8 @@ pub async fn relay(
                 break PairEnd::Reset;
             }
             let done = |flow: &Flow| (flow.eof || flow.settled) && !flow.holds_bytes();
-            if done(&up) && done(&down) {
-                let bytes = ByteCount {
-                    up: up.moved,
-                    down: down.moved,
-                };
-                let finished = Finished {
-                    up: up.eof,
-                    down: down.eof,
-                };
-                return Relayed::HandOver {
-                    pair,
-                    bytes,
-                    finished,
-                };
+            if done(up) && done(down) {
+                return None;
             }
             if unsettled {
                 // More is queued right now: read it on the next pass, after
@@ -240,24 +307,25 @@ pub async fn relay(
             }
         }
         let reading = !handing_over;
+        // Readiness is polled, not awaited through `readable()` and the like:
+        // those add a waiter to the socket's list and remove it again on every
+        // pass, where polling keeps this one task's waker in the socket's slot.
         let step = tokio::select! {
-            ready = client.readable(), if reading && !up.eof && !up.holds_bytes() => {
+            ready = poll_fn(|cx| client.poll_read_ready(cx)), if reading && !up.eof && !up.holds_bytes() => {
                 ready.and_then(|()| up.read_and_write(client, backend, counters.0))
             }
-            ready = backend.writable(), if up.holds_bytes() => {
+            ready = poll_fn(|cx| backend.poll_write_ready(cx)), if up.holds_bytes() => {
                 ready.and_then(|()| up.flush(backend, counters.0))
             }
-            ready = backend.readable(), if reading && !down.eof && !down.holds_bytes() => {
+            ready = poll_fn(|cx| backend.poll_read_ready(cx)), if reading && !down.eof && !down.holds_bytes() => {
                 ready.and_then(|()| down.read_and_write(backend, client, counters.1))
             }
-            ready = client.writable(), if down.holds_bytes() => {
+            ready = poll_fn(|cx| client.poll_write_ready(cx)), if down.holds_bytes() => {
                 ready.and_then(|()| down.flush(client, counters.1))
             }
-            // A reset on a socket whose reading direction is finished, or
-            // not being read, is seen by no read: watch for it directly.
-            _ = client.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
-            _ = backend.ready(Interest::ERROR) => Err(io::ErrorKind::ConnectionReset.into()),
-            () = cancel.cancelled() => break PairEnd::Cancelled,
+            _ = &mut client_error => Err(io::ErrorKind::ConnectionReset.into()),
+            _ = &mut backend_error => Err(io::ErrorKind::ConnectionReset.into()),
+            () = &mut cancelled => break PairEnd::Cancelled,
             () = &mut hand_over, if !handing_over => {
                 handing_over = true;
                 Ok(false)
@@ -279,22 +347,7 @@ pub async fn relay(
             }
         }
     };
-    if end == PairEnd::Reset {
-        // Pass the abort on: the surviving peer must not mistake a broken
-        // stream for a complete one.
-        for socket in [client, backend] {
-            if let Err(cause) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
-                tracing::debug!(%cause, "relay: cannot set SO_LINGER 0 before abort");
-            }
-        }
-    }
-    Relayed::Ended {
-        bytes: ByteCount {
-            up: up.moved,
-            down: down.moved,
-        },
-        end,
-    }
+    Some(end)
 }
 
 #[cfg(test)]

@@ -128,16 +128,24 @@ impl Listener {
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(5);
+        // One waiter on the token for the whole loop: a `cancelled()` made
+        // per select joins the token's waiter list and leaves it again on
+        // every accept. Stop first, then the work, in that order (`biased`:
+        // no random draw per pass).
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let permit = tokio::select! {
-                () = stop.cancelled() => break,
+                biased;
+                () = &mut stopped => break,
                 permit = limit.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
             };
             let accepted = tokio::select! {
-                () = stop.cancelled() => break,
+                biased;
+                () = &mut stopped => break,
                 accepted = self.socket.accept() => accepted,
             };
             match accepted {
@@ -158,7 +166,8 @@ impl Listener {
                 Err(error) => {
                     tracing::warn!(listener = %self.spec.name, %error, retry_in = ?backoff, "accept failed");
                     tokio::select! {
-                        () = stop.cancelled() => break,
+                        biased;
+                        () = &mut stopped => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
