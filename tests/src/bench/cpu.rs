@@ -68,7 +68,11 @@ impl Sub for SystemCpu {
     }
 }
 
-/// Cumulative user and system seconds of every process in one process group.
+/// Cumulative user and system seconds of every process in one process group,
+/// with those of its children that it has reaped: dante forks a child per
+/// client and its mother reaps them, so counting only the live processes
+/// lost every child that ended between two reads (the group's CPU per
+/// connection came out at 0-18 µs, its user time above its total).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GroupCpu {
     pub user: f64,
@@ -76,7 +80,8 @@ pub struct GroupCpu {
 }
 
 impl GroupCpu {
-    /// Sums `utime` and `stime` of the live processes whose group is `pgid`.
+    /// Sums `utime + cutime` and `stime + cstime` of the live processes whose
+    /// group is `pgid`.
     pub fn read(pgid: i32) -> Result<Self> {
         let hz = ticks_per_second();
         let mut sum = Self::default();
@@ -109,16 +114,19 @@ impl Sub for GroupCpu {
     }
 }
 
-/// `(pgrp, utime, stime)` of a `/proc/<pid>/stat` line. The command name
-/// may contain spaces and parentheses: fields are counted after its last `)`.
+/// `(pgrp, utime + cutime, stime + cstime)` of a `/proc/<pid>/stat` line.
+/// The command name may contain spaces and parentheses: fields are counted
+/// after its last `)`.
 fn parse_pid_stat(stat: &str) -> Option<(i32, f64, f64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12).
+    let field = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // After the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12)
+    // cutime(13) cstime(14).
     Some((
         fields.get(2)?.parse().ok()?,
-        fields.get(11)?.parse().ok()?,
-        fields.get(12)?.parse().ok()?,
+        field(11)? + field(13)?,
+        field(12)? + field(14)?,
     ))
 }
 
@@ -175,6 +183,12 @@ mod tests {
     fn a_process_name_with_spaces_and_parentheses_does_not_shift_fields() {
         let stat = "42 (we ird) (x) S 1 42 42 0 -1 0 0 0 0 0 250 75 0 0 20 0 1 0";
         assert_eq!(parse_pid_stat(stat), Some((42, 250.0, 75.0)));
+    }
+
+    #[test]
+    fn reaped_children_count_with_their_parent() {
+        let stat = "7 (danted) S 1 7 7 0 -1 0 0 0 0 0 100 50 30 20 20 0 1 0";
+        assert_eq!(parse_pid_stat(stat), Some((7, 130.0, 70.0)));
     }
 
     #[test]

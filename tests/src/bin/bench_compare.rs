@@ -59,7 +59,7 @@ struct Settings {
 }
 
 const USAGE: &str = "bench_compare [--json OUT.json] [--topology veth|loopback|both] [--runs 5]
-    [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 3000] [--concurrency 16]
+    [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 10000] [--concurrency 16]
     [--rss-connections 10000] [--only SUBJECT,...]
     [--balancer-forwarding \"offload_after_bytes: 0\"] [--lb-rps-cpus 2]
 
@@ -85,7 +85,7 @@ fn parse_args() -> Result<Args> {
         bulk_mib: 192,
         ping_pong_rounds: 20_000,
         ping_pong_warmup: 500,
-        connections: 3000,
+        connections: 10_000,
         concurrency: 16,
         rss_connections: 10_000,
         topologies: Vec::new(),
