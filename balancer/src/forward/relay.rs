@@ -5,13 +5,13 @@
 //! and for those an engine's per-pair set-up costs more than the bytes: the
 //! sockmap engine spends 14 `bpf` calls and about 30 other syscalls per pair
 //! (cookies, write baselines, `SO_RCVLOWAT`, socket buffers, its epoll), the
-//! splice engine two pipes. The relay reads into its worker thread's buffer
-//! and writes straight on, so a pair that ends within its budget never reaches the
-//! engine. Once a pair has moved the budget's bytes or lived its time,
-//! whichever comes first, the relay stops reading, finishes the write in
-//! hand and returns both sockets with nothing held in user space: what
-//! arrives meanwhile waits in the kernel's receive queue, where both engines
-//! start reading.
+//! splice engine two pipes. The relay reads into its worker thread's
+//! buffer and writes straight on, so a pair that ends within its budget
+//! never reaches the engine. Once a pair has moved the budget's bytes or
+//! lived its time, whichever comes first, the relay stops reading, finishes
+//! the write in hand and returns both sockets with nothing held in user
+//! space: what arrives meanwhile waits in the kernel's receive queue, where
+//! both engines start reading.
 //!
 //! An idle pair holds no buffer here. Only bytes that the peer could not
 //! take at once are kept, on the heap, until written.

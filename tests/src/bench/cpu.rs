@@ -3,7 +3,7 @@
 //! included) and per process group from `/proc/<pid>/stat` (a daemon and its
 //! worker processes, as dante forks them). Both in seconds.
 
-use std::ops::Sub;
+use std::ops::{AddAssign, Sub};
 
 use anyhow::{Context, Result};
 
@@ -56,6 +56,15 @@ impl SystemCpu {
     }
 }
 
+impl AddAssign for SystemCpu {
+    fn add_assign(&mut self, other: Self) {
+        self.user += other.user;
+        self.system += other.system;
+        self.softirq += other.softirq;
+        self.idle += other.idle;
+    }
+}
+
 impl Sub for SystemCpu {
     type Output = Self;
     fn sub(self, earlier: Self) -> Self {
@@ -101,6 +110,13 @@ impl GroupCpu {
             }
         }
         Ok(sum)
+    }
+}
+
+impl AddAssign for GroupCpu {
+    fn add_assign(&mut self, other: Self) {
+        self.user += other.user;
+        self.system += other.system;
     }
 }
 
@@ -176,6 +192,11 @@ mod tests {
         let after = SystemCpu::parse("cpu  250 0 250 900 0 0 0 0 0 0\n", 100.0).expect("parsed");
         let share = (after - before).busy_share();
         assert!((share - 0.75).abs() < 1e-9, "{share}");
+        // Two such phases summed keep the share.
+        let mut both = after - before;
+        both += after - before;
+        assert!((both.busy_share() - 0.75).abs() < 1e-9);
+        assert!((both.total() - 6.0).abs() < 1e-9, "{}", both.total());
         assert_eq!(SystemCpu::default().busy_share(), 0.0);
     }
 

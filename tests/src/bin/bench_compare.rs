@@ -284,12 +284,8 @@ fn measure(
         let exact = bytes / streams as u64 * streams as u64;
         sample.insert(key, exact as f64 / cost.seconds / 1e9);
         moved += exact;
-        total.system.user += cost.system.user;
-        total.system.system += cost.system.system;
-        total.system.softirq += cost.system.softirq;
-        total.system.idle += cost.system.idle;
-        total.daemon.user += cost.daemon.user;
-        total.daemon.system += cost.daemon.system;
+        total.system += cost.system;
+        total.daemon += cost.daemon;
     }
     let gb = moved as f64 / 1e9;
     sample.insert(stats::CPU_USER, total.system.user / gb);
