@@ -12,6 +12,7 @@
 //! - [`redirect`] — the transparent rows' REDIRECT rule, per topology, counted.
 //! - [`workloads`] — bulk, ping-pong, connection rate, idle connections.
 //! - [`cpu`] — `/proc/stat` and `/proc/<pid>/stat`, VmRSS.
+//! - [`one_cpu`] — the run pinned to one CPU for the second ping-pong.
 //! - [`stats`] — medians, spreads, per-run ratios (pure).
 //! - [`report`] — Markdown, JSON and the targets.
 //! - [`chart`] — the PNG of the main ratios (gnuplot).
@@ -19,6 +20,7 @@
 pub mod chart;
 pub mod cleanup;
 pub mod cpu;
+pub mod one_cpu;
 pub mod process;
 pub mod psock_trace;
 pub mod redirect;

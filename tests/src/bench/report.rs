@@ -18,7 +18,7 @@ use crate::bench::{
         CONN_DAEMON_USER, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER,
         DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, PSOCK_PER_RTT, PSOCK_RUN_P50,
         PSOCK_SAME_CPU, PSOCK_WAIT_P50, PSOCK_WAIT_P99, RSS_10K, RSS_CONNECTIONS, RSS_IDLE,
-        RSS_LOADED, RTT_P50, RTT_P99, RTT_P999,
+        RSS_LOADED, RTT_ONE_CPU_ADDED_P50, RTT_ONE_CPU_P50, RTT_P50, RTT_P99, RTT_P999,
     },
     topology::Kind,
 };
@@ -85,7 +85,13 @@ const GROUPS: &[(&str, &[&str])] = &[
     ),
     (
         "Request/response, 64 B ping-pong round trip, µs (lower is better)",
-        &[RTT_P50, RTT_P99, RTT_P999],
+        &[
+            RTT_P50,
+            RTT_P99,
+            RTT_P999,
+            RTT_ONE_CPU_P50,
+            RTT_ONE_CPU_ADDED_P50,
+        ],
     ),
     (
         "Connection rate: connect + SOCKS5 + 1 KiB echo + close, {concurrency} concurrent",
@@ -300,6 +306,20 @@ pub fn targets(subjects: &[SubjectReport]) -> Vec<TargetCheck> {
             added(haproxy, RTT_P50).map(|h| h / 2.0),
             true,
         );
+        push(
+            format!("{lb}: added p50 RTT on one CPU vs {against}, µs <= 10"),
+            backend,
+            value(lb, RTT_ONE_CPU_ADDED_P50),
+            Some(10.0),
+            true,
+        );
+        push(
+            format!("{lb}: added p50 RTT on one CPU vs {against}, µs <= half of {haproxy}'s"),
+            backend,
+            value(lb, RTT_ONE_CPU_ADDED_P50),
+            value(haproxy, RTT_ONE_CPU_ADDED_P50).map(|h| h / 2.0),
+            true,
+        );
         for key in [BULK_UP_1, BULK_DOWN_1, BULK_DOWN_8] {
             push(
                 format!("{lb}: {key}: ratio to {against} >= 0.90"),
@@ -413,6 +433,43 @@ mod tests {
         assert!(checks[0].met);
         assert_eq!(checks[1].limit, 10.0);
         assert!(checks[1].met);
+    }
+
+    #[test]
+    fn on_one_cpu_the_added_latency_is_the_same_phase_difference() {
+        // 30 µs above the backend's own phase, 4 µs above the backend
+        // measured alongside: the drift between phases is not the proxy's.
+        let subjects = [
+            subject(
+                "balancer-sockmap",
+                &[(RTT_ONE_CPU_P50, 80.0), (RTT_ONE_CPU_ADDED_P50, 4.0)],
+            ),
+            subject(
+                "haproxy",
+                &[(RTT_ONE_CPU_P50, 60.0), (RTT_ONE_CPU_ADDED_P50, 9.0)],
+            ),
+        ];
+        let checks = targets(&subjects);
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert!(checks.iter().all(|c| c.target.contains("on one CPU")));
+        assert_eq!(checks[0].measured, 4.0);
+        assert!(checks[0].met);
+        assert_eq!(checks[1].limit, 4.5);
+        assert!(checks[1].met);
+    }
+
+    #[test]
+    fn on_one_cpu_more_than_half_of_haproxys_addition_misses() {
+        let subjects = [
+            subject("balancer-sockmap", &[(RTT_ONE_CPU_ADDED_P50, 4.6)]),
+            subject("haproxy", &[(RTT_ONE_CPU_ADDED_P50, 8.7)]),
+        ];
+        let half = targets(&subjects)
+            .into_iter()
+            .find(|c| c.target.contains("half"))
+            .expect("half of haproxy's");
+        assert_eq!(half.limit, 4.35);
+        assert!(!half.met);
     }
 
     #[test]

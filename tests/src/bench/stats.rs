@@ -38,6 +38,14 @@ pub const BULK_DOWN_8: &str = "bulk_down_8_gbps";
 pub const RTT_P50: &str = "rtt_p50_us";
 pub const RTT_P99: &str = "rtt_p99_us";
 pub const RTT_P999: &str = "rtt_p999_us";
+/// RTT p50 with the client and every process of the run on one CPU (see
+/// [`crate::bench::one_cpu`]): the path's work without cross-CPU wake-ups.
+pub const RTT_ONE_CPU_P50: &str = "rtt_one_cpu_p50_us";
+/// That p50 minus the one of a connection through the row's backend alone
+/// taking turns with the row's own in the same phase (see
+/// [`crate::bench::workloads::ping_pong`]): what the proxy adds. Proxy rows
+/// only.
+pub const RTT_ONE_CPU_ADDED_P50: &str = "rtt_one_cpu_added_p50_us";
 pub const CONN_RATE: &str = "conn_per_s";
 pub const CONN_SETUP_P99: &str = "conn_setup_p99_us";
 /// CPU (user + kernel) of the proxy's own processes per connection of the
@@ -79,6 +87,14 @@ pub const METRICS: &[Metric] = &[
     metric(RTT_P50, "64 B RTT p50", "µs", false, 1),
     metric(RTT_P99, "64 B RTT p99", "µs", false, 1),
     metric(RTT_P999, "64 B RTT p99.9", "µs", false, 1),
+    metric(RTT_ONE_CPU_P50, "64 B RTT p50, one CPU", "µs", false, 1),
+    metric(
+        RTT_ONE_CPU_ADDED_P50,
+        "added to the backend's, one CPU",
+        "µs",
+        false,
+        1,
+    ),
     metric(CONN_RATE, "connections", "conn/s", true, 0),
     metric(CONN_SETUP_P99, "setup p99", "µs", false, 0),
     metric(CONN_DAEMON_CPU, "proxy CPU per connection", "µs", false, 0),

@@ -191,6 +191,17 @@ impl Subject {
         }
     }
 
+    /// The family of backends a proxy row stands in front of, whose first
+    /// backend its ping-pong alternates with; `None` for the rows that are
+    /// no proxy (`direct` and the backends alone).
+    pub fn proxied_family(self) -> Option<Family> {
+        match self {
+            Self::BalancerSocks(_, family) | Self::Haproxy(family) => Some(family),
+            Self::BalancerRedirect(_) | Self::Redsocks => Some(Family::Microsocks),
+            Self::Direct | Self::Backend | Self::Dante => None,
+        }
+    }
+
     /// The group the row belongs to in the report and chart: `direct`
     /// alone, then each backend family with its baseline first.
     pub fn group(self) -> &'static str {
@@ -270,6 +281,15 @@ impl Backends {
             process.ensure_running()?;
         }
         Ok(())
+    }
+
+    /// The backend that is the family's row of its own (`backend`,
+    /// `backend-dante`).
+    pub fn first_addr(&self, family: Family) -> SocketAddr {
+        match family {
+            Family::Microsocks => self.microsocks[0].0,
+            Family::Dante => self.dante[0].0,
+        }
     }
 
     fn addrs(&self, family: Family) -> Vec<SocketAddr> {

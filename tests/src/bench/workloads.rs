@@ -253,42 +253,94 @@ fn download(stream: &mut TcpStream, len: u64) -> Result<()> {
     Ok(())
 }
 
-/// Round-trip times in microseconds of `rounds` 64-byte echoes on one
-/// connection, after `warmup` unrecorded ones; `after_warmup` runs between
-/// the two (to start a trace of the measured rounds only).
+/// Round trips of one ping-pong phase, in microseconds.
+#[derive(Debug)]
+pub struct RoundTrips {
+    /// Through the subject.
+    pub subject: Vec<f64>,
+    /// Through the baseline, in blocks alternating with the subject's (empty
+    /// when none was asked for).
+    pub baseline: Vec<f64>,
+}
+
+/// Round trips of a block before the ping-pong switches connection: long
+/// enough that the switch itself (the other connection's first echo after
+/// a pause) is a small part of the block, short enough that both
+/// connections see the same minutes of the machine.
+const PING_PONG_BLOCK: usize = 200;
+
+/// `rounds` 64-byte echoes through `access` after `warmup` unrecorded ones;
+/// `after_warmup` runs between the two (to start a trace of the measured
+/// rounds only). With a `baseline`, a second connection through it is held
+/// open too and gets as many rounds, the two taking turns in blocks of
+/// [`PING_PONG_BLOCK`]: what the subject adds is then measured against the
+/// baseline of the same seconds, not of a phase minutes earlier.
 pub fn ping_pong(
     client: Client<'_>,
-    access: Access,
+    (access, baseline): (Access, Option<Access>),
     target: SocketAddr,
-    warmup: usize,
-    rounds: usize,
+    (warmup, rounds): (usize, usize),
     after_warmup: impl FnOnce() -> Result<()> + Send,
-) -> Result<Vec<f64>> {
+) -> Result<RoundTrips> {
     let source = client.source;
-    client.ns.run(move || -> Result<Vec<f64>> {
-        let mut stream = connect(source, access, target)?;
-        stream.write_all(&[ECHO])?;
-        let mut times = Vec::with_capacity(rounds);
-        let mut back = [0u8; 64];
-        let mut after_warmup = Some(after_warmup);
-        for i in 0..warmup + rounds {
-            if i == warmup
-                && let Some(hook) = after_warmup.take()
-            {
-                hook()?;
+    client.ns.run(move || -> Result<RoundTrips> {
+        let mut subject = Echo::open(source, access, target)?;
+        let mut other = baseline
+            .map(|baseline| Echo::open(source, baseline, target))
+            .transpose()?;
+        subject.rounds(warmup, None)?;
+        if let Some(other) = &mut other {
+            other.rounds(warmup, None)?;
+        }
+        after_warmup()?;
+        let mut times = RoundTrips {
+            subject: Vec::with_capacity(rounds),
+            baseline: Vec::with_capacity(if other.is_some() { rounds } else { 0 }),
+        };
+        let mut left = rounds;
+        while left > 0 {
+            let block = left.min(PING_PONG_BLOCK);
+            subject.rounds(block, Some(&mut times.subject))?;
+            if let Some(other) = &mut other {
+                other.rounds(block, Some(&mut times.baseline))?;
             }
-            let message = [(i % 251) as u8; 64];
-            let began = Instant::now();
-            stream.write_all(&message)?;
-            stream.read_exact(&mut back)?;
-            let took = began.elapsed();
-            ensure!(back == message, "echo {i} came back altered");
-            if i >= warmup {
-                times.push(took.as_secs_f64() * 1e6);
-            }
+            left -= block;
         }
         Ok(times)
     })?
+}
+
+/// One ping-pong connection and the count of its echoes so far.
+struct Echo {
+    stream: TcpStream,
+    sent: usize,
+}
+
+impl Echo {
+    fn open(source: Option<Ipv4Addr>, access: Access, target: SocketAddr) -> Result<Self> {
+        let mut stream = connect(source, access, target)?;
+        stream.write_all(&[ECHO])?;
+        Ok(Self { stream, sent: 0 })
+    }
+
+    /// `count` echoes, each timed into `times` if given, each checked.
+    fn rounds(&mut self, count: usize, mut times: Option<&mut Vec<f64>>) -> Result<()> {
+        let mut back = [0u8; 64];
+        for _ in 0..count {
+            let i = self.sent;
+            self.sent += 1;
+            let message = [(i % 251) as u8; 64];
+            let began = Instant::now();
+            self.stream.write_all(&message)?;
+            self.stream.read_exact(&mut back)?;
+            let took = began.elapsed();
+            ensure!(back == message, "echo {i} came back altered");
+            if let Some(times) = times.as_deref_mut() {
+                times.push(took.as_secs_f64() * 1e6);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Bytes the client sends in the connection-rate exchange, its op byte

@@ -28,7 +28,9 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use balancer_tests::{
     bench::{
-        chart, cleanup, process, psock_trace,
+        chart, cleanup,
+        one_cpu::OneCpu,
+        process, psock_trace,
         report::{self, Report, SubjectReport},
         stats::{self, Sample},
         subjects::{self, Backends, Engine, Subject, TARGET_PORT},
@@ -190,6 +192,45 @@ impl Drop for TempDir {
     }
 }
 
+/// The ping-pong again with every process of the run and the client on
+/// CPU 0 ([`OneCpu`]), a proxy row taking turns with a connection through
+/// its family's backend alone: what the path costs without wake-ups across
+/// CPUs, and what the proxy adds to it in the same seconds. Returns the
+/// connections it opened to the target.
+fn ping_pong_on_one_cpu(
+    subject: Subject,
+    client: Client<'_>,
+    access: subjects::Access,
+    backends: &Backends,
+    target: SocketAddr,
+    settings: &Settings,
+    sample: &mut Sample,
+) -> Result<u64> {
+    let baseline = subject
+        .proxied_family()
+        .map(|family| subjects::Access::Socks5(backends.first_addr(family)));
+    let rtts = {
+        let _pinned = OneCpu::pin(0)?;
+        workloads::ping_pong(
+            client,
+            (access, baseline),
+            target,
+            (settings.ping_pong_warmup, settings.ping_pong_rounds),
+            || Ok(()),
+        )
+        .with_context(|| format!("{}: ping-pong on one CPU", subject.name()))?
+    };
+    let p50 = stats::percentile(&rtts.subject, 0.5);
+    sample.insert(stats::RTT_ONE_CPU_P50, p50);
+    if baseline.is_some() {
+        sample.insert(
+            stats::RTT_ONE_CPU_ADDED_P50,
+            p50 - stats::percentile(&rtts.baseline, 0.5),
+        );
+    }
+    Ok(1)
+}
+
 /// Rounds of the traced ping-pong.
 const TRACED_ROUNDS: usize = 5000;
 
@@ -207,9 +248,13 @@ fn trace_psock_work(
 ) -> Result<()> {
     let warmup = (300_000.0 / rtt_p50_us.max(1.0)).ceil() as usize;
     let mut recording = psock_trace::Recording::start(client.ns, dir)?;
-    workloads::ping_pong(client, access, target, warmup, TRACED_ROUNDS, || {
-        recording.enable()
-    })?;
+    workloads::ping_pong(
+        client,
+        (access, None),
+        target,
+        (warmup, TRACED_ROUNDS),
+        || recording.enable(),
+    )?;
     let work = recording.finish()?;
     ensure!(
         !work.wait_us.is_empty(),
@@ -300,18 +345,26 @@ fn measure(
 
     let rtts = workloads::ping_pong(
         client,
-        access,
+        (access, None),
         target,
-        settings.ping_pong_warmup,
-        settings.ping_pong_rounds,
+        (settings.ping_pong_warmup, settings.ping_pong_rounds),
         || Ok(()),
     )
     .with_context(|| format!("{}: ping-pong", subject.name()))?;
     opened += 1;
-    let rtt_p50 = stats::percentile(&rtts, 0.5);
+    let rtt_p50 = stats::percentile(&rtts.subject, 0.5);
     sample.insert(stats::RTT_P50, rtt_p50);
-    sample.insert(stats::RTT_P99, stats::percentile(&rtts, 0.99));
-    sample.insert(stats::RTT_P999, stats::percentile(&rtts, 0.999));
+    sample.insert(stats::RTT_P99, stats::percentile(&rtts.subject, 0.99));
+    sample.insert(stats::RTT_P999, stats::percentile(&rtts.subject, 0.999));
+    opened += ping_pong_on_one_cpu(
+        subject,
+        client,
+        access,
+        backends,
+        target,
+        settings,
+        &mut sample,
+    )?;
     if subject.engine() == Some(Engine::Sockmap) {
         trace_psock_work(client, access, target, rtt_p50, dir, &mut sample)
             .with_context(|| format!("{}: traced ping-pong", subject.name()))?;
