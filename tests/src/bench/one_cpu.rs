@@ -29,10 +29,14 @@ pub struct OneCpu {
 }
 
 impl OneCpu {
-    /// Pins to `cpu`. Threads a pinned thread creates later (a backend's
-    /// thread per connection) inherit the pin.
-    pub fn pin(cpu: usize) -> Result<Self> {
+    /// Pins to the first CPU the calling thread may run on. Threads a
+    /// pinned thread creates later (a backend's thread per connection)
+    /// inherit the pin.
+    pub fn pin() -> Result<Self> {
         let before = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+        let cpu = (0..CpuSet::count())
+            .find(|&cpu| before.is_set(cpu).unwrap_or(false))
+            .context("the benchmark may run on no CPU")?;
         let mut one = CpuSet::new();
         one.set(cpu).context("CPU number")?;
         sched_setaffinity(Pid::from_raw(0), &one).context("pinning the benchmark's thread")?;

@@ -193,7 +193,7 @@ impl Drop for TempDir {
 }
 
 /// The ping-pong again with every process of the run and the client on
-/// CPU 0 ([`OneCpu`]), a proxy row taking turns with a connection through
+/// one CPU ([`OneCpu`]), a proxy row taking turns with a connection through
 /// its family's backend alone: what the path costs without wake-ups across
 /// CPUs, and what the proxy adds to it in the same seconds. Returns the
 /// connections it opened to the target.
@@ -210,7 +210,7 @@ fn ping_pong_on_one_cpu(
         .proxied_family()
         .map(|family| subjects::Access::Socks5(backends.first_addr(family)));
     let rtts = {
-        let _pinned = OneCpu::pin(0)?;
+        let _pinned = OneCpu::pin()?;
         workloads::ping_pong(
             client,
             (access, baseline),
