@@ -23,6 +23,7 @@ const MICROSOCKS_PORTS: [u16; 3] = [1081, 1082, 1083];
 const DANTE_PORTS: [u16; 3] = [1180, 1181, 1182];
 const BALANCER_SOCKS_PORT: u16 = 1080;
 const BALANCER_REDIRECT_PORT: u16 = 2345;
+const BALANCER_PASSTHROUGH_PORT: u16 = 1070;
 const HAPROXY_PORT: u16 = 1090;
 const REDSOCKS_PORT: u16 = 2346;
 /// `forwarding.mark` of the redirect subject (required by a redirect
@@ -83,6 +84,43 @@ impl Family {
     }
 }
 
+/// Which listener of the balancer a client comes in through; every
+/// balancer row also has the `socks5` one, which the start waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    Socks5,
+    /// An iptables REDIRECT to a `redirect` listener.
+    Redirect,
+    /// A `passthrough` listener: the client's SOCKS5 goes to the backend.
+    Passthrough,
+}
+
+impl Way {
+    /// Tells the instance names of the run's daemons apart.
+    fn letter(self) -> &'static str {
+        match self {
+            Self::Socks5 => "s",
+            Self::Redirect => "r",
+            Self::Passthrough => "p",
+        }
+    }
+
+    /// The address of this way's own listener, if it is not the `socks5` one.
+    fn bind(self, topology: &Topology) -> Option<SocketAddr> {
+        match self {
+            Self::Socks5 => None,
+            Self::Redirect => Some(SocketAddr::from((
+                Ipv4Addr::UNSPECIFIED,
+                BALANCER_REDIRECT_PORT,
+            ))),
+            Self::Passthrough => Some(SocketAddr::from((
+                topology.lb_addr(),
+                BALANCER_PASSTHROUGH_PORT,
+            ))),
+        }
+    }
+}
+
 /// One row of the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
@@ -97,6 +135,10 @@ pub enum Subject {
     BalancerSocks(Engine, Family),
     /// Client -> target, REDIRECTed in `lb` to balancer -> microsocks x3.
     BalancerRedirect(Engine),
+    /// Client -SOCKS5-> balancer's passthrough listener, which hands the
+    /// client's own SOCKS5 exchange to one of microsocks x3: the job
+    /// HAProxy does in the `haproxy` row.
+    BalancerPassthrough(Engine),
     /// Client -SOCKS5-> haproxy (tcp, leastconn, checks) -> 3 backends.
     Haproxy(Family),
     /// Client -> target, REDIRECTed in `lb` to redsocks -> one microsocks.
@@ -106,12 +148,13 @@ pub enum Subject {
 impl Subject {
     /// Every subject in the order of the report: each family after its
     /// baseline.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Direct,
         Self::Backend,
         Self::BalancerSocks(Engine::Sockmap, Family::Microsocks),
         Self::BalancerSocks(Engine::Splice, Family::Microsocks),
         Self::BalancerRedirect(Engine::Sockmap),
+        Self::BalancerPassthrough(Engine::Sockmap),
         Self::Haproxy(Family::Microsocks),
         Self::Redsocks,
         Self::Dante,
@@ -131,6 +174,8 @@ impl Subject {
             Self::BalancerSocks(Engine::Splice, Family::Dante) => "balancer-splice (dante)",
             Self::BalancerRedirect(Engine::Sockmap) => "balancer-sockmap-redirect",
             Self::BalancerRedirect(Engine::Splice) => "balancer-splice-redirect",
+            Self::BalancerPassthrough(Engine::Sockmap) => "balancer-sockmap-passthrough",
+            Self::BalancerPassthrough(Engine::Splice) => "balancer-splice-passthrough",
             Self::Haproxy(Family::Microsocks) => "haproxy",
             Self::Haproxy(Family::Dante) => "haproxy (dante)",
             Self::Redsocks => "redsocks",
@@ -151,6 +196,9 @@ impl Subject {
             Self::BalancerRedirect(_) => {
                 "client -> iptables REDIRECT -> balancer (redirect listener) -> 3 microsocks"
             }
+            Self::BalancerPassthrough(_) => {
+                "client -SOCKS5-> balancer (passthrough listener) -> 3 microsocks"
+            }
             Self::Haproxy(Family::Microsocks) => {
                 "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 microsocks"
             }
@@ -164,7 +212,9 @@ impl Subject {
     /// The balancer's engine, `None` for the other subjects.
     pub fn engine(self) -> Option<Engine> {
         match self {
-            Self::BalancerSocks(engine, _) | Self::BalancerRedirect(engine) => Some(engine),
+            Self::BalancerSocks(engine, _)
+            | Self::BalancerRedirect(engine)
+            | Self::BalancerPassthrough(engine) => Some(engine),
             _ => None,
         }
     }
@@ -197,7 +247,9 @@ impl Subject {
     pub fn proxied_family(self) -> Option<Family> {
         match self {
             Self::BalancerSocks(_, family) | Self::Haproxy(family) => Some(family),
-            Self::BalancerRedirect(_) | Self::Redsocks => Some(Family::Microsocks),
+            Self::BalancerRedirect(_) | Self::BalancerPassthrough(_) | Self::Redsocks => {
+                Some(Family::Microsocks)
+            }
             Self::Direct | Self::Backend | Self::Dante => None,
         }
     }
@@ -209,7 +261,10 @@ impl Subject {
             Self::Direct => "direct",
             Self::Dante => Family::Dante.name(),
             Self::BalancerSocks(_, family) | Self::Haproxy(family) => family.name(),
-            Self::Backend | Self::BalancerRedirect(_) | Self::Redsocks => Family::Microsocks.name(),
+            Self::Backend
+            | Self::BalancerRedirect(_)
+            | Self::BalancerPassthrough(_)
+            | Self::Redsocks => Family::Microsocks.name(),
         }
     }
 }
@@ -382,16 +437,19 @@ pub fn start(
             running.access = Access::Socks5(*addr);
             running.daemon_pid = Some(process.pid());
         }
-        Subject::BalancerSocks(engine, _) | Subject::BalancerRedirect(engine) => {
-            let (redirect, family) = match subject {
-                Subject::BalancerSocks(_, family) => (false, family),
-                _ => (true, Family::Microsocks),
+        Subject::BalancerSocks(engine, _)
+        | Subject::BalancerRedirect(engine)
+        | Subject::BalancerPassthrough(engine) => {
+            let (way, family) = match subject {
+                Subject::BalancerSocks(_, family) => (Way::Socks5, family),
+                Subject::BalancerRedirect(_) => (Way::Redirect, Family::Microsocks),
+                _ => (Way::Passthrough, Family::Microsocks),
             };
             // At most 19 characters; the cleanup thread finds pins by prefix.
             let instance = format!(
                 "bc{}r{run}{}{}{}",
                 std::process::id(),
-                if redirect { "r" } else { "s" },
+                way.letter(),
                 &engine.yaml()[..2],
                 &family.name()[..1]
             );
@@ -402,7 +460,7 @@ pub fn start(
                 balancer_yaml(
                     &instance,
                     socks,
-                    redirect,
+                    (way, way.bind(topology)),
                     &backends.addrs(family),
                     (engine, forwarding),
                     target,
@@ -419,14 +477,23 @@ pub fn start(
                 dir,
             )?;
             daemon.wait_accepting(lb, socks)?;
+            if way == Way::Passthrough {
+                daemon.wait_accepting(lb, way.bind(topology).unwrap_or(socks))?;
+            }
             running.daemon_pid = Some(daemon.pid());
             running.processes.push(daemon);
-            if redirect {
-                running
-                    .rules
-                    .push(RedirectRule::add(topology, target, BALANCER_REDIRECT_PORT)?);
-            } else {
-                running.access = Access::Socks5(socks);
+            match way {
+                Way::Socks5 => running.access = Access::Socks5(socks),
+                Way::Redirect => {
+                    running.rules.push(RedirectRule::add(
+                        topology,
+                        target,
+                        BALANCER_REDIRECT_PORT,
+                    )?);
+                }
+                Way::Passthrough => {
+                    running.access = Access::Socks5(way.bind(topology).unwrap_or(socks));
+                }
             }
         }
         Subject::Haproxy(family) => {
@@ -477,23 +544,25 @@ pub fn start(
 fn balancer_yaml(
     instance: &str,
     socks: SocketAddr,
-    redirect: bool,
+    (way, way_bind): (Way, Option<SocketAddr>),
     backends: &[SocketAddr],
     (engine, forwarding): (Engine, &str),
     probe_target: SocketAddr,
 ) -> String {
-    let listener = if redirect {
-        format!(
-            "  - {{ name: redir, mode: redirect, bind: \"0.0.0.0:{BALANCER_REDIRECT_PORT}\" }}\n"
-        )
-    } else {
-        String::new()
+    let listener = match (way, way_bind) {
+        (Way::Redirect, Some(bind)) => {
+            format!("  - {{ name: redir, mode: redirect, bind: \"{bind}\" }}\n")
+        }
+        (Way::Passthrough, Some(bind)) => {
+            format!("  - {{ name: pass, mode: passthrough, bind: \"{bind}\" }}\n")
+        }
+        _ => String::new(),
     };
     let backends: String = backends
         .iter()
         .map(|addr| format!("  - {{ address: \"{addr}\" }}\n"))
         .collect();
-    let mut extra = if redirect {
+    let mut extra = if way == Way::Redirect {
         format!(", mark: {MARK}")
     } else {
         String::new()
@@ -588,7 +657,7 @@ mod tests {
         let yaml = balancer_yaml(
             "bcx",
             "10.0.0.1:1080".parse().expect("addr"),
-            true,
+            (Way::Redirect, Some("0.0.0.0:2345".parse().expect("addr"))),
             &["10.0.0.2:1081".parse().expect("addr")],
             (Engine::Splice, "offload_after_bytes: 0"),
             "10.0.0.3:9000".parse().expect("addr"),
@@ -600,6 +669,27 @@ mod tests {
         assert!(yaml.contains("mode: redirect"), "{yaml}");
         assert!(yaml.contains("engine: splice, mark: 4919"), "{yaml}");
         assert!(yaml.contains("strategy: least_connections"), "{yaml}");
+    }
+
+    #[test]
+    fn the_passthrough_row_adds_a_passthrough_listener_and_no_mark() {
+        let yaml = balancer_yaml(
+            "bcx",
+            "10.0.0.1:1080".parse().expect("addr"),
+            (
+                Way::Passthrough,
+                Some("10.0.0.1:1070".parse().expect("addr")),
+            ),
+            &["10.0.0.2:1081".parse().expect("addr")],
+            (Engine::Sockmap, ""),
+            "10.0.0.3:9000".parse().expect("addr"),
+        );
+        assert!(
+            yaml.contains("{ name: pass, mode: passthrough, bind: \"10.0.0.1:1070\" }"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("mode: socks5"), "{yaml}");
+        assert!(yaml.contains("engine: sockmap }"), "{yaml}");
     }
 
     #[test]
