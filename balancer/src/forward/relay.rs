@@ -28,7 +28,7 @@
 
 use std::{
     future::poll_fn,
-    io,
+    io::{self, Read as _},
     net::Shutdown,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -140,7 +140,7 @@ impl Flow {
         to: &TcpStream,
         counter: &AtomicU64,
     ) -> io::Result<bool> {
-        let read = match from.try_read(buf) {
+        let read = match read_draining(from, buf) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.settled = true;
@@ -149,15 +149,6 @@ impl Flow {
             Err(e) => return Err(e),
         };
         self.settled = read < buf.len();
-        if self.settled && read > 0 {
-            // A short read drained the socket: forget its readiness now
-            // instead of learning it from one more read that finds nothing.
-            // Bytes arriving after the read raise a new edge, which the
-            // driver records under a new tick that this clear leaves alone.
-            let _ = from.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-            });
-        }
         let Some(got) = buf.get(..read).filter(|got| !got.is_empty()) else {
             // Nothing is pending (reads wait for that), so the FIN follows
             // every byte read.
@@ -194,6 +185,29 @@ impl Flow {
             self.offset = 0;
         }
         Ok(true)
+    }
+}
+
+/// One read of `from` into `buf`. A short read drained the socket, so it
+/// also drops the socket's read readiness, sparing the read that would only
+/// find `EAGAIN`. The drop must be tied to the readiness seen before the
+/// read: tokio clears it only if no edge came in since (its tick), so it is
+/// answered inside the read's own `try_io`. A readiness dropped after the
+/// read instead could swallow an edge raised by bytes that arrived in
+/// between, and the relay would wait for them forever.
+fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = None;
+    let result = from.try_io(Interest::READABLE, || {
+        let read = (&*SockRef::from(from)).read(buf)?;
+        if read > 0 && read < buf.len() {
+            short = Some(read);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
+    });
+    match (result, short) {
+        (Err(e), Some(read)) if e.kind() == io::ErrorKind::WouldBlock => Ok(read),
+        (result, _) => result,
     }
 }
 
