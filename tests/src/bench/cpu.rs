@@ -130,12 +130,16 @@ impl Sub for GroupCpu {
     }
 }
 
-/// `(pgrp, utime + cutime, stime + cstime)` of a `/proc/<pid>/stat` line.
-/// The command name may contain spaces and parentheses: fields are counted
+/// The fields of a `/proc/<pid>/stat` line after the command name, `state`
+/// first. The name may contain spaces and parentheses: fields are counted
 /// after its last `)`.
+pub fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
+}
+
+/// `(pgrp, utime + cutime, stime + cstime)` of a `/proc/<pid>/stat` line.
 fn parse_pid_stat(stat: &str) -> Option<(i32, f64, f64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(stat)?;
     let field = |i: usize| fields.get(i)?.parse::<f64>().ok();
     // After the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12)
     // cutime(13) cstime(14).

@@ -20,6 +20,8 @@ use nix::{
     unistd::Pid,
 };
 
+use crate::bench::cpu::stat_fields;
+
 /// While alive, every descendant process of this one (all their threads)
 /// and the calling thread run on one CPU; dropping it gives them back the
 /// calling thread's CPUs from before.
@@ -85,11 +87,9 @@ fn parents() -> Result<HashMap<u32, u32>> {
     Ok(parents)
 }
 
-/// The parent pid in a `/proc/<pid>/stat` line; the command name before it
-/// is in parentheses and may itself hold spaces and parentheses.
+/// The parent pid in a `/proc/<pid>/stat` line.
 fn parent_of(stat: &str) -> Option<u32> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat)?.get(1)?.parse().ok()
 }
 
 /// The processes below `root`, children before grandchildren.

@@ -408,6 +408,14 @@ mod tests {
         }
     }
 
+    /// The one target check of `subjects` whose text holds `needle`.
+    fn the_check(subjects: &[SubjectReport], needle: &str) -> TargetCheck {
+        targets(subjects)
+            .into_iter()
+            .find(|c| c.target.contains(needle))
+            .unwrap_or_else(|| panic!("no target check mentions {needle:?}"))
+    }
+
     #[test]
     fn the_veth_report_keeps_the_given_path_and_loopback_gets_a_suffixed_one() {
         let json = Path::new("bench-results/compare.json");
@@ -464,10 +472,7 @@ mod tests {
             subject("balancer-sockmap", &[(RTT_ONE_CPU_ADDED_P50, 4.6)]),
             subject("haproxy", &[(RTT_ONE_CPU_ADDED_P50, 8.7)]),
         ];
-        let half = targets(&subjects)
-            .into_iter()
-            .find(|c| c.target.contains("half"))
-            .expect("half of haproxy's");
+        let half = the_check(&subjects, "half");
         assert_eq!(half.limit, 4.35);
         assert!(!half.met);
     }
@@ -478,10 +483,7 @@ mod tests {
             subject("balancer-sockmap", &[(CONN_RATE, 2000.0)]),
             subject("redsocks", &[(CONN_RATE, 1000.0)]),
         ];
-        let check = targets(&subjects)
-            .into_iter()
-            .find(|c| c.target.contains("redsocks"))
-            .expect("redsocks target");
+        let check = the_check(&subjects, "redsocks");
         assert_eq!(check.limit, 3000.0);
         assert!(!check.met);
     }

@@ -89,10 +89,11 @@ impl Family {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Way {
     Socks5,
-    /// An iptables REDIRECT to a `redirect` listener.
+    /// An iptables REDIRECT to a `redirect` listener on every address.
     Redirect,
-    /// A `passthrough` listener: the client's SOCKS5 goes to the backend.
-    Passthrough,
+    /// A `passthrough` listener on this address: the client's SOCKS5 goes
+    /// to the backend.
+    Passthrough(SocketAddr),
 }
 
 impl Way {
@@ -101,22 +102,7 @@ impl Way {
         match self {
             Self::Socks5 => "s",
             Self::Redirect => "r",
-            Self::Passthrough => "p",
-        }
-    }
-
-    /// The address of this way's own listener, if it is not the `socks5` one.
-    fn bind(self, topology: &Topology) -> Option<SocketAddr> {
-        match self {
-            Self::Socks5 => None,
-            Self::Redirect => Some(SocketAddr::from((
-                Ipv4Addr::UNSPECIFIED,
-                BALANCER_REDIRECT_PORT,
-            ))),
-            Self::Passthrough => Some(SocketAddr::from((
-                topology.lb_addr(),
-                BALANCER_PASSTHROUGH_PORT,
-            ))),
+            Self::Passthrough(_) => "p",
         }
     }
 }
@@ -235,10 +221,8 @@ impl Subject {
     /// front of dante, `backend` for everything else (`backend-dante`
     /// itself included, which shows microsocks' ceiling).
     pub fn baseline(self) -> Subject {
-        match self {
-            Self::BalancerSocks(_, family) | Self::Haproxy(family) => family.baseline(),
-            _ => Self::Backend,
-        }
+        self.proxied_family()
+            .map_or(Self::Backend, Family::baseline)
     }
 
     /// The family of backends a proxy row stands in front of, whose first
@@ -440,11 +424,15 @@ pub fn start(
         Subject::BalancerSocks(engine, _)
         | Subject::BalancerRedirect(engine)
         | Subject::BalancerPassthrough(engine) => {
-            let (way, family) = match subject {
-                Subject::BalancerSocks(_, family) => (Way::Socks5, family),
-                Subject::BalancerRedirect(_) => (Way::Redirect, Family::Microsocks),
-                _ => (Way::Passthrough, Family::Microsocks),
+            let way = match subject {
+                Subject::BalancerSocks(..) => Way::Socks5,
+                Subject::BalancerRedirect(_) => Way::Redirect,
+                _ => Way::Passthrough(SocketAddr::from((
+                    topology.lb_addr(),
+                    BALANCER_PASSTHROUGH_PORT,
+                ))),
             };
+            let family = subject.proxied_family().unwrap_or(Family::Microsocks);
             // At most 19 characters; the cleanup thread finds pins by prefix.
             let instance = format!(
                 "bc{}r{run}{}{}{}",
@@ -460,7 +448,7 @@ pub fn start(
                 balancer_yaml(
                     &instance,
                     socks,
-                    (way, way.bind(topology)),
+                    way,
                     &backends.addrs(family),
                     (engine, forwarding),
                     target,
@@ -477,8 +465,8 @@ pub fn start(
                 dir,
             )?;
             daemon.wait_accepting(lb, socks)?;
-            if way == Way::Passthrough {
-                daemon.wait_accepting(lb, way.bind(topology).unwrap_or(socks))?;
+            if let Way::Passthrough(bind) = way {
+                daemon.wait_accepting(lb, bind)?;
             }
             running.daemon_pid = Some(daemon.pid());
             running.processes.push(daemon);
@@ -491,9 +479,7 @@ pub fn start(
                         BALANCER_REDIRECT_PORT,
                     )?);
                 }
-                Way::Passthrough => {
-                    running.access = Access::Socks5(way.bind(topology).unwrap_or(socks));
-                }
+                Way::Passthrough(bind) => running.access = Access::Socks5(bind),
             }
         }
         Subject::Haproxy(family) => {
@@ -544,19 +530,19 @@ pub fn start(
 fn balancer_yaml(
     instance: &str,
     socks: SocketAddr,
-    (way, way_bind): (Way, Option<SocketAddr>),
+    way: Way,
     backends: &[SocketAddr],
     (engine, forwarding): (Engine, &str),
     probe_target: SocketAddr,
 ) -> String {
-    let listener = match (way, way_bind) {
-        (Way::Redirect, Some(bind)) => {
-            format!("  - {{ name: redir, mode: redirect, bind: \"{bind}\" }}\n")
-        }
-        (Way::Passthrough, Some(bind)) => {
+    let listener = match way {
+        Way::Socks5 => String::new(),
+        Way::Redirect => format!(
+            "  - {{ name: redir, mode: redirect, bind: \"0.0.0.0:{BALANCER_REDIRECT_PORT}\" }}\n"
+        ),
+        Way::Passthrough(bind) => {
             format!("  - {{ name: pass, mode: passthrough, bind: \"{bind}\" }}\n")
         }
-        _ => String::new(),
     };
     let backends: String = backends
         .iter()
@@ -652,16 +638,21 @@ pub fn balancer_binary() -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_balancer_config_keeps_defaults_but_listeners_backends_and_engine() {
-        let yaml = balancer_yaml(
+    /// The YAML of a daemon on 10.0.0.1 in front of one backend.
+    fn test_yaml(way: Way, engine: (Engine, &str)) -> String {
+        balancer_yaml(
             "bcx",
             "10.0.0.1:1080".parse().expect("addr"),
-            (Way::Redirect, Some("0.0.0.0:2345".parse().expect("addr"))),
+            way,
             &["10.0.0.2:1081".parse().expect("addr")],
-            (Engine::Splice, "offload_after_bytes: 0"),
+            engine,
             "10.0.0.3:9000".parse().expect("addr"),
-        );
+        )
+    }
+
+    #[test]
+    fn the_balancer_config_keeps_defaults_but_listeners_backends_and_engine() {
+        let yaml = test_yaml(Way::Redirect, (Engine::Splice, "offload_after_bytes: 0"));
         assert!(
             yaml.contains("engine: splice, mark: 4919, offload_after_bytes: 0 }"),
             "{yaml}"
@@ -673,17 +664,8 @@ mod tests {
 
     #[test]
     fn the_passthrough_row_adds_a_passthrough_listener_and_no_mark() {
-        let yaml = balancer_yaml(
-            "bcx",
-            "10.0.0.1:1080".parse().expect("addr"),
-            (
-                Way::Passthrough,
-                Some("10.0.0.1:1070".parse().expect("addr")),
-            ),
-            &["10.0.0.2:1081".parse().expect("addr")],
-            (Engine::Sockmap, ""),
-            "10.0.0.3:9000".parse().expect("addr"),
-        );
+        let pass = "10.0.0.1:1070".parse().expect("addr");
+        let yaml = test_yaml(Way::Passthrough(pass), (Engine::Sockmap, ""));
         assert!(
             yaml.contains("{ name: pass, mode: passthrough, bind: \"10.0.0.1:1070\" }"),
             "{yaml}"

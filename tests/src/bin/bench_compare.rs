@@ -195,8 +195,7 @@ impl Drop for TempDir {
 /// The ping-pong again with every process of the run and the client on
 /// one CPU ([`OneCpu`]), a proxy row taking turns with a connection through
 /// its family's backend alone: what the path costs without wake-ups across
-/// CPUs, and what the proxy adds to it in the same seconds. Returns the
-/// connections it opened to the target.
+/// CPUs, and what the proxy adds to it in the same seconds.
 fn ping_pong_on_one_cpu(
     subject: Subject,
     client: Client<'_>,
@@ -205,7 +204,7 @@ fn ping_pong_on_one_cpu(
     target: SocketAddr,
     settings: &Settings,
     sample: &mut Sample,
-) -> Result<u64> {
+) -> Result<()> {
     let baseline = subject
         .proxied_family()
         .map(|family| subjects::Access::Socks5(backends.first_addr(family)));
@@ -228,7 +227,7 @@ fn ping_pong_on_one_cpu(
             p50 - stats::percentile(&rtts.baseline, 0.5),
         );
     }
-    Ok(1)
+    Ok(())
 }
 
 /// Rounds of the traced ping-pong.
@@ -356,7 +355,7 @@ fn measure(
     sample.insert(stats::RTT_P50, rtt_p50);
     sample.insert(stats::RTT_P99, stats::percentile(&rtts.subject, 0.99));
     sample.insert(stats::RTT_P999, stats::percentile(&rtts.subject, 0.999));
-    opened += ping_pong_on_one_cpu(
+    ping_pong_on_one_cpu(
         subject,
         client,
         access,
@@ -365,6 +364,7 @@ fn measure(
         settings,
         &mut sample,
     )?;
+    opened += 1;
     if subject.engine() == Some(Engine::Sockmap) {
         trace_psock_work(client, access, target, rtt_p50, dir, &mut sample)
             .with_context(|| format!("{}: traced ping-pong", subject.name()))?;
