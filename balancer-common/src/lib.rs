@@ -32,8 +32,14 @@ pub mod map {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `ARRAY` with `BPF_F_MMAPABLE`: [`crate::DaemonStats`] at index 0.
     pub const DAEMON_STATS: &str = "DAEMON_STATS";
+    /// `RINGBUF` of socket cookies (`u64`): the verdict writes a socket's
+    /// cookie each time the bytes it redirected from that socket pass a
+    /// multiple of [`crate::QUEUE_CHECK_BYTES`], so that user space checks
+    /// how much of it the peer has not taken yet (see
+    /// [`crate::QUEUE_CHECK_BYTES`]).
+    pub const QUEUE_CHECKS: &str = "QUEUE_CHECKS";
     /// Every map above (tests check that the object defines each).
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         SOCKETS,
         TARGETS,
         PEERS,
@@ -41,6 +47,7 @@ pub mod map {
         GLOBAL,
         BACKEND_STATS,
         DAEMON_STATS,
+        QUEUE_CHECKS,
     ];
 }
 
@@ -57,6 +64,19 @@ pub const MAX_BACKENDS: u32 = 16384;
 /// A [`PeerInfo::slot`] outside the counters: the pair's bytes count in its
 /// own [`PeerInfo`] and in [`Global`] only (the engine's self-test uses it).
 pub const NO_SLOT: u32 = u32::MAX;
+
+/// log2 of [`QUEUE_CHECK_BYTES`].
+pub const QUEUE_CHECK_SHIFT: u32 = 20;
+/// Every this many bytes redirected from a socket, the verdict asks user space
+/// (through [`map::QUEUE_CHECKS`]) to look at the peer's queue. The kernel
+/// queues a redirected skb on the peer's psock with no limit and sends it from
+/// a worker that, once the peer's send buffer is full, retries a jiffy later;
+/// nothing holds the sender back meanwhile (2.6 GiB queued in 4 s towards a
+/// backend that stopped reading, on 6.18), so user space reports it.
+pub const QUEUE_CHECK_BYTES: u64 = 1 << QUEUE_CHECK_SHIFT;
+/// Size of [`map::QUEUE_CHECKS`] in bytes (a power of two, a page multiple):
+/// 4,096 records of 16 bytes (header and cookie).
+pub const QUEUE_CHECKS_BYTES: u32 = 1 << 16;
 
 /// Direction of the bytes a socket receives, seen from the client.
 pub mod direction {
@@ -114,8 +134,8 @@ pub struct Global {
     pub no_peer: u64,
     /// skbs whose redirect failed (peer missing from [`map::TARGETS`]).
     pub redirect_failed: u64,
-    /// Reserved; keeps the struct a multiple of 16 bytes.
-    pub _reserved: u64,
+    /// Queue checks lost because [`map::QUEUE_CHECKS`] was full.
+    pub queue_checks_lost: u64,
 }
 const _: () = assert!(core::mem::size_of::<Global>() == 32);
 

@@ -28,13 +28,13 @@ use aya_ebpf::{
     bindings::sk_action,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{map, stream_verdict},
-    maps::{Array, HashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, SockHash},
     programs::SkBuffContext,
 };
 use aya_log_ebpf::{debug, trace, warn};
 use balancer_common::{
     BPF_F_MMAPABLE, BackendBytes, BackendStats, DaemonStats, Global, MAX_BACKENDS, MAX_SOCKETS,
-    PeerInfo, direction,
+    PeerInfo, QUEUE_CHECK_SHIFT, QUEUE_CHECKS_BYTES, direction,
 };
 
 #[map(name = "SOCKETS")]
@@ -62,6 +62,9 @@ static BACKEND_STATS: Array<BackendStats> = Array::with_max_entries(MAX_BACKENDS
 
 #[map(name = "DAEMON_STATS")]
 static DAEMON_STATS: Array<DaemonStats> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map(name = "QUEUE_CHECKS")]
+static QUEUE_CHECKS: RingBuf = RingBuf::with_byte_size(QUEUE_CHECKS_BYTES, 0);
 
 /// Redirects every skb received on a spliced socket to its peer's egress.
 #[stream_verdict]
@@ -115,8 +118,19 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         ctx,
         "socket {}: {} bytes redirected to socket {}", cookie, len, peer_cookie
     );
+    // A plain read, then the add: the add's fetch form needs a newer BPF ISA
+    // than `generic`. Only this socket's verdict adds here, under its
+    // socket's lock; were two to race, a check would come a step late or
+    // twice, either harmless.
+    // SAFETY: as above.
+    let before = unsafe { core::ptr::read_volatile(&raw const (*peer).redirected_bytes) };
     // SAFETY: as above.
     atomic_add(unsafe { &raw mut (*peer).redirected_bytes }, len);
+    if before >> QUEUE_CHECK_SHIFT != before.wrapping_add(len) >> QUEUE_CHECK_SHIFT
+        && QUEUE_CHECKS.output::<u64>(cookie, 0).is_err()
+    {
+        count_global(|global| global.queue_checks_lost = global.queue_checks_lost.wrapping_add(1));
+    }
     // SAFETY: as above; a racing writer can only store another timestamp.
     unsafe { (*peer).last_activity_ns = bpf_ktime_get_ns() };
     if let Some(bytes) = BACKEND_BYTES.get_ptr_mut(slot) {

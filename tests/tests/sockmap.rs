@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -18,7 +18,8 @@ use std::{
 use balancer::{
     bpf::{Bpf, SocketMap},
     forward::{
-        BackendSlot, EngineName, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine,
+        BackendSlot, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
+        sockmap::{QUEUE_WARN_ABOVE, SockmapEngine},
     },
     sys::socket,
 };
@@ -182,7 +183,7 @@ async fn recv_hash(stream: &mut (impl AsyncReadExt + Unpin), len: u64) -> [u8; 3
     hash.finalize().into()
 }
 
-async fn expect_eof(stream: &mut TcpStream) {
+async fn expect_eof(stream: &mut (impl AsyncReadExt + Unpin)) {
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
         .await
@@ -669,5 +670,100 @@ async fn a_pair_whose_client_half_closed_before_the_splice_is_carried_by_the_fal
     assert_eq!(summary.engine, EngineName::Splice);
     assert_eq!(summary.end, PairEnd::Closed);
     assert_eq!((summary.bytes.up, summary.bytes.down), (7, 6));
+    assert_maps_empty(&rig.engine);
+}
+
+/// Writes seeded random bytes in 64 KiB chunks until `max` bytes are
+/// written, counting them in `written`; returns the bytes' SHA-256.
+async fn send_counted(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    max: u64,
+    seed: u64,
+    written: &AtomicU64,
+) -> [u8; 32] {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < max {
+        rng.fill_bytes(&mut buf);
+        hash.update(&buf);
+        stream.write_all(&buf).await.expect("write");
+        sent += buf.len() as u64;
+        written.store(sent, Ordering::Relaxed);
+    }
+    hash.finalize().into()
+}
+
+/// The limit of this kernel that the engine reports and cannot lift: towards
+/// a server that reads nothing, the kernel keeps taking the client's bytes
+/// onto the backend socket's psock (the client's window stays open, because
+/// the verdict takes every skb at once), far past every socket buffer on
+/// the way. The engine's queue check sees it and warns; every byte still
+/// arrives, in order, once the server reads. Should a kernel bound that queue,
+/// the first assertion fails and the README's account needs redoing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn towards_a_server_that_reads_nothing_the_kernel_queue_is_reported_and_nothing_is_lost() {
+    let rig = rig(ForwardOptions {
+        socket_buffer: Some(MIB as usize),
+        ..ForwardOptions::default()
+    })
+    .await;
+    let s = sockets().await;
+    // Small buffers on the test's own ends, so that all but ~1 MiB of what
+    // the client gets rid of is in the engine's sockets or the kernel queue.
+    socket::set_buffers(&s.client, 128 * 1024).expect("client buffers");
+    socket::set_buffers(&s.server, 256 * 1024).expect("server buffers");
+    let run = spawn_forward(&rig.engine, s, 3);
+    wait_spliced(&rig.engine, 1).await;
+    let len = 192 * MIB;
+    let written = Arc::new(AtomicU64::new(0));
+    let (mut client_rd, mut client_wr) = run.client.into_split();
+    let progress = Arc::clone(&written);
+    let writer = tokio::spawn(async move {
+        let sent = send_counted(&mut client_wr, len, 11, &progress).await;
+        client_wr.shutdown().await.expect("client shutdown");
+        sent
+    });
+    let queues = rig.engine.queues();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while queues.over_warning.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no warning in 20 s: the client wrote {} MiB, the largest queue seen was {} MiB",
+            written.load(Ordering::Relaxed) / MIB,
+            queues.largest.load(Ordering::Relaxed) / MIB
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The buffers on the way hold about 6 MiB: the client's 256 KiB, the
+    // engine's two sockets' 2 MiB each, the server's 512 KiB.
+    assert!(
+        written.load(Ordering::Relaxed) > 64 * MIB,
+        "warned with {} MiB written",
+        written.load(Ordering::Relaxed) / MIB
+    );
+    let largest = queues.largest.load(Ordering::Relaxed);
+    assert!(largest > QUEUE_WARN_ABOVE, "largest queue {largest} B");
+    let mut server = run.server;
+    let got = tokio::time::timeout(TIMEOUT, recv_hash(&mut server, len))
+        .await
+        .expect("server reads everything in time");
+    let sent = tokio::time::timeout(TIMEOUT, writer)
+        .await
+        .expect("writer ends")
+        .expect("join");
+    assert_eq!(sent, got, "client -> server bytes differ");
+    expect_eof(&mut server).await;
+    server.shutdown().await.expect("server shutdown");
+    expect_eof(&mut client_rd).await;
+    drop((run.client_inner, run.backend_inner));
+    let summary = ended(run.forward, TIMEOUT).await;
+    assert_eq!((summary.end, summary.bytes.up), (PairEnd::Closed, len));
+    assert_eq!(
+        queues.over_warning.load(Ordering::Relaxed),
+        1,
+        "one warning per direction"
+    );
     assert_maps_empty(&rig.engine);
 }

@@ -19,7 +19,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, SockHash},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf, SockHash},
     programs::{ProgramError, SkSkb},
 };
 use balancer_common::{
@@ -146,6 +146,8 @@ pub struct Bpf {
     pins: Option<Pins>,
     /// The program's log records, until the engine takes them.
     logger: Option<kernel_log::KernelLogger>,
+    /// The verdict's queue checks, until the engine takes them.
+    queue_checks: Option<RingBuf<MapData>>,
 }
 
 impl std::fmt::Debug for Bpf {
@@ -202,6 +204,7 @@ impl Bpf {
 
         Ok(Self {
             logger,
+            queue_checks: Some(take_map(&mut ebpf, map::QUEUE_CHECKS)?),
             sockets: Mutex::new(sockets),
             targets: Mutex::new(take_map(&mut ebpf, map::TARGETS)?),
             peers: Mutex::new(take_map(&mut ebpf, map::PEERS)?),
@@ -226,6 +229,12 @@ impl Bpf {
     /// (once; the caller forwards them with [`kernel_log::forward`]).
     pub fn take_logger(&mut self) -> Option<kernel_log::KernelLogger> {
         self.logger.take()
+    }
+
+    /// The ring of `QUEUE_CHECKS` (once; see
+    /// [`balancer_common::QUEUE_CHECK_BYTES`]).
+    pub fn take_queue_checks(&mut self) -> Option<RingBuf<MapData>> {
+        self.queue_checks.take()
     }
 
     /// Writes the `PEERS` entry of `cookie`.
@@ -347,7 +356,7 @@ impl Bpf {
             redirected_skbs: sum.redirected_skbs.wrapping_add(cpu.redirected_skbs),
             no_peer: sum.no_peer.wrapping_add(cpu.no_peer),
             redirect_failed: sum.redirect_failed.wrapping_add(cpu.redirect_failed),
-            _reserved: 0,
+            queue_checks_lost: sum.queue_checks_lost.wrapping_add(cpu.queue_checks_lost),
         }))
     }
 }

@@ -19,7 +19,16 @@
 //! 4. an engine-wide epoll (no `EPOLLIN`, so data never wakes user space)
 //!    reports RDHUP/HUP/ERR; on EOF of A, B's write side is shut once
 //!    `SIOCINQ(A) == 0` and B has written its baseline plus every byte the
-//!    verdict redirected from A.
+//!    verdict redirected from A;
+//! 5. the kernel's queue towards B: when B's send buffer is full, the kernel
+//!    queues what the verdict redirects on B's psock with no limit, and
+//!    nothing holds A's peer back (A's receive window stays open, because the
+//!    verdict takes every skb at once). Each MiB redirected from A, the
+//!    verdict asks for a look (`QUEUE_CHECKS`); the engine counts the largest
+//!    queue it saw and warns once per direction above [`QUEUE_WARN_ABOVE`].
+//!    It does not hold A back: taking A out of `SOCKETS` and back, or reading
+//!    A in user space afterwards, corrupted the stream on Linux 6.18 (see the
+//!    README).
 //!
 //! Sockets a sockhash refuses (not ESTABLISHED, e.g. already half-closed)
 //! go to the [`SpliceEngine`] this engine owns. Minimum kernel: Linux 5.15.
@@ -29,10 +38,14 @@ use std::{
     io,
     net::TcpStream as StdTcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
+use aya::maps::{MapData, RingBuf};
 use balancer_common::{NO_SLOT, PeerInfo, direction};
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use tokio::{
@@ -61,6 +74,8 @@ const DRAIN_BACKOFF_MIN: Duration = Duration::from_millis(1);
 const DRAIN_BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// Attempts at a baseline that no ACK raced.
 const BASELINE_ATTEMPTS: usize = 1000;
+/// A direction whose peer's psock queues more than this is logged (once).
+pub const QUEUE_WARN_ABOVE: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SockmapError {
@@ -109,13 +124,29 @@ pub struct SockmapEngine {
     dispatcher: JoinHandle<()>,
     /// Forwards the BPF program's log records (`forwarding.bpf_log`).
     kernel_log: Option<JoinHandle<()>>,
+    /// Routes the verdict's queue checks to their pairs.
+    queue_checks: JoinHandle<()>,
+    queues: QueueCounts,
     fallback: SpliceEngine,
     options: ForwardOptions,
+}
+
+/// What the queue checks (step 5 of the lifecycle) found since the engine
+/// opened.
+#[derive(Debug, Default)]
+pub struct QueueCounts {
+    /// Checks answered.
+    pub checks: AtomicU64,
+    /// The largest psock queue a check found, in bytes.
+    pub largest: AtomicU64,
+    /// Directions whose queue passed [`QUEUE_WARN_ABOVE`].
+    pub over_warning: AtomicU64,
 }
 
 impl Drop for SockmapEngine {
     fn drop(&mut self) {
         self.dispatcher.abort();
+        self.queue_checks.abort();
         if let Some(task) = &self.kernel_log {
             task.abort();
         }
@@ -135,6 +166,13 @@ impl SockmapEngine {
         });
         let watcher = Arc::new(Watcher::new()?);
         let dispatcher = tokio::spawn(Arc::clone(&watcher).dispatch());
+        let ring = bpf
+            .take_queue_checks()
+            .ok_or(SockmapError::Bpf(BpfError::Missing {
+                kind: "map",
+                name: balancer_common::map::QUEUE_CHECKS,
+            }))?;
+        let queue_checks = tokio::spawn(route_queue_checks(ring, Arc::clone(&watcher)));
         // The fallback counts into the slot blocks of BACKEND_STATS, so the
         // pinned maps hold every byte of a slot, whichever engine moved it.
         let fallback = SpliceEngine::with_shared_counters(
@@ -146,6 +184,8 @@ impl SockmapEngine {
             watcher,
             dispatcher,
             kernel_log,
+            queue_checks,
+            queues: QueueCounts::default(),
             fallback,
             options,
         };
@@ -244,6 +284,12 @@ impl SockmapEngine {
             Err(err) => tracing::warn!(%err, slot = slot.0, "cannot read BACKEND_BYTES"),
         }
         total
+    }
+
+    /// What the queue checks found since the engine opened.
+    #[must_use]
+    pub fn queues(&self) -> &QueueCounts {
+        &self.queues
     }
 
     /// How many entries `PEERS`, `SOCKETS` and `TARGETS` hold (zero once all
@@ -442,7 +488,13 @@ impl SockmapEngine {
             if draining && event.is_none() {
                 backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
             }
-            if let Some((cookie, flags)) = event {
+            if let Some((cookie, Event::QueueCheck)) = event {
+                let up = cookie == pair.up.from_cookie;
+                let index = usize::from(!up);
+                if !state.warned[index] {
+                    state.warned[index] = self.check_queue(pair, up)?;
+                }
+            } else if let Some((cookie, Event::Epoll(flags))) = event {
                 let sock = if cookie == pair.up.from_cookie {
                     client
                 } else {
@@ -470,6 +522,38 @@ impl SockmapEngine {
                 }
             }
         }
+    }
+
+    /// Step 5: reads the queue on the psock of the direction `up` (or down)
+    /// goes out of; `true` once it passed [`QUEUE_WARN_ABOVE`] (logged).
+    fn check_queue(&self, pair: &Spliced<'_>, up: bool) -> Result<bool, SockmapError> {
+        let (flow, to) = if up {
+            (&pair.up, pair.backend()?)
+        } else {
+            (&pair.down, pair.client()?)
+        };
+        let redirected = self
+            .bpf
+            .peer(flow.from_cookie)?
+            .map_or(0, |info| info.redirected_bytes);
+        let written = socket::bytes_written(to)
+            .map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?
+            .bytes;
+        let queued = psock_queue(flow.to_baseline, redirected, written);
+        self.queues.checks.fetch_add(1, Ordering::Relaxed);
+        self.queues.largest.fetch_max(queued, Ordering::Relaxed);
+        if queued <= QUEUE_WARN_ABOVE {
+            return Ok(false);
+        }
+        self.queues.over_warning.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            direction = if up { "up" } else { "down" },
+            queued_mib = queued >> 20,
+            "the receiving side is slower than the sending side: the kernel queues what it \
+             cannot send yet without a limit and the sockmap engine cannot hold the sender \
+             back on this kernel (forwarding.engine: splice can)"
+        );
+        Ok(true)
     }
 
     /// The bytes the verdict redirected each way; with `reset`, makes the
@@ -575,6 +659,13 @@ fn until_idle(last_ns: u64, now_ns: u64, idle: Duration) -> Duration {
     idle.saturating_sub(elapsed).max(Duration::from_millis(1))
 }
 
+/// How many redirected bytes wait on the receiving socket's psock: the
+/// verdict handed them on, the receiving socket has not taken them into its
+/// send buffer yet.
+fn psock_queue(baseline: u64, redirected: u64, written: u64) -> u64 {
+    baseline.saturating_add(redirected).saturating_sub(written)
+}
+
 /// Whether every byte of a direction has been handed to the peer socket:
 /// nothing left unread by the verdict and the peer wrote all it was given.
 fn handed_on(inq: u64, written: u64, baseline: u64, redirected: u64) -> bool {
@@ -590,6 +681,9 @@ struct PairState {
     /// Last write count seen on the receiving socket, per direction.
     last_written: [u64; 2],
     last_progress_ns: u64,
+    /// The queue towards the receiving socket passed the warning mark, per
+    /// direction (up, down).
+    warned: [bool; 2],
 }
 
 enum Drain {
@@ -735,11 +829,19 @@ impl Drop for Spliced<'_> {
 #[derive(Debug)]
 struct Watcher {
     epoll: AsyncFd<socket::RegisteredEpoll>,
-    routes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, EpollFlags)>>>,
+    routes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Event)>>>,
 }
 
-/// Epoll events of one pair: (socket cookie, flags).
-type Events = mpsc::UnboundedReceiver<(u64, EpollFlags)>;
+/// What a pair's watch loop hears about one of its sockets.
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Epoll(EpollFlags),
+    /// The verdict redirected another `QUEUE_CHECK_BYTES` from the socket.
+    QueueCheck,
+}
+
+/// Events of one pair: (socket cookie, event).
+type Events = mpsc::UnboundedReceiver<(u64, Event)>;
 /// Where a pair's events wait until its watch loop takes them.
 type EventSlot = Mutex<Option<Events>>;
 
@@ -781,6 +883,15 @@ impl Watcher {
         Ok(Mutex::new(Some(rx)))
     }
 
+    /// Hands `event` to the pair of socket `cookie`, if it is still watched.
+    fn route(&self, cookie: u64, event: Event) {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = routes.get(&cookie) {
+            // A closed receiver means the pair is ending anyway.
+            let _ignored = tx.send((cookie, event));
+        }
+    }
+
     fn unwatch(&self, cookie: u64, fd: BorrowedFd<'_>) {
         self.routes
             .lock()
@@ -819,7 +930,7 @@ impl Watcher {
                     for event in events.iter().take(count) {
                         if let Some(tx) = routes.get(&event.data()) {
                             // A closed receiver means the pair is ending anyway.
-                            let _ignored = tx.send((event.data(), event.events()));
+                            let _ignored = tx.send((event.data(), Event::Epoll(event.events())));
                         }
                     }
                 }
@@ -829,6 +940,34 @@ impl Watcher {
                 return;
             }
         }
+    }
+}
+
+/// Routes the verdict's queue checks (socket cookies) to their pairs until
+/// the engine drops.
+async fn route_queue_checks(ring: RingBuf<MapData>, watcher: Arc<Watcher>) {
+    // SAFETY: the `AsyncFd` owns the ring, whose map fd stays open and
+    // unchanged until the `AsyncFd` drops; `as_raw_fd` always returns it.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(err) => {
+            tracing::error!(%err, "cannot watch QUEUE_CHECKS: kernel queues go unreported");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = ring.readable_mut().await else {
+            return;
+        };
+        while let Some(record) = ready.get_inner_mut().next() {
+            if let Ok(cookie) = <[u8; 8]>::try_from(&*record) {
+                watcher.route(u64::from_ne_bytes(cookie), Event::QueueCheck);
+            }
+        }
+        // Clears only the readiness seen before the reads above.
+        ready.clear_ready();
     }
 }
 
@@ -870,5 +1009,15 @@ mod tests {
         assert!(handed_on(0, 110, 10, 100));
         assert!(!handed_on(0, 109, 10, 100));
         assert!(!handed_on(1, 110, 10, 100));
+    }
+
+    #[test]
+    fn the_psock_queue_is_what_was_handed_on_minus_what_the_peer_wrote() {
+        // baseline 10, 100 redirected, 60 written.
+        assert_eq!(psock_queue(10, 100, 60), 50);
+        assert_eq!(psock_queue(10, 100, 110), 0);
+        // A write count read after more was redirected than the count used
+        // is no queue, not an underflow.
+        assert_eq!(psock_queue(10, 100, 200), 0);
     }
 }
