@@ -261,8 +261,15 @@ pub mod daemon_stat {
     /// them to their end, in the order of the daemon's
     /// `EngineName::CARRIERS`: the user-space copy alone, sockmap, splice.
     pub const PAIRS_FINISHED_0: usize = EPOCH_UNIX_MS + 1;
+    /// Queue checks the sockmap engine answered (see
+    /// [`crate::QUEUE_CHECK_BYTES`]).
+    pub const KERNEL_QUEUE_CHECKS: usize = PAIRS_FINISHED_0 + CARRIERS;
+    /// The largest queue a check found on a psock, in bytes.
+    pub const KERNEL_QUEUE_LARGEST: usize = KERNEL_QUEUE_CHECKS + 1;
+    /// Directions whose queue passed the engine's warning mark.
+    pub const KERNEL_QUEUE_WARNINGS: usize = KERNEL_QUEUE_LARGEST + 1;
     /// One past the last word in use.
-    pub const USED: usize = PAIRS_FINISHED_0 + CARRIERS;
+    pub const USED: usize = KERNEL_QUEUE_WARNINGS + 1;
 }
 const _: () = assert!(daemon_stat::USED <= DAEMON_STAT_WORDS);
 

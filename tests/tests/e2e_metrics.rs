@@ -4,7 +4,9 @@
 //! metrics` and its byte and connection counters must equal, exactly, what
 //! the clients moved; `/health` is 200, and 503 once both backends are dead
 //! and their breakers open; the JSON API lists both backends. A second test
-//! has a real `prometheus` scrape the daemon until the target is up.
+//! has a real `prometheus` scrape the daemon until the target is up; a
+//! third shows the sockmap engine's kernel queue towards a target that stops
+//! reading.
 
 mod support;
 
@@ -13,6 +15,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -20,7 +27,8 @@ use std::{
 use balancer_tests::{Microsocks, NetNs, require_command, require_root};
 use serde_json::Value;
 use support::{
-    ChecksumTarget, Daemon, Target, free_port, http_exchange, ping, socks_connect, unique,
+    ChecksumTarget, Daemon, Pattern, Sha256Sum, Target, ThreadServer, expected_digest, free_port,
+    http_exchange, ping, socks_connect, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -374,4 +382,108 @@ fn a_real_prometheus_scrapes_the_daemon_until_the_target_is_up() {
         thread::sleep(Duration::from_millis(500));
     }
     drop(daemon);
+}
+
+/// A target that reads nothing until told to: under sockmap the kernel takes
+/// the client's bytes onto the backend socket's psock with no limit (see the
+/// README), and the daemon must say so where an operator looks: the
+/// `balancer_kernel_queue_*` series, a line of `balancer stats`, one warning
+/// in the log naming the connection. The bytes still arrive intact once the
+/// target reads.
+#[test]
+fn a_target_that_stops_reading_shows_as_a_kernel_queue_in_metrics_stats_and_the_log() {
+    require_root("network namespaces and BPF");
+    const LEN: u64 = 160 << 20;
+    const SEED: u64 = 17;
+    let ns = NetNs::new().expect("netns");
+    let reading = Arc::new(AtomicBool::new(false));
+    let (digests, digest) = mpsc::channel();
+    let go = Arc::clone(&reading);
+    let target = ThreadServer::start(&ns, SocketAddr::from((LO, 0)), move |mut stream| {
+        while !go.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut sum = Sha256Sum::start().expect("run sha256sum");
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sum.update(&buf[..n]).expect("feed sha256sum"),
+            }
+        }
+        let _ = digests.send(sum.finish().expect("sha256sum output"));
+    })
+    .expect("target");
+    let backend = Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks");
+    let metrics = SocketAddr::from((LO, free_port(&ns, LO)));
+    let instance = unique("kqueue");
+    let yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n  - {{ name: alpha, address: \"{}\" }}\n\
+         health: {{ probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: sockmap }}\n\
+         metrics: {{ listen: \"{metrics}\" }}\n",
+        backend.addr(),
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+    let target_addr = target.addr();
+    let client = ns
+        .spawn(move || {
+            let mut stream =
+                socks_connect(proxy, &Target::Addr(target_addr), None).expect("SOCKS5 CONNECT");
+            Pattern::new(SEED).write(&mut stream, LEN).expect("upload");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            // Held open until the target has read everything.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        })
+        .expect("spawn the client");
+    // Nothing reads at the far end, yet the upload keeps leaving the client:
+    // past the socket buffers on the way (the daemon's 2 x 32 MiB, the
+    // backend's and the target's), the rest waits on the psock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (_, _, text) = http_get(&ns, metrics, "/metrics");
+        if sum(&text, "balancer_kernel_queue_largest_bytes", "") > (LEN - (64 << 20)) as f64 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the kernel queue stayed below the upload's size less 64 MiB:\n{text}\n{}",
+            daemon.logs()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sum(&text, "balancer_kernel_queue_warnings_total", ""), 1.0);
+    assert!(
+        sum(&text, "balancer_kernel_queue_checks_total", "") >= 48.0,
+        "{text}"
+    );
+    let stats = support::stats(&["--instance", &instance]);
+    let stats = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        stats.contains("kernel queue towards slow receivers: largest")
+            && stats.contains("directions over 64.0 MiB 1"),
+        "{stats}"
+    );
+    let warnings = daemon.log_lines(&["the receiving side is slower"]);
+    assert_eq!(warnings.len(), 1, "{}", daemon.logs());
+    assert!(
+        warnings[0].contains("direction=\"up\"")
+            && warnings[0].contains(&backend.addr().to_string()),
+        "{}",
+        warnings[0]
+    );
+    reading.store(true, Ordering::Relaxed);
+    let got = digest
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the target reads everything");
+    assert_eq!(got, expected_digest(LEN, SEED), "upload corrupted");
+    drop(daemon);
+    let _ = client.join();
 }

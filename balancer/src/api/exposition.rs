@@ -20,6 +20,7 @@ use prometheus_client::{
 
 use crate::{
     backend::{HistogramSnapshot, LATENCY_BUCKETS_SECONDS},
+    forward::sockmap::QUEUE_WARN_ABOVE,
     stats::{snapshot::BackendSnapshot, source::Scrape},
 };
 
@@ -198,6 +199,31 @@ impl Collector for SnapshotCollector {
             counter,
             counts_by("carrier", &snapshot.counters.pairs_finished),
         )?;
+        let queue = snapshot.counters.kernel_queue;
+        single(
+            &mut encoder,
+            "balancer_kernel_queue_checks",
+            "Looks at the kernel's queue on a spliced socket's psock, one per MiB the sockmap verdict redirects",
+            None,
+            &ConstCounter::new(queue.checks),
+        )?;
+        single(
+            &mut encoder,
+            "balancer_kernel_queue_largest",
+            "Largest queue of redirected bytes a look found waiting for a socket's send buffer (the kernel sets no limit)",
+            Some(&Unit::Bytes),
+            &ConstGauge::new(queue.largest_bytes),
+        )?;
+        single(
+            &mut encoder,
+            "balancer_kernel_queue_warnings",
+            &format!(
+                "Connection directions whose kernel queue passed {} MiB (logged)",
+                QUEUE_WARN_ABOVE >> 20
+            ),
+            None,
+            &ConstCounter::new(queue.warnings),
+        )?;
         single(
             &mut encoder,
             "balancer_uptime",
@@ -345,7 +371,7 @@ mod tests {
     use std::{collections::BTreeMap, time::Duration};
 
     use super::*;
-    use crate::stats::snapshot::{DaemonCounters, FORMAT_VERSION, Snapshot};
+    use crate::stats::snapshot::{DaemonCounters, FORMAT_VERSION, KernelQueue, Snapshot};
 
     fn backend(name: &str, scope: Option<&str>, state: &str) -> BackendSnapshot {
         BackendSnapshot {
@@ -401,6 +427,11 @@ mod tests {
             exhausted: 2,
             handshake_failures: BTreeMap::new(),
             pairs_finished: BTreeMap::from([("relay".to_owned(), 7), ("sockmap".to_owned(), 4)]),
+            kernel_queue: KernelQueue {
+                checks: 300,
+                largest_bytes: 70 << 20,
+                warnings: 1,
+            },
         };
         counters.handshake_failures.insert("timeout".to_owned(), 3);
         counters
@@ -463,6 +494,9 @@ mod tests {
             &text,
             "balancer_pairs_finished_total{carrier=\"sockmap\"} 4",
         );
+        has(&text, "balancer_kernel_queue_checks_total 300");
+        has(&text, "balancer_kernel_queue_largest_bytes 73400320");
+        has(&text, "balancer_kernel_queue_warnings_total 1");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 

@@ -20,6 +20,7 @@ use crate::{
     clock,
     cmd::UsageError,
     config::{self, Config},
+    forward::sockmap::QUEUE_WARN_ABOVE,
     stats::{
         pinned::{self, PinnedError},
         snapshot::{Rate, Snapshot, rates},
@@ -179,6 +180,17 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         snapshot.counters.exhausted,
         handshake_failures,
     );
+    let queue = snapshot.counters.kernel_queue;
+    if queue.checks > 0 {
+        // Only sockmap looks at the kernel's queue; under splice it is empty.
+        let _ = writeln!(
+            out,
+            "kernel queue towards slow receivers: largest {} · directions over {} {}",
+            bytes(queue.largest_bytes as f64),
+            bytes(QUEUE_WARN_ABOVE as f64),
+            queue.warnings,
+        );
+    }
     let mut header = vec![
         "BACKEND",
         "ADDRESS",
@@ -276,7 +288,7 @@ fn uptime(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION};
+    use crate::stats::snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, KernelQueue};
 
     fn backend(name: &str, success_rate: Option<f64>) -> BackendSnapshot {
         BackendSnapshot {
@@ -339,6 +351,23 @@ mod tests {
         );
         assert!(beta.contains(" - "), "{beta}");
         assert!(!text.contains("UP/s"), "no throughput outside --watch");
+    }
+
+    #[test]
+    fn the_kernel_queue_line_shows_only_once_the_engine_has_looked() {
+        assert!(!render(&snapshot(), None).contains("kernel queue"));
+        let mut looked = snapshot();
+        looked.counters.kernel_queue = KernelQueue {
+            checks: 200,
+            largest_bytes: 96 << 20,
+            warnings: 1,
+        };
+        let text = render(&looked, None);
+        let line = text.lines().nth(1).expect("a second line");
+        assert_eq!(
+            line,
+            "kernel queue towards slow receivers: largest 96.0 MiB · directions over 64.0 MiB 1"
+        );
     }
 
     #[test]

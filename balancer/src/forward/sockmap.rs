@@ -38,15 +38,12 @@ use std::{
     io,
     net::TcpStream as StdTcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use balancer_common::{NO_SLOT, PeerInfo, direction};
+use balancer_common::{NO_SLOT, PeerInfo, daemon_stat, direction};
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, unix::AsyncFd},
@@ -62,7 +59,7 @@ use super::{
 };
 use crate::{
     bpf::{Bpf, BpfError, MapEntries, MappedWords, SocketMap, kernel_log},
-    stats::shared::SharedWords,
+    stats::{shared::SharedWords, snapshot::KernelQueue},
     sys::socket,
 };
 
@@ -126,21 +123,11 @@ pub struct SockmapEngine {
     kernel_log: Option<JoinHandle<()>>,
     /// Routes the verdict's queue checks to their pairs.
     queue_checks: JoinHandle<()>,
-    queues: QueueCounts,
+    /// The mapped `DAEMON_STATS`, where the queue checks count
+    /// (`daemon_stat::KERNEL_QUEUE_*`).
+    daemon_words: Arc<MappedWords>,
     fallback: SpliceEngine,
     options: ForwardOptions,
-}
-
-/// What the queue checks (step 5 of the lifecycle) found since the engine
-/// opened.
-#[derive(Debug, Default)]
-pub struct QueueCounts {
-    /// Checks answered.
-    pub checks: AtomicU64,
-    /// The largest psock queue a check found, in bytes.
-    pub largest: AtomicU64,
-    /// Directions whose queue passed [`QUEUE_WARN_ABOVE`].
-    pub over_warning: AtomicU64,
 }
 
 impl Drop for SockmapEngine {
@@ -179,13 +166,14 @@ impl SockmapEngine {
             options.clone(),
             Arc::new(SharedWords::Mapped(bpf.backend_stats())),
         )?;
+        let daemon_words = bpf.daemon_stats();
         let engine = Self {
             bpf,
             watcher,
             dispatcher,
             kernel_log,
             queue_checks,
-            queues: QueueCounts::default(),
+            daemon_words,
             fallback,
             options,
         };
@@ -286,10 +274,12 @@ impl SockmapEngine {
         total
     }
 
-    /// What the queue checks found since the engine opened.
+    /// What the queue checks found (step 5), as the daemon's counters hold
+    /// it.
     #[must_use]
-    pub fn queues(&self) -> &QueueCounts {
-        &self.queues
+    pub fn kernel_queue(&self) -> KernelQueue {
+        let words = self.daemon_words.words();
+        KernelQueue::from_words(|index| words[index].load(Ordering::Relaxed))
     }
 
     /// How many entries `PEERS`, `SOCKETS` and `TARGETS` hold (zero once all
@@ -491,8 +481,12 @@ impl SockmapEngine {
             if let Some((cookie, Event::QueueCheck)) = event {
                 let up = cookie == pair.up.from_cookie;
                 let index = usize::from(!up);
-                if !state.warned[index] {
-                    state.warned[index] = self.check_queue(pair, up)?;
+                // Checked on after a warning, so the largest queue stays
+                // true; warned once.
+                let over = self.check_queue(pair, up)?;
+                if over && !state.warned[index] {
+                    state.warned[index] = true;
+                    self.warn_queue(pair, up);
                 }
             } else if let Some((cookie, Event::Epoll(flags))) = event {
                 let sock = if cookie == pair.up.from_cookie {
@@ -525,7 +519,7 @@ impl SockmapEngine {
     }
 
     /// Step 5: reads the queue on the psock of the direction `up` (or down)
-    /// goes out of; `true` once it passed [`QUEUE_WARN_ABOVE`] (logged).
+    /// goes out of; `true` if it is above [`QUEUE_WARN_ABOVE`].
     fn check_queue(&self, pair: &Spliced<'_>, up: bool) -> Result<bool, SockmapError> {
         let (flow, to) = if up {
             (&pair.up, pair.backend()?)
@@ -540,20 +534,31 @@ impl SockmapEngine {
             .map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?
             .bytes;
         let queued = psock_queue(flow.to_baseline, redirected, written);
-        self.queues.checks.fetch_add(1, Ordering::Relaxed);
-        self.queues.largest.fetch_max(queued, Ordering::Relaxed);
-        if queued <= QUEUE_WARN_ABOVE {
-            return Ok(false);
-        }
-        self.queues.over_warning.fetch_add(1, Ordering::Relaxed);
+        let words = self.daemon_words.words();
+        words[daemon_stat::KERNEL_QUEUE_CHECKS].fetch_add(1, Ordering::Relaxed);
+        words[daemon_stat::KERNEL_QUEUE_LARGEST].fetch_max(queued, Ordering::Relaxed);
+        Ok(queued > QUEUE_WARN_ABOVE)
+    }
+
+    /// Counts and logs a direction whose queue passed [`QUEUE_WARN_ABOVE`].
+    fn warn_queue(&self, pair: &Spliced<'_>, up: bool) {
+        self.daemon_words.words()[daemon_stat::KERNEL_QUEUE_WARNINGS]
+            .fetch_add(1, Ordering::Relaxed);
+        // Named here: the connection's span is off at the default level.
+        let peer = |sock: Result<&StdTcpStream, SockmapError>| {
+            sock.ok()
+                .and_then(|sock| sock.peer_addr().ok())
+                .map_or_else(|| "?".to_owned(), |addr| addr.to_string())
+        };
         tracing::warn!(
             direction = if up { "up" } else { "down" },
-            queued_mib = queued >> 20,
+            client = peer(pair.client()),
+            backend = peer(pair.backend()),
+            queued_above_mib = QUEUE_WARN_ABOVE >> 20,
             "the receiving side is slower than the sending side: the kernel queues what it \
-             cannot send yet without a limit and the sockmap engine cannot hold the sender \
+             cannot send yet without a limit, and the sockmap engine cannot hold the sender \
              back on this kernel (forwarding.engine: splice can)"
         );
-        Ok(true)
     }
 
     /// The bytes the verdict redirected each way; with `reset`, makes the

@@ -140,6 +140,12 @@ impl Counters {
         self.words[daemon_stat::PAIRS_FINISHED_0 + carrier.carrier_index()].load(Ordering::Relaxed)
     }
 
+    /// What the sockmap engine's queue checks wrote into these words (it
+    /// shares them under sockmap).
+    pub fn kernel_queue(&self) -> snapshot::KernelQueue {
+        snapshot::KernelQueue::from_words(|index| self.words[index].load(Ordering::Relaxed))
+    }
+
     /// Records who writes the block and since when (`unix_ms` is the wall
     /// time of the backend store's epoch), so a reader of the pins can tell
     /// a live daemon from stale pins and date the timestamps.
@@ -154,6 +160,7 @@ impl Counters {
             .into_iter()
             .chain(self.words[daemon_stat::HANDSHAKE_FAILED_0..][..HANDSHAKE_REASONS].iter())
             .chain(self.words[daemon_stat::PAIRS_FINISHED_0..][..CARRIERS].iter())
+            .chain(self.words[daemon_stat::KERNEL_QUEUE_CHECKS..daemon_stat::USED].iter())
         {
             counter.store(0, Ordering::Relaxed);
         }

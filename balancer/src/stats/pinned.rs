@@ -10,7 +10,7 @@ use balancer_common::{BackendStats, DaemonStats, FAILURE_CATEGORIES, UNKNOWN, da
 use super::{
     HandshakeFailure,
     identity::{self, SlotOwner},
-    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot},
+    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, KernelQueue, Snapshot},
     status_file::{self, StatusError},
 };
 use crate::{
@@ -125,6 +125,7 @@ fn counters(daemon: &DaemonStats) -> DaemonCounters {
                 (carrier.to_string(), count)
             })
             .collect(),
+        kernel_queue: KernelQueue::from_words(|index| daemon.words[index]),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use balancer_common::daemon_stat;
 use serde::{Deserialize, Serialize};
 
 use super::{Counters, HandshakeFailure};
@@ -55,6 +56,34 @@ pub struct DaemonCounters {
     /// `splice` (every label present).
     #[serde(default)]
     pub pairs_finished: BTreeMap<String, u64>,
+    /// What the sockmap engine's queue checks found (zero under splice).
+    #[serde(default)]
+    pub kernel_queue: KernelQueue,
+}
+
+/// The queue the kernel keeps on a spliced socket's psock for bytes the
+/// verdict redirected to it and its send buffer has no room for yet; the
+/// kernel puts no limit on it (see `forward::sockmap`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelQueue {
+    /// Checks answered (one per MiB redirected from a socket).
+    pub checks: u64,
+    /// The largest queue a check found, in bytes.
+    pub largest_bytes: u64,
+    /// Directions whose queue passed the warning mark (logged).
+    pub warnings: u64,
+}
+
+impl KernelQueue {
+    /// The figures in the `daemon_stat::KERNEL_QUEUE_*` words, read by `word`.
+    #[must_use]
+    pub fn from_words(word: impl Fn(usize) -> u64) -> Self {
+        Self {
+            checks: word(daemon_stat::KERNEL_QUEUE_CHECKS),
+            largest_bytes: word(daemon_stat::KERNEL_QUEUE_LARGEST),
+            warnings: word(daemon_stat::KERNEL_QUEUE_WARNINGS),
+        }
+    }
 }
 
 /// One backend's figures.
@@ -132,6 +161,7 @@ impl DaemonCounters {
                 .iter()
                 .map(|&carrier| (carrier.to_string(), counters.pairs_finished(carrier)))
                 .collect(),
+            kernel_queue: counters.kernel_queue(),
         }
     }
 }
