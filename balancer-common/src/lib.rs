@@ -346,6 +346,9 @@ mod tests {
             daemon_stat::EXHAUSTED,
             daemon_stat::PID,
             daemon_stat::EPOCH_UNIX_MS,
+            daemon_stat::KERNEL_QUEUE_CHECKS,
+            daemon_stat::KERNEL_QUEUE_LARGEST,
+            daemon_stat::KERNEL_QUEUE_WARNINGS,
         ]
         .into_iter()
         .chain(daemon_stat::HANDSHAKE_FAILED_0..daemon_stat::HANDSHAKE_FAILED_0 + HANDSHAKE_REASONS)
