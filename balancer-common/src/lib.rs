@@ -268,8 +268,10 @@ pub mod daemon_stat {
     pub const KERNEL_QUEUE_LARGEST: usize = KERNEL_QUEUE_CHECKS + 1;
     /// Directions whose queue passed the engine's warning mark.
     pub const KERNEL_QUEUE_WARNINGS: usize = KERNEL_QUEUE_LARGEST + 1;
+    /// Pairs reset because a queue passed the configured limit.
+    pub const KERNEL_QUEUE_RESETS: usize = KERNEL_QUEUE_WARNINGS + 1;
     /// One past the last word in use.
-    pub const USED: usize = KERNEL_QUEUE_WARNINGS + 1;
+    pub const USED: usize = KERNEL_QUEUE_RESETS + 1;
 }
 const _: () = assert!(daemon_stat::USED <= DAEMON_STAT_WORDS);
 
@@ -349,6 +351,7 @@ mod tests {
             daemon_stat::KERNEL_QUEUE_CHECKS,
             daemon_stat::KERNEL_QUEUE_LARGEST,
             daemon_stat::KERNEL_QUEUE_WARNINGS,
+            daemon_stat::KERNEL_QUEUE_RESETS,
         ]
         .into_iter()
         .chain(daemon_stat::HANDSHAKE_FAILED_0..daemon_stat::HANDSHAKE_FAILED_0 + HANDSHAKE_REASONS)

@@ -81,6 +81,10 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
             old_fw.drain_timeout != new_fw.drain_timeout,
         ),
         (
+            "forwarding.kernel_queue_limit",
+            old_fw.kernel_queue_limit != new_fw.kernel_queue_limit,
+        ),
+        (
             "transparent.manage_rules",
             running.transparent.manage_rules != new.transparent.manage_rules,
         ),

@@ -6,6 +6,7 @@
 //! `backend_inner` -> test server, all four sockets real TCP on 127.0.0.1.
 
 use std::{
+    io,
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::{
@@ -33,6 +34,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A bpffs directory for one engine's pins, removed even on panic.
@@ -705,6 +707,24 @@ async fn send_counted(
     hash.finalize().into()
 }
 
+/// A spliced pair with 1 MiB engine buffers and small buffers on the test's
+/// own ends, so that all but ~1 MiB of what the client gets rid of is in the
+/// engine's sockets or the kernel queue.
+async fn slow_server_pair(kernel_queue_limit: Option<u64>, slot: u32) -> (Rig, Running) {
+    let rig = rig(ForwardOptions {
+        socket_buffer: Some(MIB as usize),
+        kernel_queue_limit,
+        ..ForwardOptions::default()
+    })
+    .await;
+    let s = sockets().await;
+    socket::set_buffers(&s.client, 128 * 1024).expect("client buffers");
+    socket::set_buffers(&s.server, 256 * 1024).expect("server buffers");
+    let run = spawn_forward(&rig.engine, s, slot);
+    wait_spliced(&rig.engine, 1).await;
+    (rig, run)
+}
+
 /// The limit of this kernel that the engine reports and cannot lift: towards
 /// a server that reads nothing, the kernel keeps taking the client's bytes
 /// onto the backend socket's psock (the client's window stays open, because
@@ -714,18 +734,7 @@ async fn send_counted(
 /// the first assertion fails and the README's account needs redoing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn towards_a_server_that_reads_nothing_the_kernel_queue_is_reported_and_nothing_is_lost() {
-    let rig = rig(ForwardOptions {
-        socket_buffer: Some(MIB as usize),
-        ..ForwardOptions::default()
-    })
-    .await;
-    let s = sockets().await;
-    // Small buffers on the test's own ends, so that all but ~1 MiB of what
-    // the client gets rid of is in the engine's sockets or the kernel queue.
-    socket::set_buffers(&s.client, 128 * 1024).expect("client buffers");
-    socket::set_buffers(&s.server, 256 * 1024).expect("server buffers");
-    let run = spawn_forward(&rig.engine, s, 3);
-    wait_spliced(&rig.engine, 1).await;
+    let (rig, run) = slow_server_pair(None, 3).await;
     let len = 192 * MIB;
     let written = Arc::new(AtomicU64::new(0));
     let (mut client_rd, mut client_wr) = run.client.into_split();
@@ -772,5 +781,63 @@ async fn towards_a_server_that_reads_nothing_the_kernel_queue_is_reported_and_no
         queue.checks,
         len / MIB
     );
+    assert_maps_empty(&rig.engine);
+}
+
+/// With `forwarding.kernel_queue_limit`, a pair whose kernel queue passes it
+/// is reset on both sides instead of queueing on: the client's writes fail
+/// soon after the limit, the summary says why, the counter shows it, and the
+/// maps are left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_kernel_queue_limit_the_pair_is_reset_on_both_sides() {
+    let limit = 64 * MIB;
+    let (rig, run) = slow_server_pair(Some(limit), 5).await;
+    // The engine's close must be the sockets' last, or no RST goes out.
+    drop((run.client_inner, run.backend_inner));
+    let mut client = run.client;
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0u64;
+    let failed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Err(err) = client.write_all(&chunk).await {
+                return err;
+            }
+            written += chunk.len() as u64;
+            assert!(written < GIB, "1 GiB written past a 64 MiB limit");
+        }
+    })
+    .await
+    .expect("the client's writes fail within 20 s");
+    assert!(
+        matches!(
+            failed.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{failed}"
+    );
+    // The limit, one check's MiB, and about 3 MiB of socket buffers.
+    assert!(
+        written > limit && written < limit + 16 * MIB,
+        "the client wrote {} MiB",
+        written / MIB
+    );
+    let summary = ended(run.forward, Duration::from_secs(10)).await;
+    assert_eq!(summary.end, PairEnd::KernelQueueLimit);
+    assert_eq!(rig.engine.kernel_queue().resets, 1);
+    // The server gets what reached it, then the reset.
+    let mut server = run.server;
+    let mut buf = vec![0u8; 256 * 1024];
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match server.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(err) => return Some(err.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the server's side ends within 10 s");
+    assert_eq!(end, Some(io::ErrorKind::ConnectionReset));
     assert_maps_empty(&rig.engine);
 }

@@ -226,6 +226,13 @@ impl Collector for SnapshotCollector {
         )?;
         single(
             &mut encoder,
+            "balancer_kernel_queue_resets",
+            "Connections reset because a kernel queue passed forwarding.kernel_queue_limit",
+            None,
+            &ConstCounter::new(queue.resets),
+        )?;
+        single(
+            &mut encoder,
             "balancer_uptime",
             "Time since the daemon started",
             Some(&Unit::Seconds),
@@ -431,6 +438,7 @@ mod tests {
                 checks: 300,
                 largest_bytes: 70 << 20,
                 warnings: 1,
+                resets: 2,
             },
         };
         counters.handshake_failures.insert("timeout".to_owned(), 3);
@@ -497,6 +505,7 @@ mod tests {
         has(&text, "balancer_kernel_queue_checks_total 300");
         has(&text, "balancer_kernel_queue_largest_bytes 73400320");
         has(&text, "balancer_kernel_queue_warnings_total 1");
+        has(&text, "balancer_kernel_queue_resets_total 2");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 

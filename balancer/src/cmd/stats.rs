@@ -185,10 +185,12 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         // Only sockmap looks at the kernel's queue; under splice it is empty.
         let _ = writeln!(
             out,
-            "kernel queue towards slow receivers: largest {} · directions over {} {}",
+            "kernel queue towards slow receivers: largest {} · directions over {} {} · \
+             connections reset at forwarding.kernel_queue_limit {}",
             bytes(queue.largest_bytes as f64),
             bytes(QUEUE_WARN_ABOVE as f64),
             queue.warnings,
+            queue.resets,
         );
     }
     let mut header = vec![
@@ -361,12 +363,14 @@ mod tests {
             checks: 200,
             largest_bytes: 96 << 20,
             warnings: 1,
+            resets: 0,
         };
         let text = render(&looked, None);
         let line = text.lines().nth(1).expect("a second line");
         assert_eq!(
             line,
-            "kernel queue towards slow receivers: largest 96.0 MiB · directions over 64.0 MiB 1"
+            "kernel queue towards slow receivers: largest 96.0 MiB · directions over 64.0 MiB 1 · \
+             connections reset at forwarding.kernel_queue_limit 0"
         );
     }
 

@@ -224,7 +224,19 @@ pub struct ForwardingConfig {
     /// See `offload_after_bytes`. Default 100ms; 0s = the engine from the
     /// first byte.
     pub offload_after_time: DurationValue,
+    /// Under sockmap: reset a connection once more than this many bytes of
+    /// one direction wait in the kernel for a receiver slower than its
+    /// sender. The kernel sets no limit there and the engine cannot hold the
+    /// sender back (see `forward::sockmap`), so this trades the connection
+    /// for the host's memory. 0 (default) = never; else at least
+    /// [`MIN_KERNEL_QUEUE_LIMIT`]. The warning at that size comes either way.
+    pub kernel_queue_limit: u64,
 }
+
+/// The smallest non-zero [`ForwardingConfig::kernel_queue_limit`]: the
+/// engine's warning mark; bulk transfers to a receiver that keeps up queue a
+/// few MiB there in passing.
+pub const MIN_KERNEL_QUEUE_LIMIT: u64 = crate::forward::sockmap::QUEUE_WARN_ABOVE;
 
 /// See [`ForwardingConfig::socket_buffer`].
 pub const DEFAULT_SOCKET_BUFFER: usize = 16 << 20;
@@ -244,6 +256,7 @@ impl Default for ForwardingConfig {
             bpf_log: false,
             offload_after_bytes: DEFAULT_OFFLOAD_AFTER_BYTES,
             offload_after_time: DurationValue::from_millis(100),
+            kernel_queue_limit: 0,
         }
     }
 }
@@ -266,6 +279,7 @@ impl ForwardingConfig {
                     bytes: self.offload_after_bytes,
                     time,
                 }),
+            kernel_queue_limit: (self.kernel_queue_limit != 0).then_some(self.kernel_queue_limit),
         }
     }
 }

@@ -254,6 +254,29 @@ fn tproxy_mark_must_differ_from_the_connection_mark() {
 }
 
 #[test]
+fn a_kernel_queue_limit_is_off_or_at_least_the_warning_mark() {
+    let base = "backends: [{ address: \"1.2.3.4:80\" }]\n";
+    let problems = invalid(&format!(
+        "{base}forwarding: {{ kernel_queue_limit: 1048576 }}\n"
+    ));
+    assert_eq!(problems[0].key, "forwarding.kernel_queue_limit");
+    assert_eq!(
+        problems[0].kind,
+        ProblemKind::KernelQueueLimitTooSmall(1 << 20)
+    );
+    for (limit, expected) in [(0, None), (64 << 20, Some(64 << 20))] {
+        let config = Config::parse(&format!(
+            "{base}forwarding: {{ kernel_queue_limit: {limit} }}\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.forwarding.forward_options(None).kernel_queue_limit,
+            expected
+        );
+    }
+}
+
+#[test]
 fn expanded_names_must_be_unique_across_entries() {
     let problems =
         invalid("backends:\n  - address: \"1.2.3.4:80-81\"\n  - address: \"1.2.3.4:81\"\n");

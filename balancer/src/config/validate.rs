@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
 };
 
-use super::{Config, DurationValue, ListenerMode};
+use super::{Config, DurationValue, ListenerMode, sections::MIN_KERNEL_QUEUE_LIMIT};
 
 /// SOCKS5 (RFC 1929) carries username and password lengths in one byte.
 const MAX_CREDENTIAL_LEN: usize = 255;
@@ -78,6 +78,10 @@ pub enum ProblemKind {
     SameMark(u32),
     #[error("routing table {0} is outside 1-252")]
     BadRouteTable(u32),
+    #[error(
+        "{0} is below {MIN_KERNEL_QUEUE_LIMIT} bytes (64 MiB), which a bulk transfer can queue in passing; use 0 for no limit"
+    )]
+    KernelQueueLimitTooSmall(u64),
 }
 
 struct Checker {
@@ -346,4 +350,10 @@ fn sections(c: &mut Checker, config: &Config) {
     let f = &config.forwarding;
     c.non_zero("forwarding.connect_timeout", f.connect_timeout);
     c.non_zero("forwarding.handshake_timeout", f.handshake_timeout);
+    if f.kernel_queue_limit != 0 && f.kernel_queue_limit < MIN_KERNEL_QUEUE_LIMIT {
+        c.push(
+            "forwarding.kernel_queue_limit",
+            ProblemKind::KernelQueueLimitTooSmall(f.kernel_queue_limit),
+        );
+    }
 }

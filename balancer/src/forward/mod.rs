@@ -87,6 +87,9 @@ pub struct ForwardOptions {
     /// How much of each pair the user-space relay carries before the
     /// engine; `None`: the engine from the first byte.
     pub relay: Option<RelayBudget>,
+    /// Sockmap: reset a pair whose kernel queue towards one side passes
+    /// this (`forwarding.kernel_queue_limit`); `None`: never.
+    pub kernel_queue_limit: Option<u64>,
 }
 
 /// Index of a backend in the per-backend counters (BPF array and user space).
@@ -128,6 +131,10 @@ pub enum PairEnd {
     IdleTimeout,
     /// The daemon is shutting down and the drain period is over.
     Cancelled,
+    /// Sockmap: more than `forwarding.kernel_queue_limit` bytes of one
+    /// direction waited in the kernel for a slower receiver; both sides
+    /// were reset.
+    KernelQueueLimit,
 }
 
 /// What one forwarded pair did.

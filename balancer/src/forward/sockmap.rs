@@ -227,7 +227,10 @@ impl SockmapEngine {
             }
         };
         let end = self.watch(&spliced, cancel).await;
-        let bytes = self.tear_down(&spliced, matches!(end, Ok(PairEnd::Reset)));
+        let bytes = self.tear_down(
+            &spliced,
+            matches!(end, Ok(PairEnd::Reset | PairEnd::KernelQueueLimit)),
+        );
         drop(spliced);
         let end = end?;
         Ok(PairSummary {
@@ -483,10 +486,18 @@ impl SockmapEngine {
                 let index = usize::from(!up);
                 // Checked on after a warning, so the largest queue stays
                 // true; warned once.
-                let over = self.check_queue(pair, up)?;
-                if over && !state.warned[index] {
+                let queued = self.check_queue(pair, up)?;
+                if queued > QUEUE_WARN_ABOVE && !state.warned[index] {
                     state.warned[index] = true;
-                    self.warn_queue(pair, up);
+                    self.queue_event(pair, up, QueueEvent::Warning);
+                }
+                if self
+                    .options
+                    .kernel_queue_limit
+                    .is_some_and(|limit| queued > limit)
+                {
+                    self.queue_event(pair, up, QueueEvent::Reset);
+                    return Ok(PairEnd::KernelQueueLimit);
                 }
             } else if let Some((cookie, Event::Epoll(flags))) = event {
                 let sock = if cookie == pair.up.from_cookie {
@@ -518,9 +529,9 @@ impl SockmapEngine {
         }
     }
 
-    /// Step 5: reads the queue on the psock of the direction `up` (or down)
-    /// goes out of; `true` if it is above [`QUEUE_WARN_ABOVE`].
-    fn check_queue(&self, pair: &Spliced<'_>, up: bool) -> Result<bool, SockmapError> {
+    /// Step 5: the queue on the psock of the socket that direction `up` (or
+    /// down) goes out of, in bytes; counted in the daemon's words.
+    fn check_queue(&self, pair: &Spliced<'_>, up: bool) -> Result<u64, SockmapError> {
         let (flow, to) = if up {
             (&pair.up, pair.backend()?)
         } else {
@@ -537,28 +548,48 @@ impl SockmapEngine {
         let words = self.daemon_words.words();
         words[daemon_stat::KERNEL_QUEUE_CHECKS].fetch_add(1, Ordering::Relaxed);
         words[daemon_stat::KERNEL_QUEUE_LARGEST].fetch_max(queued, Ordering::Relaxed);
-        Ok(queued > QUEUE_WARN_ABOVE)
+        Ok(queued)
     }
 
-    /// Counts and logs a direction whose queue passed [`QUEUE_WARN_ABOVE`].
-    fn warn_queue(&self, pair: &Spliced<'_>, up: bool) {
-        self.daemon_words.words()[daemon_stat::KERNEL_QUEUE_WARNINGS]
-            .fetch_add(1, Ordering::Relaxed);
+    /// Counts and logs a direction whose queue passed [`QUEUE_WARN_ABOVE`]
+    /// or the configured limit.
+    fn queue_event(&self, pair: &Spliced<'_>, up: bool, event: QueueEvent) {
+        let word = match event {
+            QueueEvent::Warning => daemon_stat::KERNEL_QUEUE_WARNINGS,
+            QueueEvent::Reset => daemon_stat::KERNEL_QUEUE_RESETS,
+        };
+        self.daemon_words.words()[word].fetch_add(1, Ordering::Relaxed);
         // Named here: the connection's span is off at the default level.
         let peer = |sock: Result<&StdTcpStream, SockmapError>| {
             sock.ok()
                 .and_then(|sock| sock.peer_addr().ok())
                 .map_or_else(|| "?".to_owned(), |addr| addr.to_string())
         };
-        tracing::warn!(
-            direction = if up { "up" } else { "down" },
-            client = peer(pair.client()),
-            backend = peer(pair.backend()),
-            queued_above_mib = QUEUE_WARN_ABOVE >> 20,
-            "the receiving side is slower than the sending side: the kernel queues what it \
-             cannot send yet without a limit, and the sockmap engine cannot hold the sender \
-             back on this kernel (forwarding.engine: splice can)"
+        let (direction, client, backend) = (
+            if up { "up" } else { "down" },
+            peer(pair.client()),
+            peer(pair.backend()),
         );
+        match event {
+            QueueEvent::Warning => tracing::warn!(
+                direction,
+                client,
+                backend,
+                queued_above_mib = QUEUE_WARN_ABOVE >> 20,
+                "the receiving side is slower than the sending side: the kernel queues what it \
+                 cannot send yet without a limit, and the sockmap engine cannot hold the sender \
+                 back on this kernel (forwarding.engine: splice can; \
+                 forwarding.kernel_queue_limit resets such connections)"
+            ),
+            QueueEvent::Reset => tracing::warn!(
+                direction,
+                client,
+                backend,
+                limit = self.options.kernel_queue_limit,
+                "connection reset: the kernel queued more than forwarding.kernel_queue_limit \
+                 for its slower side"
+            ),
+        }
     }
 
     /// The bytes the verdict redirected each way; with `reset`, makes the
@@ -835,6 +866,15 @@ impl Drop for Spliced<'_> {
 struct Watcher {
     epoll: AsyncFd<socket::RegisteredEpoll>,
     routes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Event)>>>,
+}
+
+/// Why a queue check is logged.
+#[derive(Clone, Copy, Debug)]
+enum QueueEvent {
+    /// Past [`QUEUE_WARN_ABOVE`], once per direction.
+    Warning,
+    /// Past `forwarding.kernel_queue_limit`: the pair ends.
+    Reset,
 }
 
 /// What a pair's watch loop hears about one of its sockets.

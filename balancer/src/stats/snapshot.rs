@@ -72,6 +72,9 @@ pub struct KernelQueue {
     pub largest_bytes: u64,
     /// Directions whose queue passed the warning mark (logged).
     pub warnings: u64,
+    /// Pairs reset for passing `forwarding.kernel_queue_limit`.
+    #[serde(default)]
+    pub resets: u64,
 }
 
 impl KernelQueue {
@@ -82,6 +85,7 @@ impl KernelQueue {
             checks: word(daemon_stat::KERNEL_QUEUE_CHECKS),
             largest_bytes: word(daemon_stat::KERNEL_QUEUE_LARGEST),
             warnings: word(daemon_stat::KERNEL_QUEUE_WARNINGS),
+            resets: word(daemon_stat::KERNEL_QUEUE_RESETS),
         }
     }
 }
