@@ -66,7 +66,7 @@ pub const MAX_BACKENDS: u32 = 16384;
 pub const NO_SLOT: u32 = u32::MAX;
 
 /// log2 of [`QUEUE_CHECK_BYTES`].
-pub const QUEUE_CHECK_SHIFT: u32 = 20;
+pub const QUEUE_CHECK_SHIFT: u32 = 24;
 /// Every this many bytes redirected from a socket, the verdict asks user space
 /// (through [`map::QUEUE_CHECKS`]) to look at the peer's queue. The kernel
 /// queues a redirected skb on the peer's psock with no limit and sends it from

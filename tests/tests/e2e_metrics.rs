@@ -460,8 +460,9 @@ fn a_target_that_stops_reading_shows_as_a_kernel_queue_in_metrics_stats_and_the_
         thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(sum(&text, "balancer_kernel_queue_warnings_total", ""), 1.0);
+    // One per 16 MiB redirected.
     assert!(
-        sum(&text, "balancer_kernel_queue_checks_total", "") >= 48.0,
+        sum(&text, "balancer_kernel_queue_checks_total", "") >= 5.0,
         "{text}"
     );
     let stats = support::stats(&["--instance", &instance]);

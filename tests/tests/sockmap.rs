@@ -23,7 +23,7 @@ use balancer::{
     },
     sys::socket,
 };
-use balancer_common::{NO_SLOT, PeerInfo, direction};
+use balancer_common::{NO_SLOT, PeerInfo, QUEUE_CHECK_BYTES, direction};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -774,9 +774,9 @@ async fn towards_a_server_that_reads_nothing_the_kernel_queue_is_reported_and_no
     assert_eq!((summary.end, summary.bytes.up), (PairEnd::Closed, len));
     let queue = rig.engine.kernel_queue();
     assert_eq!(queue.warnings, 1, "one warning per direction");
-    // One check per MiB redirected; a full ring would drop some.
+    // One check per 16 MiB redirected; a full ring would drop some.
     assert!(
-        queue.checks >= len / MIB / 2,
+        queue.checks >= len / QUEUE_CHECK_BYTES / 2,
         "{} checks for {} MiB",
         queue.checks,
         len / MIB
@@ -815,9 +815,9 @@ async fn past_the_kernel_queue_limit_the_pair_is_reset_on_both_sides() {
         ),
         "{failed}"
     );
-    // The limit, one check's MiB, and about 3 MiB of socket buffers.
+    // The limit, one check's step, and about 3 MiB of socket buffers.
     assert!(
-        written > limit && written < limit + 16 * MIB,
+        written > limit && written < limit + QUEUE_CHECK_BYTES + 8 * MIB,
         "the client wrote {} MiB",
         written / MIB
     );

@@ -203,7 +203,7 @@ impl Collector for SnapshotCollector {
         single(
             &mut encoder,
             "balancer_kernel_queue_checks",
-            "Looks at the kernel's queue on a spliced socket's psock, one per MiB the sockmap verdict redirects",
+            "Looks at the kernel's queue on a spliced socket's psock, one per 16 MiB the sockmap verdict redirects",
             None,
             &ConstCounter::new(queue.checks),
         )?;

@@ -23,7 +23,7 @@
 //! 5. the kernel's queue towards B: when B's send buffer is full, the kernel
 //!    queues what the verdict redirects on B's psock with no limit, and
 //!    nothing holds A's peer back (A's receive window stays open, because the
-//!    verdict takes every skb at once). Each MiB redirected from A, the
+//!    verdict takes every skb at once). Each 16 MiB redirected from A, the
 //!    verdict asks for a look (`QUEUE_CHECKS`); the engine counts the largest
 //!    queue it saw and warns once per direction above [`QUEUE_WARN_ABOVE`].
 //!    It does not hold A back: taking A out of `SOCKETS` and back, or reading

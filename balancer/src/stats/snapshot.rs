@@ -66,7 +66,7 @@ pub struct DaemonCounters {
 /// kernel puts no limit on it (see `forward::sockmap`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelQueue {
-    /// Checks answered (one per MiB redirected from a socket).
+    /// Checks answered (one per 16 MiB redirected from a socket).
     pub checks: u64,
     /// The largest queue a check found, in bytes.
     pub largest_bytes: u64,
