@@ -481,74 +481,81 @@ impl SockmapEngine {
             if draining && event.is_none() {
                 backoff = (backoff * 2).min(DRAIN_BACKOFF_MAX);
             }
-            if let Some((cookie, Event::QueueCheck)) = event {
-                let up = cookie == pair.up.from_cookie;
-                let index = usize::from(!up);
-                // Checked on after a warning, so the largest queue stays
-                // true; warned once.
-                let queued = self.check_queue(pair, up)?;
-                if queued > QUEUE_WARN_ABOVE && !state.warned[index] {
-                    state.warned[index] = true;
-                    self.queue_event(pair, up, QueueEvent::Warning);
+            let Some((cookie, event)) = event else {
+                continue;
+            };
+            let flags = match event {
+                Event::QueueCheck => {
+                    let up = cookie == pair.up.from_cookie;
+                    let warned = &mut state.warned[usize::from(!up)];
+                    if let Some(end) = self.check_queue(pair, up, warned)? {
+                        return Ok(end);
+                    }
+                    continue;
                 }
-                if self
-                    .options
-                    .kernel_queue_limit
-                    .is_some_and(|limit| queued > limit)
+                Event::Epoll(flags) => flags,
+            };
+            let sock = if cookie == pair.up.from_cookie {
+                client
+            } else {
+                backend
+            };
+            if flags.contains(EpollFlags::EPOLLERR) {
+                return Ok(PairEnd::Reset);
+            }
+            if flags.contains(EpollFlags::EPOLLHUP) {
+                // HUP also comes after a clean FIN both ways; only a
+                // pending error makes it a reset.
+                if socket::take_error(sock)
+                    .map_err(sock_err("read SO_ERROR"))?
+                    .is_some()
                 {
-                    self.queue_event(pair, up, QueueEvent::Reset);
-                    return Ok(PairEnd::KernelQueueLimit);
-                }
-            } else if let Some((cookie, Event::Epoll(flags))) = event {
-                let sock = if cookie == pair.up.from_cookie {
-                    client
-                } else {
-                    backend
-                };
-                if flags.contains(EpollFlags::EPOLLERR) {
                     return Ok(PairEnd::Reset);
                 }
-                if flags.contains(EpollFlags::EPOLLHUP) {
-                    // HUP also comes after a clean FIN both ways; only a
-                    // pending error makes it a reset.
-                    if socket::take_error(sock)
-                        .map_err(sock_err("read SO_ERROR"))?
-                        .is_some()
-                    {
-                        return Ok(PairEnd::Reset);
-                    }
-                }
-                if flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
-                    if cookie == pair.up.from_cookie {
-                        state.client_eof = true;
-                    } else {
-                        state.backend_eof = true;
-                    }
+            }
+            if flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
+                if cookie == pair.up.from_cookie {
+                    state.client_eof = true;
+                } else {
+                    state.backend_eof = true;
                 }
             }
         }
     }
 
-    /// Step 5: the queue on the psock of the socket that direction `up` (or
-    /// down) goes out of, in bytes; counted in the daemon's words.
-    fn check_queue(&self, pair: &Spliced<'_>, up: bool) -> Result<u64, SockmapError> {
+    /// Step 5: reads the queue on the psock of the socket that direction
+    /// `up` (or down) goes out of and counts it; warns once per direction
+    /// (`warned`) above [`QUEUE_WARN_ABOVE`], which later checks still
+    /// count so that the largest stays true. `Some`: the queue passed
+    /// `forwarding.kernel_queue_limit` and the pair ends.
+    fn check_queue(
+        &self,
+        pair: &Spliced<'_>,
+        up: bool,
+        warned: &mut bool,
+    ) -> Result<Option<PairEnd>, SockmapError> {
         let (flow, to) = if up {
             (&pair.up, pair.backend()?)
         } else {
             (&pair.down, pair.client()?)
         };
-        let redirected = self
-            .bpf
-            .peer(flow.from_cookie)?
-            .map_or(0, |info| info.redirected_bytes);
-        let written = socket::bytes_written(to)
-            .map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?
-            .bytes;
-        let queued = psock_queue(flow.to_baseline, redirected, written);
+        let queued = flow.queued(&self.bpf, to)?;
         let words = self.daemon_words.words();
         words[daemon_stat::KERNEL_QUEUE_CHECKS].fetch_add(1, Ordering::Relaxed);
         words[daemon_stat::KERNEL_QUEUE_LARGEST].fetch_max(queued, Ordering::Relaxed);
-        Ok(queued)
+        if queued > QUEUE_WARN_ABOVE && !*warned {
+            *warned = true;
+            self.queue_event(pair, up, QueueEvent::Warning);
+        }
+        if self
+            .options
+            .kernel_queue_limit
+            .is_some_and(|limit| queued > limit)
+        {
+            self.queue_event(pair, up, QueueEvent::Reset);
+            return Ok(Some(PairEnd::KernelQueueLimit));
+        }
+        Ok(None)
     }
 
     /// Counts and logs a direction whose queue passed [`QUEUE_WARN_ABOVE`]
@@ -705,7 +712,7 @@ fn psock_queue(baseline: u64, redirected: u64, written: u64) -> u64 {
 /// Whether every byte of a direction has been handed to the peer socket:
 /// nothing left unread by the verdict and the peer wrote all it was given.
 fn handed_on(inq: u64, written: u64, baseline: u64, redirected: u64) -> bool {
-    inq == 0 && written >= baseline.saturating_add(redirected)
+    inq == 0 && psock_queue(baseline, redirected, written) == 0
 }
 
 #[derive(Debug, Default)]
@@ -762,6 +769,17 @@ impl Flow {
             return Ok(Drain::Progress(socket::monotonic_ns()));
         }
         Ok(Drain::Waiting)
+    }
+
+    /// See [`psock_queue`]; `to` is the socket this direction goes out of.
+    fn queued(&self, bpf: &Bpf, to: &StdTcpStream) -> Result<u64, SockmapError> {
+        let redirected = bpf
+            .peer(self.from_cookie)?
+            .map_or(0, |info| info.redirected_bytes);
+        let written = socket::bytes_written(to)
+            .map_err(sock_err("read TCP_INFO/SIOCOUTQ"))?
+            .bytes;
+        Ok(psock_queue(self.to_baseline, redirected, written))
     }
 }
 
@@ -865,8 +883,11 @@ impl Drop for Spliced<'_> {
 #[derive(Debug)]
 struct Watcher {
     epoll: AsyncFd<socket::RegisteredEpoll>,
-    routes: Mutex<HashMap<u64, mpsc::UnboundedSender<(u64, Event)>>>,
+    routes: Mutex<Routes>,
 }
+
+/// Socket cookie -> the channel of its pair's watch loop.
+type Routes = HashMap<u64, mpsc::UnboundedSender<(u64, Event)>>;
 
 /// Why a queue check is logged.
 #[derive(Clone, Copy, Debug)]
@@ -930,11 +951,11 @@ impl Watcher {
 
     /// Hands `event` to the pair of socket `cookie`, if it is still watched.
     fn route(&self, cookie: u64, event: Event) {
-        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = routes.get(&cookie) {
-            // A closed receiver means the pair is ending anyway.
-            let _ignored = tx.send((cookie, event));
-        }
+        deliver(
+            &self.routes.lock().unwrap_or_else(PoisonError::into_inner),
+            cookie,
+            event,
+        );
     }
 
     fn unwatch(&self, cookie: u64, fd: BorrowedFd<'_>) {
@@ -973,10 +994,7 @@ impl Watcher {
                     }
                     let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
                     for event in events.iter().take(count) {
-                        if let Some(tx) = routes.get(&event.data()) {
-                            // A closed receiver means the pair is ending anyway.
-                            let _ignored = tx.send((event.data(), Event::Epoll(event.events())));
-                        }
+                        deliver(&routes, event.data(), Event::Epoll(event.events()));
                     }
                 }
             });
@@ -985,6 +1003,14 @@ impl Watcher {
                 return;
             }
         }
+    }
+}
+
+/// Sends `event` to the pair of socket `cookie` in `routes`, if any.
+fn deliver(routes: &Routes, cookie: u64, event: Event) {
+    if let Some(tx) = routes.get(&cookie) {
+        // A closed receiver means the pair is ending anyway.
+        let _ignored = tx.send((cookie, event));
     }
 }
 
