@@ -137,9 +137,12 @@ async fn establish(
             context.counters.exhausted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %exhausted, "no backend could take the connection");
             if matches!(listener.mode, Mode::Socks5 { .. }) {
-                let _ =
-                    socks5::server::reply(&mut client, exhausted.reply_code(), unspecified(peer))
-                        .await;
+                let _ = socks5::server::reply(
+                    &mut client,
+                    exhausted.reply_code(),
+                    unspecified(peer).into(),
+                )
+                .await;
             }
             return None;
         }
@@ -155,12 +158,10 @@ async fn establish(
     tracing::debug!(backend = backend.name(), attempts = connected.attempts, latency = ?connected.latency, "backend ready");
 
     // 4. Answer the client before the engine takes over: the reply must
-    // precede every byte the kernel forwards.
+    // precede every byte the kernel forwards. Its bound address is the
+    // backend's: that is where the target sees the connection come from.
     if matches!(listener.mode, Mode::Socks5 { .. }) {
-        let bound = connected
-            .stream
-            .local_addr()
-            .unwrap_or_else(|_| unspecified(peer));
+        let bound = connected.bound.unwrap_or_else(|| unspecified(peer).into());
         if let Err(error) = socks5::server::reply(&mut client, ReplyCode::Succeeded, bound).await {
             tracing::debug!(%error, "client went away before the reply");
             return None;

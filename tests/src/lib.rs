@@ -19,11 +19,14 @@
 //!   to hand to a forwarding `Engine`.
 //! - [`microsocks`] — [`Microsocks`], Debian's `microsocks` on an ephemeral
 //!   loopback port, killed on drop.
+//! - [`daemon`] — [`daemon::balancer_binary`], the daemon binary the tests
+//!   and benchmarks run (the shipped `release` build).
 //! - [`bench`] — the comparison benchmark (`bench_compare`): topology,
 //!   subjects, workloads, statistics, report and chart.
 
 pub mod bench;
 pub mod checksum;
+pub mod daemon;
 pub mod microsocks;
 pub mod netns;
 pub mod privilege;

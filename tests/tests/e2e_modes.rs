@@ -549,6 +549,56 @@ fn dante_backend_with_username_password_auth_serves_clients_and_a_wrong_password
     drop(dante);
 }
 
+/// The client's reply names where the connection reaches the target from:
+/// the bound address of the backend's own reply (dante reports its outgoing
+/// socket; microsocks reports nothing), not the daemon's side of the hop to
+/// the backend.
+#[test]
+fn the_clients_reply_carries_the_backends_bound_address() {
+    let mut world = world();
+    let port = support::free_port(&world._back, world.veth.b_addr);
+    let dante = support::Dante::start_in(&world._back, world.veth.b_addr, port).expect("danted");
+    // Tells each connection the address it came from.
+    let peer_echo = support::ThreadServer::start(
+        &world._back,
+        SocketAddr::from((world.veth.b_addr, 0)),
+        |mut stream: TcpStream| {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = writeln!(stream, "{peer}");
+            }
+        },
+    )
+    .expect("peer echo");
+    let backends = format!(
+        "  - {{ address: \"{}\", username: {}, password: \"{}\" }}\n",
+        dante.addr(),
+        dante.user(),
+        dante.password()
+    );
+    let proxy = world.start_with(SOCKS, &backends, "auto").listener("socks");
+    let target = peer_echo.addr();
+    for round in 0..3 {
+        let (bound, seen) = world
+            .front
+            .run(move || {
+                let target = Target::Addr(target);
+                let mut stream = support::socks_negotiate(proxy, None).expect("greeting");
+                let bound = support::socks_request(&mut stream, &target).expect("CONNECT");
+                let seen = support::read_to_close(&mut stream, std::time::Duration::from_secs(10))
+                    .expect("the target's line");
+                (bound, String::from_utf8_lossy(&seen).trim().to_owned())
+            })
+            .expect("netns");
+        assert_eq!(
+            bound.map(|bound| bound.to_string()),
+            Some(seen),
+            "round {round}:\n{}",
+            world.daemon().logs()
+        );
+    }
+    drop(dante);
+}
+
 /// One listener per family: a `[::]` wildcard would take both.
 const TPROXY: &str = "  - { name: tp4, mode: tproxy, bind: \"0.0.0.0:0\" }\n  - { name: tp6, mode: tproxy, bind: \"[fd00:e2e:1::2]:0\" }\n";
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xe2e, 1, 0, 0, 0, 0, 1);

@@ -30,7 +30,7 @@ enum Command {
     Setup,
     /// rustfmt check, clippy (host and BPF target) and cargo-deny.
     Lint,
-    /// The one test command: setup, lint, then every test in release mode (needs root).
+    /// The one test command: setup, lint, then every test, optimized (needs root).
     Test(test::Args),
     /// Start three microsocks backends, an HTTP target and balancer in front of them.
     Demo(demo::Args),

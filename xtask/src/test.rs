@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the README's one test command. Setup, lint, then the
-//! whole test suite in release mode, so the gigabyte transfers of the
-//! integration tests take seconds.
+//! whole test suite optimized (the `release-tests` profile: release without
+//! LTO), so the gigabyte transfers of the integration tests take seconds;
+//! the daemon binary the e2e tests run is the shipped `release` build.
 
 use anyhow::{Result, bail};
 
@@ -35,7 +36,8 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "balancer-ebpf",
-                "--release",
+                "--profile",
+                "release-tests",
             ])
             .args(&args.cargo_args),
     )

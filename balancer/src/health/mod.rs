@@ -120,7 +120,7 @@ async fn probe(backend: &Backend, dial: &DialOptions, options: &ProbeOptions) {
     )
     .await
     {
-        Ok(Ok((_stream, latency))) => Ok(latency),
+        Ok(Ok(dialled)) => Ok(dialled.latency),
         Ok(Err(error)) => {
             tracing::debug!(backend = backend.name(), %error, "probe failed");
             Err(error.category())

@@ -267,7 +267,7 @@ async fn client_and_server_drivers_complete_a_handshake_with_each_other() {
     let server = tokio::spawn(async move {
         let request = accept(&mut theirs, &auth).await.expect("server accepts");
         let bound = SocketAddr::from(([127, 0, 0, 1], 4242));
-        reply(&mut theirs, ReplyCode::Succeeded, bound)
+        reply(&mut theirs, ReplyCode::Succeeded, bound.into())
             .await
             .expect("server replies");
         theirs.write_all(BANNER).await.expect("banner");

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::{
     codec::{
         AuthRequest, AuthResponse, CodecError, Command, Credentials, Greeting, Method,
-        MethodSelection, Reply, ReplyCode, Request,
+        MethodSelection, Reply, ReplyCode, Request, TargetAddr,
     },
     io::{ReadError, read_message},
 };
@@ -174,18 +174,17 @@ where
     Ok(request)
 }
 
-/// Sends the reply to a request in one write.
-pub async fn reply<S>(stream: &mut S, code: ReplyCode, bound: SocketAddr) -> std::io::Result<()>
+/// Sends the reply to a request in one write. `bound` is what the reply
+/// reports as `BND.ADDR`/`BND.PORT`; a domain longer than 255 bytes, which
+/// the encoding cannot carry, is an `InvalidInput` error.
+pub async fn reply<S>(stream: &mut S, code: ReplyCode, bound: TargetAddr) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(22);
-    let msg = Reply {
-        code,
-        bound: bound.into(),
-    };
-    // An IP address always encodes; the error arm is unreachable but typed.
-    msg.encode(&mut out).map_err(std::io::Error::other)?;
+    let msg = Reply { code, bound };
+    msg.encode(&mut out)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
     stream.write_all(&out).await?;
     stream.flush().await
 }
@@ -197,7 +196,7 @@ where
     S: AsyncWrite + Unpin,
 {
     let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    if let Err(e) = reply(stream, code, unspecified).await {
+    if let Err(e) = reply(stream, code, unspecified.into()).await {
         tracing::debug!(error = %e, ?code, "could not send failure reply to client");
     }
 }

@@ -288,19 +288,45 @@ impl tokio::io::AsyncWrite for WriteLog {
 async fn reply_is_written_in_one_write() {
     let mut log = WriteLog::default();
     let bound = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 7), 1080));
-    reply(&mut log, ReplyCode::Succeeded, bound)
+    reply(&mut log, ReplyCode::Succeeded, bound.into())
         .await
         .expect("write to log");
     assert_eq!(log.0, [vec![5, 0, 0, 1, 192, 0, 2, 7, 0x04, 0x38]]);
 
     let mut log = WriteLog::default();
     let v6: SocketAddr = "[2001:db8::1]:443".parse().expect("literal");
-    reply(&mut log, ReplyCode::HostUnreachable, v6)
+    reply(&mut log, ReplyCode::HostUnreachable, v6.into())
         .await
         .expect("write to log");
     assert_eq!(log.0.len(), 1);
     assert_eq!(&log.0[0][..4], [5, 4, 0, 4]);
     assert_eq!(log.0[0].len(), 22);
+}
+
+#[tokio::test]
+async fn a_reply_passes_on_a_bound_domain_and_refuses_one_too_long_to_encode() {
+    // A backend may report its bound address as a name; the client's reply
+    // carries it as given.
+    let mut log = WriteLog::default();
+    let bound = TargetAddr::Domain("egress.test".to_owned(), 1080);
+    reply(&mut log, ReplyCode::Succeeded, bound)
+        .await
+        .expect("write to log");
+    let mut expected = vec![5, 0, 0, 3, 11];
+    expected.extend_from_slice(b"egress.test");
+    expected.extend_from_slice(&[0x04, 0x38]);
+    assert_eq!(log.0, [expected]);
+
+    let mut log = WriteLog::default();
+    let error = reply(
+        &mut log,
+        ReplyCode::Succeeded,
+        TargetAddr::Domain("a".repeat(256), 1),
+    )
+    .await
+    .expect_err("256 bytes do not fit the length octet");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(log.0.is_empty(), "nothing written: {:?}", log.0);
 }
 
 #[tokio::test]

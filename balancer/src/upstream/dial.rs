@@ -62,14 +62,26 @@ impl DialError {
     }
 }
 
+/// A backend connection ready to carry the client's bytes.
+#[derive(Debug)]
+pub struct Dialled {
+    /// Positioned right after the backend's reply (nothing read ahead).
+    pub stream: TcpStream,
+    /// Connect and handshake time.
+    pub latency: Duration,
+    /// The address the backend reports it connects to the target from
+    /// (`BND.ADDR`/`BND.PORT` of its reply), which is what the client's own
+    /// reply should carry; `None` without a CONNECT (no target).
+    pub bound: Option<TargetAddr>,
+}
+
 /// Connects to `backend` and, when `target` is given, asks it to CONNECT
-/// there. Returns the stream positioned right after the backend's reply
-/// (nothing read ahead) and the connect+handshake latency.
+/// there.
 pub async fn dial(
     backend: &Backend,
     target: Option<&TargetAddr>,
     options: &DialOptions,
-) -> Result<(TcpStream, Duration), DialError> {
+) -> Result<Dialled, DialError> {
     open(backend, target.is_some(), options)
         .await?
         .request(target, options)
@@ -145,13 +157,13 @@ pub async fn open(
 impl Opened {
     /// The second half of [`dial`]: the CONNECT for `target` (nothing when
     /// there is no target), within what the greeting left of the handshake
-    /// timeout. Returns the stream and the backend's latency: its connect,
-    /// greeting and reply, without the time the connection waited between.
+    /// timeout. The latency is the backend's connect, greeting and reply,
+    /// without the time the connection waited between.
     pub async fn request(
         self,
         target: Option<&TargetAddr>,
         options: &DialOptions,
-    ) -> Result<(TcpStream, Duration), DialError> {
+    ) -> Result<Dialled, DialError> {
         let Self {
             mut stream,
             addr,
@@ -159,20 +171,25 @@ impl Opened {
             handshake_left,
         } = self;
         let Some(target) = target else {
-            return Ok((stream, spent));
+            return Ok(Dialled {
+                stream,
+                latency: spent,
+                bound: None,
+            });
         };
         let started = clock::now();
-        handshake_step(
+        let bound = handshake_step(
             addr,
             handshake_left,
             options.handshake_timeout,
             socks5::client::request(&mut stream, target),
         )
         .await?;
-        Ok((
+        Ok(Dialled {
             stream,
-            spent + clock::now().saturating_duration_since(started),
-        ))
+            latency: spent + clock::now().saturating_duration_since(started),
+            bound: Some(bound),
+        })
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Connected {
     pub attempts: u32,
     /// Connect + handshake latency of the successful attempt.
     pub latency: Duration,
+    /// Where the backend connects to the target from, as its reply said
+    /// ([`super::Dialled::bound`]).
+    pub bound: Option<TargetAddr>,
 }
 
 /// Every attempt failed, or no candidate was admitted at all.
@@ -121,16 +124,17 @@ pub async fn connect_with_failover(
             Err(error) => Err(error),
         };
         match dialled {
-            Ok((stream, latency)) => {
-                record_outcome(backend, Ok(latency));
+            Ok(dialled) => {
+                record_outcome(backend, Ok(dialled.latency));
                 if attempts > 1 {
                     backend.record_retry();
                 }
                 return Ok(Connected {
                     backend: backend.clone(),
-                    stream,
+                    stream: dialled.stream,
                     attempts,
-                    latency,
+                    latency: dialled.latency,
+                    bound: dialled.bound,
                 });
             }
             Err(error) => {

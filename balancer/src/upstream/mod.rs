@@ -6,7 +6,7 @@
 mod dial;
 mod failover;
 
-pub use dial::{DialError, DialOptions, Opened, dial, open};
+pub use dial::{DialError, DialOptions, Dialled, Opened, dial, open};
 pub use failover::{
     Connected, Early, Exhausted, connect_with_failover, first_to_open_early, log_transition,
     record_outcome,

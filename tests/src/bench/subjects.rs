@@ -8,10 +8,9 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::Result;
 
 use crate::bench::{process::Process, redirect::RedirectRule, topology::Topology};
 
@@ -604,34 +603,6 @@ fn dante_conf(internal: SocketAddr, external: Ipv4Addr) -> String {
         internal.ip(),
         internal.port()
     )
-}
-
-/// The release `balancer` binary beside this executable, built by cargo
-/// if needed (cargo makes it a no-op when it is fresh).
-pub fn balancer_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("BALANCER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable has a directory")?;
-    let profile = dir
-        .file_name()
-        .and_then(|name| name.to_str())
-        .unwrap_or("release")
-        .to_owned();
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.args(["build", "-p", "balancer"]);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        build.env("CARGO_TARGET_DIR", target);
-    }
-    let status = build.status().context("run cargo build -p balancer")?;
-    ensure!(status.success(), "cargo build -p balancer failed");
-    let bin = dir.join("balancer");
-    ensure!(bin.exists(), "{} missing after build", bin.display());
-    Ok(bin)
 }
 
 #[cfg(test)]

@@ -462,7 +462,7 @@ fn main() -> Result<()> {
     let settings = &args.settings;
     raise_nofile_limit(process::nofile_hard_limit())
         .context("raise RLIMIT_NOFILE for the client")?;
-    let balancer = subjects::balancer_binary()?;
+    let balancer = balancer_tests::daemon::balancer_binary()?;
     let dir = TempDir::create(
         std::env::temp_dir().join(format!("bench-compare-{}", std::process::id())),
     )?;

@@ -4,11 +4,7 @@
 //! target ([`Target`]), `curl` and free-port helpers. Everything runs inside a
 //! [`NetNs`] the test owns, so iptables rules and sockets vanish with it.
 //!
-//! Finding the binary: `env!("CARGO_BIN_EXE_balancer")` only exists for the
-//! crate that owns the binary, so [`balancer_binary`] takes
-//! `$BALANCER_BIN`, else `<target>/<profile>/balancer` next to this test
-//! executable (`<target>/<profile>/deps/e2e_*`), and runs
-//! `cargo build -p balancer` once when it is missing.
+//! The binary they run is the shipped `release` build ([`balancer_binary`]).
 
 #![allow(dead_code, reason = "each e2e test file uses a different subset")]
 
@@ -41,41 +37,12 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// Path of the `balancer` binary, built once if missing.
+/// Path of the `balancer` binary ([`balancer_tests::daemon::balancer_binary`]),
+/// built once per test binary.
 pub fn balancer_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("BALANCER_BIN") {
-            return PathBuf::from(path);
-        }
-        let exe = std::env::current_exe().expect("test executable path");
-        // Tests live in <target>/<profile>/deps, benchmark binaries that
-        // include this module in <target>/<profile>.
-        let parent = exe.parent().expect("executable has a directory");
-        let profile_dir = if parent.file_name().is_some_and(|name| name == "deps") {
-            parent.parent().expect("deps has a parent")
-        } else {
-            parent
-        };
-        let bin = profile_dir.join("balancer");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or("debug");
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.args(["build", "-p", "balancer"]);
-        if profile == "release" {
-            build.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            build.env("CARGO_TARGET_DIR", target);
-        }
-        // Always ask cargo: a stale binary would test old code; a fresh one
-        // makes this a no-op.
-        let status = build.status().expect("run cargo build -p balancer");
-        assert!(status.success(), "cargo build -p balancer failed");
-        assert!(bin.exists(), "{} missing after build", bin.display());
-        bin
+        balancer_tests::daemon::balancer_binary().expect("the balancer binary to test")
     })
     .clone()
 }
@@ -476,8 +443,12 @@ pub fn socks_negotiate(
     Ok(stream)
 }
 
-/// The CONNECT for `target` on a negotiated stream, and its reply.
-pub fn socks_request(stream: &mut TcpStream, target: &Target) -> Result<(), SocksError> {
+/// The CONNECT for `target` on a negotiated stream, and its reply's bound
+/// address ([`read_reply`]).
+pub fn socks_request(
+    stream: &mut TcpStream,
+    target: &Target,
+) -> Result<Option<SocketAddr>, SocksError> {
     let mut request = vec![5, 1, 0];
     match target {
         Target::Addr(SocketAddr::V4(addr)) => {
@@ -498,13 +469,15 @@ pub fn socks_request(stream: &mut TcpStream, target: &Target) -> Result<(), Sock
         }
     }
     stream.write_all(&request)?;
-    read_reply(stream)?;
+    let bound = read_reply(stream)?;
     stream.set_read_timeout(None)?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Reads one SOCKS5 reply exactly; `Err(Reply(code))` unless it is success.
-pub fn read_reply(stream: &mut TcpStream) -> Result<(), SocksError> {
+/// Returns its bound address (`BND.ADDR`/`BND.PORT`) when that is an IP
+/// address, `None` for a name.
+pub fn read_reply(stream: &mut TcpStream) -> Result<Option<SocketAddr>, SocksError> {
     let mut head = [0u8; 4];
     stream.read_exact(&mut head)?;
     if head[1] != 0 {
@@ -526,7 +499,14 @@ pub fn read_reply(stream: &mut TcpStream) -> Result<(), SocksError> {
     };
     let mut bound = vec![0u8; rest];
     stream.read_exact(&mut bound)?;
-    Ok(())
+    let (ip, port) = bound.split_at(rest - 2);
+    let port = u16::from_be_bytes([port[0], port[1]]);
+    let ip: Option<std::net::IpAddr> = match head[3] {
+        1 => <[u8; 4]>::try_from(ip).ok().map(Into::into),
+        4 => <[u8; 16]>::try_from(ip).ok().map(Into::into),
+        _ => None,
+    };
+    Ok(ip.map(|ip| SocketAddr::new(ip, port)))
 }
 
 /// Reads until the peer closes, within `within`: `Ok(bytes)` on FIN or on
