@@ -166,8 +166,12 @@ pub fn markdown(report: &Report) -> String {
          microsocks, `backend-dante` = one dante-server) and to `direct` (d). \
          microsocks caps every path through it near 0.1 GB/s, so the proxies are \
          measured twice: in front of microsocks and in front of dante (`(dante)` \
-         rows).\n\nTopology: {}\n",
-        report.runs, report.topology
+         rows).\n\nTopology: {}; TCP congestion control `{}` in every namespace\n",
+        report.runs,
+        report.topology,
+        report.settings["congestion_control"]
+            .as_str()
+            .unwrap_or("as the host's")
     );
     let _ = writeln!(
         out,

@@ -58,18 +58,23 @@ struct Settings {
     /// RPS CPU mask for the receive queues in the balancer's namespace
     /// (`--lb-rps-cpus`; empty: the kernel's default, no steering).
     lb_rps_cpus: String,
+    /// TCP congestion control in every namespace (`--congestion-control`).
+    congestion_control: String,
 }
 
 const USAGE: &str = "bench_compare [--json OUT.json] [--topology veth|loopback|both] [--runs 5]
     [--quick] [--bulk-mib 192] [--rounds 20000] [--connections 10000] [--concurrency 16]
     [--rss-connections 10000] [--only SUBJECT,...]
     [--balancer-forwarding \"offload_after_bytes: 0\"] [--lb-rps-cpus 2]
+    [--congestion-control cubic]
 
 --only takes subject names (direct, backend, balancer-sockmap, haproxy, ...;
 a wrong one lists them) and adds the baselines their ratios need.
 --quick: 1 run, 64 MiB bulk, 2,000 rounds, 500 connections, 1,000 held.
 --balancer-forwarding: YAML keys added to the balancer's `forwarding`.
 --lb-rps-cpus: hex CPU mask for RPS on the balancer namespace's interfaces.
+--congestion-control: TCP congestion control of every namespace of the run
+  (default cubic, the kernel's default; the host's own default is not used).
 With --json: writes OUT.json/.md/.png (veth) and OUT-loopback.json/.md/.png.";
 
 #[derive(Debug)]
@@ -94,6 +99,7 @@ fn parse_args() -> Result<Args> {
         subjects: Vec::new(),
         balancer_forwarding: String::new(),
         lb_rps_cpus: String::new(),
+        congestion_control: "cubic".to_owned(),
     };
     let mut topologies = Kind::ALL.to_vec();
     let mut subjects = Subject::ALL.to_vec();
@@ -114,6 +120,7 @@ fn parse_args() -> Result<Args> {
             "--concurrency" => settings.concurrency = value()?.parse().context("--concurrency")?,
             "--balancer-forwarding" => settings.balancer_forwarding = value()?,
             "--lb-rps-cpus" => settings.lb_rps_cpus = value()?,
+            "--congestion-control" => settings.congestion_control = value()?,
             "--rss-connections" => {
                 settings.rss_connections = value()?.parse().context("--rss-connections")?;
             }
@@ -153,6 +160,7 @@ fn parse_args() -> Result<Args> {
     ensure!(settings.runs > 0, "--runs must be at least 1");
     ensure!(settings.bulk_mib >= 8, "--bulk-mib must be at least 8");
     ensure!(settings.concurrency > 0, "--concurrency must be at least 1");
+    topology::check_congestion_control(&settings.congestion_control)?;
     settings.topologies = topologies.iter().map(|kind| kind.name()).collect();
     settings.subjects = subjects.iter().map(|s| s.name()).collect();
     Ok(Args {
@@ -522,6 +530,7 @@ fn measure_topology(
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); args.subjects.len()];
     for run in 0..settings.runs {
         let topology = Topology::new(kind)?;
+        topology.use_congestion_control(&settings.congestion_control)?;
         if !settings.lb_rps_cpus.is_empty() {
             topology.steer_lb_receive(&settings.lb_rps_cpus)?;
         }
