@@ -164,9 +164,9 @@ pub fn markdown(report: &Report) -> String {
         "Each cell: median over {} runs (min–max), then the median of the per-run \
          ratio to the row's backend (b, the `against` column below: `backend` = one \
          microsocks, `backend-dante` = one dante-server) and to `direct` (d). \
-         microsocks caps every path through it near 0.1 GB/s, so the proxies are \
-         measured twice: in front of microsocks and in front of dante (`(dante)` \
-         rows).\n\nTopology: {}; TCP congestion control `{}` in every namespace\n",
+         microsocks copies in 1 KiB chunks and caps every path through it, so the \
+         proxies are measured twice: in front of microsocks (small writes) and in \
+         front of dante (large writes; `(dante)` rows).\n\nTopology: {}; TCP congestion control `{}` in every namespace\n",
         report.runs,
         report.topology,
         report.settings["congestion_control"]
