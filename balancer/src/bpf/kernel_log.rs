@@ -4,7 +4,6 @@
 //! program's log statements off and nothing here runs.
 
 use aya_log::EbpfLogger;
-use tokio::io::{Interest, unix::AsyncFd};
 
 /// Turns aya-log's `log` records into `tracing` events.
 #[derive(Clone, Copy, Debug)]
@@ -41,22 +40,6 @@ pub type KernelLogger = EbpfLogger<ToTracing>;
 
 /// Forwards records until the task is aborted (the engine's drop).
 pub async fn forward(logger: KernelLogger) {
-    // SAFETY: the `AsyncFd` owns the logger, whose ring buffer map fd stays
-    // open and unchanged until the `AsyncFd` drops; `as_raw_fd` always
-    // returns that fd.
-    let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };
-    let mut logger = match registered {
-        Ok(fd) => fd,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch the BPF log ring buffer; forwarding.bpf_log has no effect");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut ready) = logger.readable_mut().await else {
-            return;
-        };
-        ready.get_inner_mut().flush();
-        ready.clear_ready();
-    }
+    let error = super::ring::drain_when_readable(logger, |logger| logger.flush()).await;
+    tracing::warn!(%error, "cannot watch the BPF log ring buffer; forwarding.bpf_log has no effect");
 }

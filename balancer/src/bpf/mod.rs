@@ -8,6 +8,7 @@
 //! Minimum kernel: Linux 5.15 (`stream_verdict` without a stream parser).
 
 pub mod kernel_log;
+pub mod ring;
 
 use std::{
     fs, io,

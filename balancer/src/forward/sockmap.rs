@@ -58,7 +58,7 @@ use super::{
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
-    bpf::{Bpf, BpfError, MapEntries, MappedWords, SocketMap, kernel_log},
+    bpf::{Bpf, BpfError, MapEntries, MappedWords, SocketMap, kernel_log, ring},
     stats::{shared::SharedWords, snapshot::KernelQueue},
     sys::socket,
 };
@@ -484,9 +484,10 @@ impl SockmapEngine {
             let Some((cookie, event)) = event else {
                 continue;
             };
+            // The client's socket is where the up direction comes from.
+            let up = cookie == pair.up.from_cookie;
             let flags = match event {
                 Event::QueueCheck => {
-                    let up = cookie == pair.up.from_cookie;
                     let warned = &mut state.warned[usize::from(!up)];
                     if let Some(end) = self.check_queue(pair, up, warned)? {
                         return Ok(end);
@@ -495,11 +496,7 @@ impl SockmapEngine {
                 }
                 Event::Epoll(flags) => flags,
             };
-            let sock = if cookie == pair.up.from_cookie {
-                client
-            } else {
-                backend
-            };
+            let sock = if up { client } else { backend };
             if flags.contains(EpollFlags::EPOLLERR) {
                 return Ok(PairEnd::Reset);
             }
@@ -514,7 +511,7 @@ impl SockmapEngine {
                 }
             }
             if flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP) {
-                if cookie == pair.up.from_cookie {
+                if up {
                     state.client_eof = true;
                 } else {
                     state.backend_eof = true;
@@ -1017,29 +1014,15 @@ fn deliver(routes: &Routes, cookie: u64, event: Event) {
 /// Routes the verdict's queue checks (socket cookies) to their pairs until
 /// the engine drops.
 async fn route_queue_checks(ring: RingBuf<MapData>, watcher: Arc<Watcher>) {
-    // SAFETY: the `AsyncFd` owns the ring, whose map fd stays open and
-    // unchanged until the `AsyncFd` drops; `as_raw_fd` always returns it.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
-    let mut ring = match registered {
-        Ok(ring) => ring,
-        Err(err) => {
-            tracing::error!(%err, "cannot watch QUEUE_CHECKS: kernel queues go unreported");
-            return;
-        }
-    };
-    loop {
-        let Ok(mut ready) = ring.readable_mut().await else {
-            return;
-        };
-        while let Some(record) = ready.get_inner_mut().next() {
+    let error = ring::drain_when_readable(ring, |ring| {
+        while let Some(record) = ring.next() {
             if let Ok(cookie) = <[u8; 8]>::try_from(&*record) {
                 watcher.route(u64::from_ne_bytes(cookie), Event::QueueCheck);
             }
         }
-        // Clears only the readiness seen before the reads above.
-        ready.clear_ready();
-    }
+    })
+    .await;
+    tracing::error!(%error, "cannot watch QUEUE_CHECKS: kernel queues go unreported");
 }
 
 #[cfg(test)]
