@@ -1,6 +1,8 @@
 //! `bench_engine`: one TCP stream of N bytes over loopback, client -> server,
 //! without a proxy and through each forwarding engine, for a sweep of socket
-//! buffer sizes. Every run verifies the SHA-256 of what arrived; throughput
+//! buffer sizes. It runs in a network namespace of its own whose TCP
+//! congestion control it sets (`cubic` unless told), so that neither the
+//! host's default nor its other traffic takes part. Every run verifies the SHA-256 of what arrived; throughput
 //! is compared with the no-proxy run of the same round, and CPU is counted
 //! system-wide from `/proc/stat` (user+nice+system+irq+softirq, all CPUs), so
 //! kernel workers and softirq count too.
@@ -19,15 +21,17 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use balancer::forward::{BackendSlot, Engine, EngineKind, ForwardOptions, PairEnd};
-use balancer_tests::{RandomSource, Topology, TopologyKind};
+use balancer_tests::{NetNs, RandomSource, Topology, TopologyKind, bench::topology};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "bench_engine [--json OUT] [--runs 5] [--mib 1024] [--engines splice,sockmap]
-    [--buffers default,4,16]
+    [--buffers default,4,16] [--congestion-control cubic]
 
---buffers: socket buffer sizes in MiB, `default` for the kernel's autotuning.";
+--buffers: socket buffer sizes in MiB, `default` for the kernel's autotuning.
+--congestion-control: TCP congestion control of the benchmark's namespace
+  (default cubic, the kernel's default; the host's own default is not used).";
 
 #[derive(Debug)]
 struct Args {
@@ -37,6 +41,7 @@ struct Args {
     engines: Vec<EngineKind>,
     /// `None` keeps kernel autotuning.
     buffers: Vec<Option<usize>>,
+    congestion_control: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +51,7 @@ fn parse_args() -> Result<Args> {
         bytes: 1 << 30,
         engines: vec![EngineKind::Sockmap, EngineKind::Splice],
         buffers: vec![None, Some(4 << 20), Some(16 << 20)],
+        congestion_control: "cubic".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,10 +83,12 @@ fn parse_args() -> Result<Args> {
                     })
                     .collect::<Result<_>>()?;
             }
+            "--congestion-control" => args.congestion_control = value()?,
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
     ensure!(args.runs > 0, "--runs must be at least 1");
+    topology::check_congestion_control(&args.congestion_control)?;
     Ok(args)
 }
 
@@ -292,12 +300,40 @@ struct Report {
     bytes_per_run: usize,
     runs: usize,
     cpus: usize,
+    congestion_control: String,
     rows: Vec<Row>,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = parse_args()?;
+    balancer_tests::require_root("its network namespace and the sockmap engine");
+    // The namespace is deleted on drop, also when the benchmark fails. The
+    // runtime's threads are spawned from the thread that entered it, so
+    // every socket of the benchmark lives there.
+    let ns = NetNs::new()?;
+    let sysctl = ns
+        .command("sysctl")
+        .args([
+            "-qw",
+            &format!(
+                "net.ipv4.tcp_congestion_control={}",
+                args.congestion_control
+            ),
+        ])
+        .status()
+        .context("run sysctl in the benchmark's namespace")?;
+    ensure!(sysctl.success(), "sysctl tcp_congestion_control failed");
+    ns.run(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("tokio runtime")?
+            .block_on(bench(args))
+    })?
+}
+
+async fn bench(args: Args) -> Result<()> {
     let payload = payload(args.bytes);
     // Pre-fault the receive buffer so page faults are not measured.
     let mut sink = vec![1u8; args.bytes];
@@ -347,6 +383,7 @@ async fn main() -> Result<()> {
         bytes_per_run: args.bytes,
         runs: args.runs,
         cpus: thread::available_parallelism().map_or(0, usize::from),
+        congestion_control: args.congestion_control,
         rows,
     };
     print_table(&report);
@@ -359,9 +396,11 @@ async fn main() -> Result<()> {
 
 fn print_table(report: &Report) {
     println!(
-        "One TCP stream, {} MiB per run, {} runs, loopback, {} CPUs; median (min-max).\n",
+        "One TCP stream, {} MiB per run, {} runs, loopback in a namespace of its own, \
+         congestion control {}, {} CPUs; median (min-max).\n",
         report.bytes_per_run >> 20,
         report.runs,
+        report.congestion_control,
         report.cpus
     );
     println!(
