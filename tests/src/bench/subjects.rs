@@ -123,9 +123,9 @@ pub enum Subject {
     /// Client -> target, REDIRECTed in `lb` to balancer -> microsocks x3.
     BalancerRedirect(Engine),
     /// Client -SOCKS5-> balancer's passthrough listener, which hands the
-    /// client's own SOCKS5 exchange to one of microsocks x3: the job
-    /// HAProxy does in the `haproxy` row.
-    BalancerPassthrough(Engine),
+    /// client's own SOCKS5 exchange to one of 3 backends of the family: the
+    /// job HAProxy does in the `haproxy` rows.
+    BalancerPassthrough(Engine, Family),
     /// Client -SOCKS5-> haproxy (tcp, leastconn, checks) -> 3 backends.
     Haproxy(Family),
     /// Client -> target, REDIRECTed in `lb` to redsocks -> one microsocks.
@@ -135,18 +135,19 @@ pub enum Subject {
 impl Subject {
     /// Every subject in the order of the report: each family after its
     /// baseline.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Direct,
         Self::Backend,
         Self::BalancerSocks(Engine::Sockmap, Family::Microsocks),
         Self::BalancerSocks(Engine::Splice, Family::Microsocks),
         Self::BalancerRedirect(Engine::Sockmap),
-        Self::BalancerPassthrough(Engine::Sockmap),
+        Self::BalancerPassthrough(Engine::Sockmap, Family::Microsocks),
         Self::Haproxy(Family::Microsocks),
         Self::Redsocks,
         Self::Dante,
         Self::BalancerSocks(Engine::Sockmap, Family::Dante),
         Self::BalancerSocks(Engine::Splice, Family::Dante),
+        Self::BalancerPassthrough(Engine::Sockmap, Family::Dante),
         Self::Haproxy(Family::Dante),
     ];
 
@@ -161,8 +162,18 @@ impl Subject {
             Self::BalancerSocks(Engine::Splice, Family::Dante) => "balancer-splice (dante)",
             Self::BalancerRedirect(Engine::Sockmap) => "balancer-sockmap-redirect",
             Self::BalancerRedirect(Engine::Splice) => "balancer-splice-redirect",
-            Self::BalancerPassthrough(Engine::Sockmap) => "balancer-sockmap-passthrough",
-            Self::BalancerPassthrough(Engine::Splice) => "balancer-splice-passthrough",
+            Self::BalancerPassthrough(Engine::Sockmap, Family::Microsocks) => {
+                "balancer-sockmap-passthrough"
+            }
+            Self::BalancerPassthrough(Engine::Splice, Family::Microsocks) => {
+                "balancer-splice-passthrough"
+            }
+            Self::BalancerPassthrough(Engine::Sockmap, Family::Dante) => {
+                "balancer-sockmap-passthrough (dante)"
+            }
+            Self::BalancerPassthrough(Engine::Splice, Family::Dante) => {
+                "balancer-splice-passthrough (dante)"
+            }
             Self::Haproxy(Family::Microsocks) => "haproxy",
             Self::Haproxy(Family::Dante) => "haproxy (dante)",
             Self::Redsocks => "redsocks",
@@ -183,8 +194,11 @@ impl Subject {
             Self::BalancerRedirect(_) => {
                 "client -> iptables REDIRECT -> balancer (redirect listener) -> 3 microsocks"
             }
-            Self::BalancerPassthrough(_) => {
+            Self::BalancerPassthrough(_, Family::Microsocks) => {
                 "client -SOCKS5-> balancer (passthrough listener) -> 3 microsocks"
+            }
+            Self::BalancerPassthrough(_, Family::Dante) => {
+                "client -SOCKS5-> balancer (passthrough listener) -> 3 dante-servers"
             }
             Self::Haproxy(Family::Microsocks) => {
                 "client -SOCKS5-> haproxy (tcp, leastconn, check) -> 3 microsocks"
@@ -201,7 +215,7 @@ impl Subject {
         match self {
             Self::BalancerSocks(engine, _)
             | Self::BalancerRedirect(engine)
-            | Self::BalancerPassthrough(engine) => Some(engine),
+            | Self::BalancerPassthrough(engine, _) => Some(engine),
             _ => None,
         }
     }
@@ -231,10 +245,10 @@ impl Subject {
     /// no proxy (`direct` and the backends alone).
     pub fn proxied_family(self) -> Option<Family> {
         match self {
-            Self::BalancerSocks(_, family) | Self::Haproxy(family) => Some(family),
-            Self::BalancerRedirect(_) | Self::BalancerPassthrough(_) | Self::Redsocks => {
-                Some(Family::Microsocks)
-            }
+            Self::BalancerSocks(_, family)
+            | Self::BalancerPassthrough(_, family)
+            | Self::Haproxy(family) => Some(family),
+            Self::BalancerRedirect(_) | Self::Redsocks => Some(Family::Microsocks),
             Self::Direct | Self::Backend | Self::Dante => None,
         }
     }
@@ -245,11 +259,10 @@ impl Subject {
         match self {
             Self::Direct => "direct",
             Self::Dante => Family::Dante.name(),
-            Self::BalancerSocks(_, family) | Self::Haproxy(family) => family.name(),
-            Self::Backend
-            | Self::BalancerRedirect(_)
-            | Self::BalancerPassthrough(_)
-            | Self::Redsocks => Family::Microsocks.name(),
+            Self::BalancerSocks(_, family)
+            | Self::BalancerPassthrough(_, family)
+            | Self::Haproxy(family) => family.name(),
+            Self::Backend | Self::BalancerRedirect(_) | Self::Redsocks => Family::Microsocks.name(),
         }
     }
 }
@@ -424,7 +437,7 @@ pub fn start(
         }
         Subject::BalancerSocks(engine, _)
         | Subject::BalancerRedirect(engine)
-        | Subject::BalancerPassthrough(engine) => {
+        | Subject::BalancerPassthrough(engine, _) => {
             let way = match subject {
                 Subject::BalancerSocks(..) => Way::Socks5,
                 Subject::BalancerRedirect(_) => Way::Redirect,
@@ -645,6 +658,22 @@ mod tests {
         );
         assert!(yaml.contains("mode: socks5"), "{yaml}");
         assert!(yaml.contains("engine: sockmap }"), "{yaml}");
+    }
+
+    #[test]
+    fn each_row_is_named_once_and_measured_against_its_own_backends() {
+        let mut names: Vec<_> = Subject::ALL.iter().map(|subject| subject.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Subject::ALL.len(), "{names:?}");
+        let passthrough = Subject::BalancerPassthrough(Engine::Sockmap, Family::Dante);
+        assert!(Subject::ALL.contains(&passthrough));
+        assert_eq!(passthrough.baseline(), Subject::Dante);
+        assert_eq!(passthrough.group(), "dante");
+        assert_eq!(
+            Subject::BalancerPassthrough(Engine::Sockmap, Family::Microsocks).baseline(),
+            Subject::Backend
+        );
     }
 
     #[test]
