@@ -160,6 +160,28 @@ fn the_engine_benchmark_runs_every_engine_in_its_own_namespace_and_leaves_nothin
 }
 
 #[test]
+fn an_interrupted_engine_benchmark_deletes_its_namespace() {
+    require_root("the engine benchmark's network namespace");
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = Leftovers::now();
+    // 15 GiB in all: far from done when SIGINT comes after 2 s, by which
+    // time its namespace exists (it is made before the payload).
+    let status = Command::new("timeout")
+        .args(["-s", "INT", "2", env!("CARGO_BIN_EXE_bench_engine")])
+        .args(["--runs", "3", "--mib", "1024"])
+        .status()
+        .expect("run timeout");
+    assert_eq!(status.code(), Some(124), "not interrupted: {status}");
+    assert_eq!(
+        Leftovers::now(),
+        before,
+        "the interrupted run left something"
+    );
+}
+
+#[test]
 fn the_comparison_runs_every_subject_on_both_topologies_and_leaves_nothing() {
     require_root("network namespaces, iptables, BPF and CPU pinning");
     let _one = ONE_AT_A_TIME

@@ -1,5 +1,5 @@
-//! What the comparison benchmark must undo if it is interrupted: child
-//! process groups, network namespaces, BPF pins and its scratch directory.
+//! What a benchmark must undo if it is interrupted: child process groups,
+//! network namespaces, BPF pins and its scratch directory.
 //! Every guard registers what it created here and unregisters it in its
 //! `Drop`; a signal thread (SIGINT,
 //! SIGTERM, SIGHUP) removes whatever is still registered, then exits, so
@@ -50,7 +50,14 @@ pub fn install() -> nix::Result<()> {
     signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     std::thread::spawn(move || {
         if let Ok(sig) = set.wait() {
-            eprintln!("bench_compare: {sig}, cleaning up");
+            let program = std::env::current_exe()
+                .ok()
+                .and_then(|exe| {
+                    exe.file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "benchmark".to_owned());
+            eprintln!("{program}: {sig}, cleaning up");
             remove_everything();
             std::process::exit(130);
         }

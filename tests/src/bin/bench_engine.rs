@@ -2,10 +2,12 @@
 //! without a proxy and through each forwarding engine, for a sweep of socket
 //! buffer sizes. It runs in a network namespace of its own whose TCP
 //! congestion control it sets (`cubic` unless told), so that neither the
-//! host's default nor its other traffic takes part. Every run verifies the SHA-256 of what arrived; throughput
-//! is compared with the no-proxy run of the same round, and CPU is counted
-//! system-wide from `/proc/stat` (user+nice+system+irq+softirq, all CPUs), so
-//! kernel workers and softirq count too.
+//! host's default nor its other traffic takes part; SIGINT, SIGTERM and
+//! SIGHUP delete the namespace before the process exits. Every run verifies
+//! the SHA-256 of what arrived; throughput is compared with the no-proxy run
+//! of the same round, and CPU is counted system-wide from `/proc/stat`
+//! (user+nice+system+irq+softirq, all CPUs), so kernel workers and softirq
+//! count too.
 //!
 //! Usage: [`USAGE`] (`--help` prints it); through xtask,
 //! `cargo xtask bench --only NAME -- ARGS`.
@@ -21,7 +23,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use balancer::forward::{BackendSlot, Engine, EngineKind, ForwardOptions, PairEnd};
-use balancer_tests::{NetNs, RandomSource, Topology, TopologyKind, bench::topology};
+use balancer_tests::{
+    NetNs, RandomSource, Topology, TopologyKind,
+    bench::{cleanup, topology},
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -305,12 +310,16 @@ struct Report {
 }
 
 fn main() -> Result<()> {
+    // First, before any thread exists: every thread inherits the signal mask.
+    cleanup::install().context("install signal handling")?;
     let args = parse_args()?;
     balancer_tests::require_root("its network namespace and the sockmap engine");
-    // The namespace is deleted on drop, also when the benchmark fails. The
-    // runtime's threads are spawned from the thread that entered it, so
-    // every socket of the benchmark lives there.
+    // The namespace is deleted on drop, also when the benchmark fails, and
+    // by the signal thread on Ctrl-C. The runtime's threads are spawned from
+    // the thread that entered it, so every socket of the benchmark lives
+    // there.
     let ns = NetNs::new()?;
+    cleanup::add_namespace(ns.name());
     let sysctl = ns
         .command("sysctl")
         .args([
@@ -323,14 +332,16 @@ fn main() -> Result<()> {
         .status()
         .context("run sysctl in the benchmark's namespace")?;
     ensure!(sysctl.success(), "sysctl tcp_congestion_control failed");
-    ns.run(|| {
+    let result = ns.run(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .context("tokio runtime")?
             .block_on(bench(args))
-    })?
+    });
+    cleanup::remove_namespace(ns.name());
+    result?
 }
 
 async fn bench(args: Args) -> Result<()> {
