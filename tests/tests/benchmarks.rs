@@ -9,8 +9,8 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::Command,
-    sync::Mutex,
+    process::{Command, ExitStatus},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use balancer_tests::{bench::subjects::Subject, require_root};
@@ -70,14 +70,34 @@ impl Leftovers {
     }
 }
 
-/// Runs a benchmark binary of this package, at most `limit_s` seconds: past
-/// that it gets SIGINT, on which it removes what it made and exits.
-fn run_bench(binary: &str, args: &[&str], limit_s: u32) {
+/// Root, and the machine to itself: the benchmarks load it and pin
+/// processes to a CPU, so never two at once.
+fn exclusive(needed_for: &str) -> MutexGuard<'static, ()> {
+    require_root(needed_for);
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a benchmark binary of this package for at most `limit_s` seconds
+/// (then SIGINT, on which it removes what it made and exits) and checks
+/// that, however it ended, it left nothing behind.
+fn run_bench(binary: &str, args: &[&str], limit_s: u32) -> ExitStatus {
+    let before = Leftovers::now();
     let status = Command::new("timeout")
         .args(["-s", "INT", &limit_s.to_string(), binary])
         .args(args)
         .status()
         .expect("run timeout");
+    assert_eq!(
+        Leftovers::now(),
+        before,
+        "{binary} {args:?} ({status}) left something behind"
+    );
+    status
+}
+
+/// As [`run_bench`], and the run must succeed.
+fn run_bench_ok(binary: &str, args: &[&str], limit_s: u32) {
+    let status = run_bench(binary, args, limit_s);
     assert!(
         status.success(),
         "{binary} {args:?} failed ({status}; 124 is the {limit_s} s limit): see its output above"
@@ -109,14 +129,10 @@ impl Drop for Scratch {
 
 #[test]
 fn the_engine_benchmark_runs_every_engine_in_its_own_namespace_and_leaves_nothing() {
-    require_root("the engine benchmark's network namespace and the sockmap engine");
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _machine = exclusive("the engine benchmark's network namespace and the sockmap engine");
     let scratch = Scratch::new("benchmarks-test-engine");
     let json = scratch.0.join("engine.json");
-    let before = Leftovers::now();
-    run_bench(
+    run_bench_ok(
         env!("CARGO_BIN_EXE_bench_engine"),
         &[
             "--runs",
@@ -130,7 +146,6 @@ fn the_engine_benchmark_runs_every_engine_in_its_own_namespace_and_leaves_nothin
         ],
         120,
     );
-    assert_eq!(Leftovers::now(), before, "the run left something behind");
 
     let report = read_json(&json);
     assert_eq!(report["congestion_control"], "cubic", "{report}");
@@ -161,43 +176,29 @@ fn the_engine_benchmark_runs_every_engine_in_its_own_namespace_and_leaves_nothin
 
 #[test]
 fn an_interrupted_engine_benchmark_deletes_its_namespace() {
-    require_root("the engine benchmark's network namespace");
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let before = Leftovers::now();
+    let _machine = exclusive("the engine benchmark's network namespace");
     // 15 GiB in all: far from done when SIGINT comes after 2 s, by which
     // time its namespace exists (it is made before the payload).
-    let status = Command::new("timeout")
-        .args(["-s", "INT", "2", env!("CARGO_BIN_EXE_bench_engine")])
-        .args(["--runs", "3", "--mib", "1024"])
-        .status()
-        .expect("run timeout");
-    assert_eq!(status.code(), Some(124), "not interrupted: {status}");
-    assert_eq!(
-        Leftovers::now(),
-        before,
-        "the interrupted run left something"
+    let status = run_bench(
+        env!("CARGO_BIN_EXE_bench_engine"),
+        &["--runs", "3", "--mib", "1024"],
+        2,
     );
+    assert_eq!(status.code(), Some(124), "not interrupted: {status}");
 }
 
 #[test]
 fn the_comparison_runs_every_subject_on_both_topologies_and_leaves_nothing() {
-    require_root("network namespaces, iptables, BPF and CPU pinning");
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _machine = exclusive("network namespaces, iptables, BPF and CPU pinning");
     let scratch = Scratch::new("benchmarks-test-compare");
     let json = scratch.0.join("compare.json");
-    let before = Leftovers::now();
     // --quick: 1 run, 64 MiB per bulk stream, 2,000 round trips, 500
     // connections; every subject, veth then loopback (68 s here).
-    run_bench(
+    run_bench_ok(
         env!("CARGO_BIN_EXE_bench_compare"),
         &["--quick", "--json", &json.to_string_lossy()],
         600,
     );
-    assert_eq!(Leftovers::now(), before, "the run left something behind");
 
     for (path, network) in [
         (json.clone(), "veth"),
