@@ -155,13 +155,16 @@ async fn establish(
             .retries
             .fetch_add(u64::from(connected.attempts - 1), Ordering::Relaxed);
     }
-    tracing::debug!(backend = backend.name(), attempts = connected.attempts, latency = ?connected.latency, "backend ready");
+    tracing::debug!(backend = backend.name(), attempts = connected.attempts, latency = ?connected.dialled.latency, "backend ready");
 
     // 4. Answer the client before the engine takes over: the reply must
     // precede every byte the kernel forwards. Its bound address is the
     // backend's: that is where the target sees the connection come from.
     if matches!(listener.mode, Mode::Socks5 { .. }) {
-        let bound = connected.bound.unwrap_or_else(|| unspecified(peer).into());
+        let bound = connected
+            .dialled
+            .bound
+            .unwrap_or_else(|| unspecified(peer).into());
         if let Err(error) = socks5::server::reply(&mut client, ReplyCode::Succeeded, bound).await {
             tracing::debug!(%error, "client went away before the reply");
             return None;
@@ -170,7 +173,7 @@ async fn establish(
 
     Some(Ready {
         client,
-        backend_stream: connected.stream,
+        backend_stream: connected.dialled.stream,
         backend,
     })
 }

@@ -5,14 +5,9 @@
 //! candidate may have been opened early, while the client was still sending
 //! its request ([`Early`]); it then counts as the first attempt.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
-use tokio::net::TcpStream;
-
-use super::dial::{DialError, DialOptions, Opened, open};
+use super::dial::{DialError, DialOptions, Dialled, Opened, open};
 use crate::{
     backend::{Admission, Backend, Outcome, TransitionEvent},
     clock,
@@ -24,14 +19,10 @@ use crate::{
 #[derive(Debug)]
 pub struct Connected {
     pub backend: Arc<Backend>,
-    pub stream: TcpStream,
     /// Attempts spent, this one included.
     pub attempts: u32,
-    /// Connect + handshake latency of the successful attempt.
-    pub latency: Duration,
-    /// Where the backend connects to the target from, as its reply said
-    /// ([`super::Dialled::bound`]).
-    pub bound: Option<TargetAddr>,
+    /// The successful attempt: its stream, latency and bound address.
+    pub dialled: Dialled,
 }
 
 /// Every attempt failed, or no candidate was admitted at all.
@@ -131,10 +122,8 @@ pub async fn connect_with_failover(
                 }
                 return Ok(Connected {
                     backend: backend.clone(),
-                    stream: dialled.stream,
                     attempts,
-                    latency: dialled.latency,
-                    bound: dialled.bound,
+                    dialled,
                 });
             }
             Err(error) => {
@@ -173,7 +162,7 @@ pub fn log_transition(backend: &Backend, event: Option<TransitionEvent>) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::{net::Ipv4Addr, time::Duration};
 
     use rand::{SeedableRng, rngs::StdRng};
 

@@ -48,7 +48,7 @@ use crate::{
 pub struct Ns(NetNs);
 
 impl Ns {
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let ns = NetNs::new()?;
         cleanup::add_namespace(ns.name());
         Ok(Self(ns))
@@ -65,6 +65,16 @@ impl Ns {
     /// Sets a sysctl inside the namespace (`ip netns exec NS sysctl -w`).
     fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+    }
+
+    /// Sets the TCP congestion control of the namespace. A new namespace
+    /// inherits the host's default, which is a setting of the machine, not
+    /// of what is measured: with `bbr` (the default of these machines) one
+    /// stream over the veth line made 2.0 GB/s with no proxy and 1.06
+    /// through dante alone, with `cubic` (the kernel's own default) 6.8 and
+    /// 2.5 in the same hour.
+    pub fn use_congestion_control(&self, name: &str) -> Result<()> {
+        self.sysctl("net.ipv4.tcp_congestion_control", name)
     }
 
     /// Runs `program args` inside the namespace, failing with its stderr.
@@ -196,7 +206,6 @@ const LB: usize = 1;
 const BACKEND: usize = 2;
 const TARGET: usize = 3;
 
-/// The namespaces of one topology and the addresses each role uses. Fields
 /// Fails unless the kernel offers the congestion control `name`, so that a
 /// wrong `--congestion-control` stops the benchmark before it builds anything.
 pub fn check_congestion_control(name: &str) -> Result<()> {
@@ -211,6 +220,7 @@ pub fn check_congestion_control(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The namespaces of one topology and the addresses each role uses. Fields
 /// drop in order: veths, then namespaces.
 #[derive(Debug)]
 pub struct Topology {
@@ -338,15 +348,11 @@ impl Topology {
         )
     }
 
-    /// Sets the TCP congestion control of every namespace of the run. New
-    /// namespaces inherit the host's default, which is a setting of the
-    /// machine, not of what is measured: with `bbr` (the default of these
-    /// machines) one stream over the veth line made 2.0 GB/s with no proxy
-    /// and 1.06 through dante alone, with `cubic` (the kernel's own
-    /// default) 6.8 and 2.5 in the same hour.
+    /// Sets the TCP congestion control of every namespace of the run
+    /// ([`Ns::use_congestion_control`]).
     pub fn use_congestion_control(&self, name: &str) -> Result<()> {
         for ns in &self.namespaces {
-            ns.sysctl("net.ipv4.tcp_congestion_control", name)?;
+            ns.use_congestion_control(name)?;
         }
         Ok(())
     }

@@ -24,8 +24,11 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use balancer::forward::{BackendSlot, Engine, EngineKind, ForwardOptions, PairEnd};
 use balancer_tests::{
-    NetNs, RandomSource, Topology, TopologyKind,
-    bench::{cleanup, topology},
+    RandomSource, Topology, TopologyKind,
+    bench::{
+        cleanup,
+        topology::{self, Ns},
+    },
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -314,34 +317,19 @@ fn main() -> Result<()> {
     cleanup::install().context("install signal handling")?;
     let args = parse_args()?;
     balancer_tests::require_root("its network namespace and the sockmap engine");
-    // The namespace is deleted on drop, also when the benchmark fails, and
-    // by the signal thread on Ctrl-C. The runtime's threads are spawned from
-    // the thread that entered it, so every socket of the benchmark lives
-    // there.
-    let ns = NetNs::new()?;
-    cleanup::add_namespace(ns.name());
-    let sysctl = ns
-        .command("sysctl")
-        .args([
-            "-qw",
-            &format!(
-                "net.ipv4.tcp_congestion_control={}",
-                args.congestion_control
-            ),
-        ])
-        .status()
-        .context("run sysctl in the benchmark's namespace")?;
-    ensure!(sysctl.success(), "sysctl tcp_congestion_control failed");
-    let result = ns.run(|| {
+    // Deleted on drop, also when the benchmark fails, and by the signal
+    // thread on Ctrl-C. The runtime's threads are spawned from the thread
+    // that entered it, so every socket of the benchmark lives there.
+    let ns = Ns::new()?;
+    ns.use_congestion_control(&args.congestion_control)?;
+    ns.ns().run(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .context("tokio runtime")?
             .block_on(bench(args))
-    });
-    cleanup::remove_namespace(ns.name());
-    result?
+    })?
 }
 
 async fn bench(args: Args) -> Result<()> {
