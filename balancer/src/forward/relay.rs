@@ -24,7 +24,10 @@
 //! at the target. Before handing over, the relay therefore reads each
 //! direction until a read comes back short of its buffer, which consumes
 //! every skb it touched. For that reason the sockmap engine runs the relay
-//! with a zero budget even when `offload_after_*` is 0.
+//! with a zero budget even when `offload_after_*` is 0. Those reads take
+//! everything queued at once (`SIOCINQ`, with room for as much again): a
+//! sender that keeps a wide window full would fill every smaller read, and
+//! the relay would carry its whole upload.
 
 use std::{
     future::poll_fn,
@@ -43,6 +46,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{ByteCount, Pair, PairEnd};
+use crate::sys::socket;
 
 /// Largest read per wake-up.
 const READ_CHUNK: usize = 16 * 1024;
@@ -131,6 +135,33 @@ impl Flow {
         counter: &AtomicU64,
     ) -> io::Result<bool> {
         READ_BUFFER.with_borrow_mut(|buf| self.read_and_write_with(buf, from, to, counter))
+    }
+
+    /// One read of the hand-over's settle: everything queued on `from`,
+    /// so that the read comes back short (no skb left partly read) however
+    /// fast the sender refills the queue. Reads of [`READ_CHUNK`] each came
+    /// back full from a sender that keeps a wide window full (a bulk upload
+    /// behind a `redirect` listener, whose client sends from its connect
+    /// on), and the relay carried the whole upload in user space (64 MiB
+    /// in the benchmark) instead of handing it over. What the peer cannot
+    /// take at once is held until written, as always: at most what the
+    /// kernel had queued for this socket, once per pair.
+    fn settle(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+    ) -> io::Result<bool> {
+        let queued = usize::try_from(socket::inq(from)?).unwrap_or(usize::MAX);
+        if queued < READ_CHUNK {
+            return self.read_and_write(from, to, counter);
+        }
+        // Room for as much again, so that what arrives during the copy
+        // still leaves the read short (else the next pass reads on). Pages
+        // the read does not fill are never touched (a large zeroed
+        // allocation is fresh mapped memory).
+        let mut buf = vec![0; queued.saturating_mul(2)];
+        self.read_and_write_with(&mut buf, from, to, counter)
     }
 
     fn read_and_write_with(
@@ -309,7 +340,7 @@ async fn pass_bytes(
                 if flow.eof || flow.settled || flow.holds_bytes() {
                     continue;
                 }
-                match flow.read_and_write(from, to, counter) {
+                match flow.settle(from, to, counter) {
                     Ok(_) => unsettled |= !flow.settled && !flow.eof && !flow.holds_bytes(),
                     Err(cause) => failed = Some(cause),
                 }
@@ -562,6 +593,69 @@ mod tests {
             started.elapsed() >= Duration::from_millis(160),
             "ended {:?} after the start, before the timeout from the last byte",
             started.elapsed()
+        );
+    }
+
+    /// A client that keeps a wide window full (a bulk upload) never lets a
+    /// 16 KiB read come back short: the hand-over must still come within a
+    /// few windows of bytes, not at the end of the upload (where it came
+    /// before the settle read the whole queue at once: 64 MiB of 64).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sender_that_keeps_a_wide_window_full_is_handed_over_within_a_few_windows() {
+        const UPLOAD: usize = 64 << 20;
+        // A window of several MiB (autotuning grows one on a fast path) lets
+        // the client keep the queue full while the relay reads.
+        let listening = tokio::net::TcpSocket::new_v4().expect("socket");
+        listening.set_recv_buffer_size(4 << 20).expect("SO_RCVBUF");
+        listening
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = listening.listen(1).expect("listen");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(4 << 20).expect("SO_SNDBUF");
+        let (connected, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().expect("addr")),
+            listener.accept()
+        );
+        let mut client = connected.expect("connect");
+        let (accepted, _) = accepted.expect("accept");
+        let (_, _, backend, mut server) = loopback_sockets().await;
+        let pair = Pair {
+            client: accepted,
+            backend,
+            slot: BackendSlot(0),
+        };
+        let counters = [AtomicU64::new(0), AtomicU64::new(0)];
+        let writer = tokio::spawn(async move {
+            let chunk = vec![0x5a; 64 * 1024];
+            for _ in 0..UPLOAD / chunk.len() {
+                if client.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0; 16 * 1024];
+            while server.read(&mut buf).await.is_ok_and(|read| read > 0) {}
+        });
+        // As behind a `redirect` listener, the client has been sending
+        // since its connect, while the daemon talked to the backend: its
+        // queue is full when the relay starts.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The daemon's default budget.
+        let relayed = run(pair, budget(64 * 1024, 10_000), &counters).await;
+        writer.abort();
+        reader.abort();
+        let Relayed::HandOver { bytes, .. } = relayed else {
+            panic!("not handed over: {relayed:?}");
+        };
+        // The window is 8 MiB (the kernel doubles SO_RCVBUF); the settle
+        // reads what is queued and what arrives during that read.
+        assert!(
+            bytes.up < (UPLOAD / 4) as u64,
+            "the relay carried {} of the {UPLOAD} bytes before handing over",
+            bytes.up
         );
     }
 
