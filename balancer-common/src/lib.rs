@@ -113,7 +113,12 @@ pub struct PeerInfo {
 }
 const _: () = assert!(core::mem::size_of::<PeerInfo>() == 40);
 
-/// Bytes forwarded for one backend, per CPU (user space sums the CPUs).
+/// Bytes the verdict redirected for one backend, and the skbs that carried
+/// them, per CPU (user space sums the CPUs). The skbs tell how a backend
+/// writes: sockmap pays a verdict, a queueing and a psock-worker send per
+/// skb, so a backend whose downloads arrive in 1 KiB skbs costs it many
+/// times what one arriving in 64 KiB skbs does (see the daemon's README,
+/// "Forwarding engines").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct BackendBytes {
@@ -121,8 +126,25 @@ pub struct BackendBytes {
     pub up: u64,
     /// Backend -> client.
     pub down: u64,
+    /// skbs redirected client -> backend.
+    pub up_skbs: u64,
+    /// skbs redirected backend -> client.
+    pub down_skbs: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendBytes>() == 16);
+const _: () = assert!(core::mem::size_of::<BackendBytes>() == 32);
+
+impl BackendBytes {
+    /// The sum of two counts (of two CPUs), wrapping as the counters do.
+    #[must_use]
+    pub const fn wrapping_add(self, other: Self) -> Self {
+        Self {
+            up: self.up.wrapping_add(other.up),
+            down: self.down.wrapping_add(other.down),
+            up_skbs: self.up_skbs.wrapping_add(other.up_skbs),
+            down_skbs: self.down_skbs.wrapping_add(other.down_skbs),
+        }
+    }
+}
 
 /// Global verdict counters, per CPU, at index 0 of [`map::GLOBAL`].
 #[repr(C)]

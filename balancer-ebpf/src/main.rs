@@ -139,8 +139,10 @@ fn try_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
         unsafe {
             if dir == direction::UP {
                 (*bytes).up = (*bytes).up.wrapping_add(len);
+                (*bytes).up_skbs = (*bytes).up_skbs.wrapping_add(1);
             } else {
                 (*bytes).down = (*bytes).down.wrapping_add(len);
+                (*bytes).down_skbs = (*bytes).down_skbs.wrapping_add(1);
             }
         }
     }

@@ -13,7 +13,10 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use balancer_tests::{bench::subjects::Subject, require_root};
+use balancer_tests::{
+    bench::subjects::{Engine, Subject},
+    require_root,
+};
 use serde_json::Value;
 
 /// The benchmarks load the machine and pin processes to a CPU: never two at
@@ -214,6 +217,20 @@ fn the_comparison_runs_every_subject_on_both_topologies_and_leaves_nothing() {
             .collect();
         let expected: Vec<&str> = Subject::ALL.iter().map(|subject| subject.name()).collect();
         assert_eq!(names, expected, "{network}");
+        // The sockmap rows, and only they, tell the bytes per skb of each
+        // bulk phase, read from the daemon's skb counters.
+        for (kind, subject) in Subject::ALL.iter().zip(subjects) {
+            let skb = subject["figures"]["skb_bytes_down_1"]["value"]["median"].as_f64();
+            if kind.engine() == Some(Engine::Sockmap) {
+                assert!(
+                    skb.is_some_and(|bytes| bytes >= 1.0),
+                    "{network}: {} bytes per skb down: {skb:?}",
+                    kind.name()
+                );
+            } else {
+                assert_eq!(skb, None, "{network}: {}", kind.name());
+            }
+        }
         for subject in subjects {
             for figure in [
                 "bulk_up_1_gbps",

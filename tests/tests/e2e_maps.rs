@@ -141,7 +141,7 @@ fn kernel_bytes(fd: &OwnedFd, slot: u32) -> BackendBytes {
     attr[1] = (&raw const key) as u64;
     attr[2] = values.as_mut_ptr() as u64;
     // SAFETY: `attr` is a valid bpf_attr; `values` has room for one
-    // 16-byte value per possible CPU, as the kernel writes for a per-CPU map.
+    // 32-byte value per possible CPU, as the kernel writes for a per-CPU map.
     let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -158,10 +158,7 @@ fn kernel_bytes(fd: &OwnedFd, slot: u32) -> BackendBytes {
     );
     values
         .iter()
-        .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
-            up: sum.up + cpu.up,
-            down: sum.down + cpu.down,
-        })
+        .fold(BackendBytes::default(), |sum, cpu| sum.wrapping_add(*cpu))
 }
 
 /// The first `words` u64 of an mmap-able array map, copied out of a
@@ -215,9 +212,9 @@ fn read_pins(instance: &str) -> (Vec<Direct>, Vec<u64>) {
     (backends.into_iter().map(|(b, _)| b).collect(), daemon)
 }
 
-/// As [`read_pins`], each backend with the bytes down that the verdict
-/// redirected (`BACKEND_BYTES` alone).
-fn read_pins_with_kernel_share(instance: &str) -> (Vec<(Direct, u64)>, Vec<u64>) {
+/// As [`read_pins`], each backend with what the verdict redirected
+/// (`BACKEND_BYTES` alone: bytes and skbs).
+fn read_pins_with_kernel_share(instance: &str) -> (Vec<(Direct, BackendBytes)>, Vec<u64>) {
     let pins = PathBuf::from("/sys/fs/bpf/balancer").join(instance);
     let identity: Value = serde_json::from_slice(
         &std::fs::read(
@@ -252,7 +249,7 @@ fn read_pins_with_kernel_share(instance: &str) -> (Vec<(Direct, u64)>, Vec<u64>)
                 up: bytes.up + block[stat::FALLBACK_BYTES_UP],
                 down: bytes.down + block[stat::FALLBACK_BYTES_DOWN],
             };
-            (direct, bytes.down)
+            (direct, bytes)
         })
         .collect();
     (backends, daemon)
@@ -370,15 +367,50 @@ fn pinned_maps_hold_what_the_daemon_carried_and_stats_reads_them() {
     }
     // Past its first 64 KiB the kernel carries a connection: most of each
     // download went through the verdict.
-    for (backend, kernel_down) in read_pins_with_kernel_share(&instance).0 {
-        assert!(
-            kernel_down * 2 > backend.down,
-            "the verdict redirected only {kernel_down} bytes down: {backend:?}"
-        );
-    }
+    let kernel: Vec<BackendBytes> = read_pins_with_kernel_share(&instance)
+        .0
+        .into_iter()
+        .map(|(backend, kernel)| {
+            assert!(
+                kernel.down * 2 > backend.down,
+                "the verdict redirected only {} bytes down: {backend:?}",
+                kernel.down
+            );
+            assert!(
+                kernel.down_skbs > 0 && kernel.down_skbs <= kernel.down,
+                "{kernel:?}"
+            );
+            eprintln!(
+                "{}: {} bytes per skb down",
+                backend.name,
+                kernel.down / kernel.down_skbs
+            );
+            kernel
+        })
+        .collect();
     let snapshot = stats_json(&instance);
     assert_eq!(snapshot["source"], "bpf_maps", "{snapshot:#}");
     assert_eq!(from_stats(&snapshot), direct, "{snapshot:#}");
+    // `stats` shows the verdict's share as the pins hold it.
+    let shown: Vec<BackendBytes> = snapshot["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            let field = |key: &str| {
+                b["sockmap"][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("sockmap.{key}: {b}"))
+            };
+            BackendBytes {
+                up: field("bytes_up"),
+                down: field("bytes_down"),
+                up_skbs: field("skbs_up"),
+                down_skbs: field("skbs_down"),
+            }
+        })
+        .collect();
+    assert_eq!(shown, kernel, "{snapshot:#}");
     assert_eq!(snapshot["counters"]["accepted"], 2 * PER_BACKEND);
 
     // SIGTERM through the pid the maps name; the daemon removes its pins

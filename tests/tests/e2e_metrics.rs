@@ -225,6 +225,28 @@ fn metrics_pass_promtool_and_count_exactly_what_clients_moved_and_health_follows
         );
     }
     assert!(text.contains("balancer_info{"), "{text}");
+    // The engine here is sockmap: the verdict's share of the bytes and the
+    // skbs that carried it are exported too (the relay's first bytes of
+    // each connection are not in them).
+    assert!(
+        text.contains("engine=\"sockmap\"")
+            && text.contains("# TYPE balancer_backend_sockmap_skbs counter"),
+        "{text}"
+    );
+    let kernel_down = sum(
+        &text,
+        "balancer_backend_sockmap_bytes_total",
+        "direction=\"down\"",
+    );
+    let skbs_down = sum(
+        &text,
+        "balancer_backend_sockmap_skbs_total",
+        "direction=\"down\"",
+    );
+    assert!(
+        kernel_down <= (CONNECTIONS * PING_DOWN) as f64 && skbs_down <= kernel_down,
+        "{text}"
+    );
 
     // The JSON API.
     let (status, _, body) = http_get(&ns, metrics, "/api/v1/backends");

@@ -280,6 +280,77 @@ async fn two_hundred_fifty_six_mib_each_way_at_once_arrive_intact_and_are_counte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_counts_every_skb_it_redirects_per_backend_and_direction() {
+    const ROUNDS: u64 = 200;
+    const UP: usize = 100;
+    const DOWN: usize = 300;
+    let rig = rig(ForwardOptions::default()).await;
+    let slot = BackendSlot(11);
+    let mut run = spawn_forward(&rig.engine, sockets().await, slot.0);
+    wait_spliced(&rig.engine, 1).await;
+    run.client.set_nodelay(true).expect("nodelay");
+    run.server.set_nodelay(true).expect("nodelay");
+    // Lockstep: each message is alone in flight, so it reaches the
+    // verdict as one skb of its own.
+    tokio::time::timeout(TIMEOUT, async {
+        let (mut up, mut down) = ([0u8; UP], [0u8; DOWN]);
+        for round in 0..ROUNDS {
+            let byte = u8::try_from(round % 251).expect("byte");
+            run.client.write_all(&[byte; UP]).await.expect("write up");
+            run.server.read_exact(&mut up).await.expect("read up");
+            assert_eq!(up, [byte; UP], "round {round} up");
+            run.server
+                .write_all(&[byte; DOWN])
+                .await
+                .expect("write down");
+            run.client.read_exact(&mut down).await.expect("read down");
+            assert_eq!(down, [byte; DOWN], "round {round} down");
+        }
+    })
+    .await
+    .expect("lockstep in time");
+    let lockstep = rig.engine.redirected(slot);
+    assert_eq!(
+        (lockstep.up, lockstep.down),
+        (ROUNDS * UP as u64, ROUNDS * DOWN as u64),
+        "bytes: {lockstep:?}"
+    );
+    assert_eq!(
+        (lockstep.up_skbs, lockstep.down_skbs),
+        (ROUNDS, ROUNDS),
+        "one skb per message: {lockstep:?}"
+    );
+    // A bulk download in large writes comes in far fewer, larger skbs,
+    // which is what the count is for (loopback: up to 64 KiB each).
+    let bulk = 16 * MIB;
+    let (mut client_rd, _client_wr) = run.client.split();
+    let (_server_rd, mut server_wr) = run.server.split();
+    let (sent, got) = tokio::time::timeout(TIMEOUT, async {
+        tokio::join!(
+            send_random(&mut server_wr, bulk, 11),
+            recv_hash(&mut client_rd, bulk)
+        )
+    })
+    .await
+    .expect("bulk in time");
+    assert_eq!(sent, got, "bulk bytes differ");
+    let after = rig.engine.redirected(slot);
+    let skbs = after.down_skbs - lockstep.down_skbs;
+    assert_eq!(after.down - lockstep.down, bulk, "{after:?}");
+    assert!(
+        skbs > 0 && bulk / skbs > 4096,
+        "16 MiB down in {skbs} skbs: {} bytes each",
+        bulk / skbs.max(1)
+    );
+    assert_eq!(after.up_skbs, ROUNDS, "nothing went up: {after:?}");
+    let summary = finish(run).await;
+    assert_eq!(summary.end, PairEnd::Closed);
+    // The FIN's empty skb is dropped, not counted.
+    assert_eq!(rig.engine.redirected(slot), after);
+    assert_maps_empty(&rig.engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_data_from_both_sides_arrives_first_and_in_order() {
     let rig = rig(ForwardOptions::default()).await;
     let mut s = sockets().await;

@@ -322,6 +322,47 @@ impl Collector for SnapshotCollector {
                 })
             }),
         )?;
+        // Only under sockmap: splice sees no skbs. The encoder appends the
+        // unit: `balancer_backend_sockmap_bytes_total`. The bytes are the
+        // verdict's share of `balancer_backend_bytes_total` (the relay
+        // carries each connection's first bytes), so that bytes per skb is
+        // the ratio of the two families' rates.
+        family(
+            &mut encoder,
+            "balancer_backend_sockmap",
+            "Bytes the sockmap verdict redirected (the kernel's share of balancer_backend_bytes_total), by direction",
+            Some(&Unit::Bytes),
+            counter,
+            exported.iter().flat_map(|(b, _)| {
+                b.sockmap.into_iter().flat_map(|share| {
+                    [("up", share.bytes_up), ("down", share.bytes_down)].map(
+                        |(direction, count)| {
+                            (
+                                with(backend_labels(b), "direction", direction),
+                                ConstCounter::new(count),
+                            )
+                        },
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "balancer_backend_sockmap_skbs",
+            "skbs the sockmap verdict redirected, by direction: sockmap's cost goes by skbs, so bytes per skb says how well it suits a backend",
+            None,
+            counter,
+            exported.iter().flat_map(|(b, _)| {
+                b.sockmap.into_iter().flat_map(|share| {
+                    [("up", share.skbs_up), ("down", share.skbs_down)].map(|(direction, count)| {
+                        (
+                            with(backend_labels(b), "direction", direction),
+                            ConstCounter::new(count),
+                        )
+                    })
+                })
+            }),
+        )?;
         family(
             &mut encoder,
             "balancer_backend_active_connections",
@@ -378,7 +419,9 @@ mod tests {
     use std::{collections::BTreeMap, time::Duration};
 
     use super::*;
-    use crate::stats::snapshot::{DaemonCounters, FORMAT_VERSION, KernelQueue, Snapshot};
+    use crate::stats::snapshot::{
+        DaemonCounters, FORMAT_VERSION, KernelQueue, Snapshot, SockmapShare,
+    };
 
     fn backend(name: &str, scope: Option<&str>, state: &str) -> BackendSnapshot {
         BackendSnapshot {
@@ -400,6 +443,7 @@ mod tests {
             latency_ema_ms: Some(2.0),
             bytes_up: 1_000,
             bytes_down: 9_000,
+            sockmap: None,
             last_success_unix_ms: None,
             last_failure_unix_ms: None,
         }
@@ -423,6 +467,13 @@ mod tests {
     }
 
     fn scrape() -> Scrape {
+        let mut alpha = backend("alpha", Some("eu"), "half_open");
+        alpha.sockmap = Some(SockmapShare {
+            bytes_up: 800,
+            bytes_down: 8_192,
+            skbs_up: 2,
+            skbs_down: 8,
+        });
         let mut unknown = backend("beta", None, "unknown");
         unknown.success_rate = None;
         let mut gone = backend("gone", None, "closed");
@@ -458,7 +509,7 @@ mod tests {
                 written_unix_ms: 0,
                 uptime_secs: 5.0,
                 counters,
-                backends: vec![backend("alpha", Some("eu"), "half_open"), unknown, gone],
+                backends: vec![alpha, unknown, gone],
             },
             latency: vec![
                 histogram(&buckets),
@@ -549,6 +600,37 @@ mod tests {
         has(
             &text,
             "balancer_backend_active_connections{backend=\"alpha\",scope=\"eu\"} 2",
+        );
+    }
+
+    #[test]
+    fn the_sockmap_share_and_its_skbs_are_exported_only_where_the_verdict_counted() {
+        let text = text();
+        has(&text, "# TYPE balancer_backend_sockmap_bytes counter");
+        has(&text, "# UNIT balancer_backend_sockmap_bytes bytes");
+        has(
+            &text,
+            "balancer_backend_sockmap_bytes_total{backend=\"alpha\",scope=\"eu\",direction=\"up\"} 800",
+        );
+        has(
+            &text,
+            "balancer_backend_sockmap_bytes_total{backend=\"alpha\",scope=\"eu\",direction=\"down\"} 8192",
+        );
+        has(&text, "# TYPE balancer_backend_sockmap_skbs counter");
+        has(
+            &text,
+            "balancer_backend_sockmap_skbs_total{backend=\"alpha\",scope=\"eu\",direction=\"up\"} 2",
+        );
+        has(
+            &text,
+            "balancer_backend_sockmap_skbs_total{backend=\"alpha\",scope=\"eu\",direction=\"down\"} 8",
+        );
+        // beta has no share (splice): no sample rather than a made-up zero.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("balancer_backend_sockmap") && l.contains("\"beta\"")),
+            "{text}"
         );
     }
 

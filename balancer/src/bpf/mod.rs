@@ -605,10 +605,7 @@ fn sum_bytes(
     match map.get(&slot, 0) {
         Ok(per_cpu) => Ok(per_cpu
             .iter()
-            .fold(BackendBytes::default(), |sum, cpu| BackendBytes {
-                up: sum.up.wrapping_add(cpu.up),
-                down: sum.down.wrapping_add(cpu.down),
-            })),
+            .fold(BackendBytes::default(), |sum, cpu| sum.wrapping_add(*cpu))),
         Err(MapError::OutOfBounds { .. }) => Ok(BackendBytes::default()),
         Err(source) => Err(BpfError::MapOp {
             op: "read",

@@ -206,6 +206,11 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         "BYTES UP",
         "BYTES DOWN",
     ];
+    // Only the sockmap engine counts skbs.
+    let skbs = snapshot.backends.iter().any(|b| b.sockmap.is_some());
+    if skbs {
+        header.push("PER SKB up/down");
+    }
     if rates.is_some() {
         header.extend(["UP/s", "DOWN/s"]);
     }
@@ -237,6 +242,19 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
             bytes(backend.bytes_up as f64),
             bytes(backend.bytes_down as f64),
         ];
+        if skbs {
+            let mean = |per_skb: Option<f64>| per_skb.map_or_else(|| "-".to_owned(), bytes);
+            row.push(backend.sockmap.map_or_else(
+                || "-".to_owned(),
+                |share| {
+                    format!(
+                        "{}/{}",
+                        mean(share.bytes_per_skb_up()),
+                        mean(share.bytes_per_skb_down())
+                    )
+                },
+            ));
+        }
         if let Some(rates) = rates {
             let rate = rates.get(index).copied().flatten();
             row.push(rate.map_or_else(|| "-".to_owned(), |r| format!("{}/s", bytes(r.up))));
@@ -290,7 +308,9 @@ fn uptime(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, KernelQueue};
+    use crate::stats::snapshot::{
+        BackendSnapshot, DaemonCounters, FORMAT_VERSION, KernelQueue, SockmapShare,
+    };
 
     fn backend(name: &str, success_rate: Option<f64>) -> BackendSnapshot {
         BackendSnapshot {
@@ -312,6 +332,7 @@ mod tests {
             latency_ema_ms: None,
             bytes_up: 1536,
             bytes_down: 3 << 20,
+            sockmap: None,
             last_success_unix_ms: None,
             last_failure_unix_ms: None,
         }
@@ -353,6 +374,29 @@ mod tests {
         );
         assert!(beta.contains(" - "), "{beta}");
         assert!(!text.contains("UP/s"), "no throughput outside --watch");
+    }
+
+    #[test]
+    fn the_bytes_per_skb_column_shows_under_sockmap_with_a_dash_before_the_first_skb() {
+        assert!(!render(&snapshot(), None).contains("PER SKB"), "splice");
+        let mut counted = snapshot();
+        counted.backends[0].sockmap = Some(SockmapShare {
+            bytes_up: 1_000,
+            bytes_down: 3 << 20,
+            skbs_up: 4,
+            skbs_down: 3 * 1024,
+        });
+        counted.backends[1].sockmap = Some(SockmapShare::default());
+        let text = render(&counted, None);
+        assert!(text.contains("PER SKB up/down"), "{text}");
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{name} row in {text}"))
+                .to_owned()
+        };
+        assert!(row("alpha").contains("250 B/1.0 KiB"), "{}", row("alpha"));
+        assert!(row("beta").contains(" -/- "), "{}", row("beta"));
     }
 
     #[test]

@@ -280,6 +280,15 @@ impl Engine {
         }
     }
 
+    /// What the sockmap verdict redirected for `slot` (bytes and skbs each
+    /// way); `None` under splice, which sees no skbs.
+    pub fn redirected(&self, slot: BackendSlot) -> Option<balancer_common::BackendBytes> {
+        match self {
+            Self::Sockmap(engine) => Some(engine.redirected(slot)),
+            Self::Splice(_) => None,
+        }
+    }
+
     /// The mapped BPF maps the daemon's own counters go to (`BACKEND_STATS`,
     /// `DAEMON_STATS`); `None` without BPF.
     #[must_use]

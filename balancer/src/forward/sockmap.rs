@@ -43,7 +43,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use balancer_common::{NO_SLOT, PeerInfo, daemon_stat, direction};
+use balancer_common::{BackendBytes, NO_SLOT, PeerInfo, daemon_stat, direction};
 use nix::sys::epoll::{EpollEvent, EpollFlags, EpollTimeout};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, unix::AsyncFd},
@@ -265,16 +265,22 @@ impl SockmapEngine {
     /// Bytes forwarded so far for `slot` by the kernel and by the fallback.
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
         let mut total = self.fallback.backend_bytes(slot);
-        match self.bpf.backend_bytes(slot.0) {
-            Ok(bytes) => {
-                total += ByteCount {
-                    up: bytes.up,
-                    down: bytes.down,
-                }
-            }
-            Err(err) => tracing::warn!(%err, slot = slot.0, "cannot read BACKEND_BYTES"),
-        }
+        let kernel = self.redirected(slot);
+        total += ByteCount {
+            up: kernel.up,
+            down: kernel.down,
+        };
         total
+    }
+
+    /// What the verdict redirected for `slot`: the kernel's part of
+    /// [`Self::backend_bytes`] and the skbs that carried it (zero, with a
+    /// warning, when the map cannot be read).
+    pub fn redirected(&self, slot: BackendSlot) -> BackendBytes {
+        self.bpf.backend_bytes(slot.0).unwrap_or_else(|err| {
+            tracing::warn!(%err, slot = slot.0, "cannot read BACKEND_BYTES");
+            BackendBytes::default()
+        })
     }
 
     /// What the queue checks found (step 5), as the daemon's counters hold

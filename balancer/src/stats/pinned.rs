@@ -5,7 +5,9 @@
 
 use std::{path::Path, time::SystemTime};
 
-use balancer_common::{BackendStats, DaemonStats, FAILURE_CATEGORIES, UNKNOWN, daemon_stat, stat};
+use balancer_common::{
+    BackendBytes, BackendStats, DaemonStats, FAILURE_CATEGORIES, UNKNOWN, daemon_stat, stat,
+};
 
 use super::{
     HandshakeFailure,
@@ -82,15 +84,9 @@ pub fn read(
         if stats.words[stat::BACKEND_ID] != owner.id {
             continue;
         }
-        // The kernel's bytes plus those the splice fallback moved for pairs
-        // the sockmap could not take (each byte counted in one of them).
-        let bytes = pins.backend_bytes(owner.slot)?;
-        let up = bytes.up.wrapping_add(stats.words[stat::FALLBACK_BYTES_UP]);
-        let down = bytes
-            .down
-            .wrapping_add(stats.words[stat::FALLBACK_BYTES_DOWN]);
+        let kernel = pins.backend_bytes(owner.slot)?;
         let epoch_unix_ms = daemon.words[daemon_stat::EPOCH_UNIX_MS];
-        backends.push(backend(owner, &stats, up, down, epoch_unix_ms));
+        backends.push(backend(owner, &stats, kernel, epoch_unix_ms));
     }
     let written_unix_ms = status_file::unix_ms(now);
     Ok(Snapshot {
@@ -129,13 +125,13 @@ fn counters(daemon: &DaemonStats) -> DaemonCounters {
     }
 }
 
-/// One row from a slot's words; `Identity` gives the names. The `*_NS`
-/// stamps count from the daemon's epoch, `epoch_unix_ms` on the wall.
+/// One row from a slot's words and what the verdict redirected for the
+/// slot (`kernel`); `Identity` gives the names. The `*_NS` stamps count from
+/// the daemon's epoch, `epoch_unix_ms` on the wall.
 fn backend(
     owner: &SlotOwner,
     stats: &BackendStats,
-    up: u64,
-    down: u64,
+    kernel: BackendBytes,
     epoch_unix_ms: u64,
 ) -> BackendSnapshot {
     let word = |index: usize| stats.words[index];
@@ -170,8 +166,12 @@ fn backend(
         },
         latency_ema_ms: LatencyEma::read(word(stat::LATENCY_EMA_SECONDS_F64))
             .map(|latency| latency.as_secs_f64() * 1000.0),
-        bytes_up: up,
-        bytes_down: down,
+        // The kernel's bytes plus those user space moved (the relay, and
+        // splice for pairs the sockmap could not take): each byte counted
+        // in one of them.
+        bytes_up: kernel.up.wrapping_add(word(stat::FALLBACK_BYTES_UP)),
+        bytes_down: kernel.down.wrapping_add(word(stat::FALLBACK_BYTES_DOWN)),
+        sockmap: Some(kernel.into()),
         last_success_unix_ms: stamp(stat::LAST_SUCCESS_NS),
         last_failure_unix_ms: stamp(stat::LAST_FAILURE_NS),
     }
@@ -225,6 +225,7 @@ mod tests {
             &status,
             None,
             crate::forward::ByteCount { up: 1, down: 2 },
+            Some(KERNEL.into()),
             0,
         );
         // Both stamped (a success and a failure were recorded); the two
@@ -319,9 +320,22 @@ mod tests {
         assert_eq!(snapshot.backends[0].attempts, 1);
         assert_eq!(snapshot.backends[0].failures["connect_timeout"], 1);
         assert_eq!(snapshot.backends[0].success_rate, Some(0.0));
+        // Read from the pins, the verdict's share is there, zero so far.
+        assert_eq!(
+            snapshot.backends[0].sockmap,
+            Some(crate::stats::snapshot::SockmapShare::default())
+        );
     }
 
+    /// The kernel's share of the row: 1 byte up, 2 down, in 1 and 2 skbs.
+    const KERNEL: BackendBytes = BackendBytes {
+        up: 1,
+        down: 2,
+        up_skbs: 1,
+        down_skbs: 2,
+    };
+
     fn backend_row(owner: &SlotOwner, stats: &BackendStats) -> BackendSnapshot {
-        backend(owner, stats, 1, 2, 1_000)
+        backend(owner, stats, KERNEL, 1_000)
     }
 }

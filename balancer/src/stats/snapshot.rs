@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use balancer_common::daemon_stat;
+use balancer_common::{BackendBytes, daemon_stat};
 use serde::{Deserialize, Serialize};
 
 use super::{Counters, HandshakeFailure};
@@ -134,6 +134,11 @@ pub struct BackendSnapshot {
     pub bytes_up: u64,
     /// Bytes forwarded backend -> client, every connection ever.
     pub bytes_down: u64,
+    /// The sockmap verdict's share of `bytes_up`/`bytes_down` and the skbs
+    /// that carried it; `None` under splice. Absent in files of older
+    /// daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockmap: Option<SockmapShare>,
     /// Wall time (Unix ms) of the last successful attempt or probe; `None`
     /// before the first. Kept by a counter reset.
     #[serde(default)]
@@ -142,6 +147,49 @@ pub struct BackendSnapshot {
     /// before the first. Kept by a counter reset.
     #[serde(default)]
     pub last_failure_unix_ms: Option<u64>,
+}
+
+/// What the sockmap verdict redirected for one backend, every connection
+/// ever: bytes (the part of the backend's bytes the kernel carried; the
+/// user-space relay carries each connection's first bytes) and the skbs
+/// they came in. Sockmap's cost goes by skbs, not bytes, so the bytes per
+/// skb say how well it suits the backend: a backend that writes in small
+/// pieces sends many small skbs, which splice moves in bigger batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockmapShare {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub skbs_up: u64,
+    pub skbs_down: u64,
+}
+
+impl SockmapShare {
+    /// Mean bytes per skb client -> backend; `None` before the first skb.
+    #[must_use]
+    pub fn bytes_per_skb_up(&self) -> Option<f64> {
+        mean(self.bytes_up, self.skbs_up)
+    }
+
+    /// Mean bytes per skb backend -> client; `None` before the first skb.
+    #[must_use]
+    pub fn bytes_per_skb_down(&self) -> Option<f64> {
+        mean(self.bytes_down, self.skbs_down)
+    }
+}
+
+fn mean(bytes: u64, skbs: u64) -> Option<f64> {
+    (skbs > 0).then(|| bytes as f64 / skbs as f64)
+}
+
+impl From<BackendBytes> for SockmapShare {
+    fn from(kernel: BackendBytes) -> Self {
+        Self {
+            bytes_up: kernel.up,
+            bytes_down: kernel.down,
+            skbs_up: kernel.up_skbs,
+            skbs_down: kernel.down_skbs,
+        }
+    }
 }
 
 fn enabled_label() -> String {
@@ -171,15 +219,17 @@ impl DaemonCounters {
 }
 
 impl BackendSnapshot {
-    /// The entry for a backend with this status, scope and byte count.
-    #[must_use]
+    /// The entry for a backend with this status, scope, byte count and,
+    /// under sockmap, the verdict's share of the bytes.
     ///
     /// `now_unix_ms` is the wall time of `status`, to turn its "time since"
     /// figures into timestamps.
+    #[must_use]
     pub fn new(
         status: &BackendStatus,
         scope: Option<&str>,
         bytes: ByteCount,
+        sockmap: Option<SockmapShare>,
         now_unix_ms: u64,
     ) -> Self {
         let at = |since: Option<std::time::Duration>| {
@@ -210,6 +260,7 @@ impl BackendSnapshot {
             latency_ema_ms: status.latency.map(|l| l.as_secs_f64() * 1000.0),
             bytes_up: bytes.up,
             bytes_down: bytes.down,
+            sockmap,
             last_success_unix_ms: at(status.since_success),
             last_failure_unix_ms: at(status.since_failure),
         }
@@ -336,7 +387,7 @@ mod tests {
     }
 
     fn backend(name: &str, up: u64, down: u64) -> BackendSnapshot {
-        BackendSnapshot::new(&status(name), None, ByteCount { up, down }, 0)
+        BackendSnapshot::new(&status(name), None, ByteCount { up, down }, None, 0)
     }
 
     #[test]
@@ -349,7 +400,7 @@ mod tests {
         busy.probes_failed = 1;
         let snap = snapshot(vec![
             backend("a", 1, 2),
-            BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }, 0),
+            BackendSnapshot::new(&busy, Some("eu"), ByteCount { up: 10, down: 20 }, None, 0),
         ]);
         let text = serde_json::to_string_pretty(&snap).expect("serializes");
         let back: Snapshot = serde_json::from_str(&text).expect("parses");

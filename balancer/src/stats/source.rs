@@ -11,7 +11,7 @@ use std::{
 use super::{
     Counters,
     identity::{Identity, SlotOwner},
-    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot},
+    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot, SockmapShare},
     status_file,
 };
 use crate::{
@@ -83,6 +83,7 @@ impl StatsSource {
                     &backend.status(now),
                     backend.scope(),
                     self.engine.backend_bytes(backend.slot),
+                    self.engine.redirected(backend.slot).map(SockmapShare::from),
                     status_file::unix_ms(wall),
                 );
                 (snapshot, backend.latency_histogram())

@@ -18,7 +18,8 @@ use crate::bench::{
         CONN_DAEMON_USER, CONN_RATE, CONN_SETUP_P99, CPU_SOFTIRQ, CPU_SYSTEM, CPU_TOTAL, CPU_USER,
         DAEMON_SYSTEM, DAEMON_USER, Figure, METRICS, Metric, PSOCK_PER_RTT, PSOCK_RUN_P50,
         PSOCK_SAME_CPU, PSOCK_WAIT_P50, PSOCK_WAIT_P99, RSS_10K, RSS_CONNECTIONS, RSS_IDLE,
-        RSS_LOADED, RTT_ONE_CPU_ADDED_P50, RTT_ONE_CPU_P50, RTT_P50, RTT_P99, RTT_P999,
+        RSS_LOADED, RTT_ONE_CPU_ADDED_P50, RTT_ONE_CPU_P50, RTT_P50, RTT_P99, RTT_P999, SKB_DOWN_1,
+        SKB_DOWN_8, SKB_UP_1,
     },
     topology::Kind,
 };
@@ -130,6 +131,11 @@ const GROUPS: &[(&str, &[&str])] = &[
             PSOCK_RUN_P50,
             PSOCK_SAME_CPU,
         ],
+    ),
+    (
+        "Sockmap: mean bytes per skb the verdict redirected in the bulk phases \
+         (the daemon's per-backend skb counters; sockmap pays per skb)",
+        &[SKB_UP_1, SKB_DOWN_1, SKB_DOWN_8],
     ),
 ];
 

@@ -79,6 +79,14 @@ pub const PSOCK_WAIT_P99: &str = "psock_wait_p99_us";
 pub const PSOCK_RUN_P50: &str = "psock_run_p50_us";
 pub const PSOCK_SAME_CPU: &str = "psock_same_cpu_share";
 
+/// Sockmap rows only: mean bytes per skb the verdict redirected in each
+/// bulk phase (from the daemon's per-backend skb counters): sockmap's cost
+/// goes by skbs, so this says how the backend (down) or the client (up)
+/// writes.
+pub const SKB_UP_1: &str = "skb_bytes_up_1";
+pub const SKB_DOWN_1: &str = "skb_bytes_down_1";
+pub const SKB_DOWN_8: &str = "skb_bytes_down_8";
+
 /// Every metric, in report order.
 pub const METRICS: &[Metric] = &[
     metric(BULK_UP_1, "bulk 1 stream up", "GB/s", true, 2),
@@ -135,6 +143,9 @@ pub const METRICS: &[Metric] = &[
     ),
     metric(PSOCK_RUN_P50, "its run (the send), p50", "µs", false, 1),
     metric(PSOCK_SAME_CPU, "run on the queueing CPU", "share", true, 3),
+    metric(SKB_UP_1, "bulk 1 stream up", "B/skb", true, 0),
+    metric(SKB_DOWN_1, "bulk 1 stream down", "B/skb", true, 0),
+    metric(SKB_DOWN_8, "bulk 8 streams down", "B/skb", true, 0),
 ];
 
 /// Metric key -> value of one subject in one run.

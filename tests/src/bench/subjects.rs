@@ -10,7 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, ensure};
+use balancer_common::BackendBytes;
 
 use crate::bench::{process::Process, redirect::RedirectRule, topology::Topology};
 
@@ -379,6 +380,48 @@ impl Running {
             .first()
             .map(RedirectRule::connections)
             .transpose()
+    }
+
+    /// What the sockmap verdict has redirected so far over every backend
+    /// (bytes and skbs each way), as `balancer stats --json` reads it from
+    /// the pins; `None` for a subject that is no sockmap daemon.
+    pub fn sockmap_share(&self, balancer: &Path) -> Result<Option<BackendBytes>> {
+        let Some(instance) = &self.bpf_instance else {
+            return Ok(None);
+        };
+        let output = std::process::Command::new(balancer)
+            .args(["stats", "--instance", instance, "--json"])
+            .output()
+            .with_context(|| format!("cannot run {}", balancer.display()))?;
+        ensure!(
+            output.status.success(),
+            "balancer stats --instance {instance}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("balancer stats --json printed no JSON")?;
+        if snapshot["engine"] != "sockmap" {
+            return Ok(None);
+        }
+        let backends = snapshot["backends"]
+            .as_array()
+            .context("balancer stats --json: no backends")?;
+        backends
+            .iter()
+            .try_fold(BackendBytes::default(), |sum, backend| {
+                let field = |key: &str| {
+                    backend["sockmap"][key].as_u64().with_context(|| {
+                        format!("balancer stats --json: no sockmap.{key}: {backend}")
+                    })
+                };
+                Ok(sum.wrapping_add(BackendBytes {
+                    up: field("bytes_up")?,
+                    down: field("bytes_down")?,
+                    up_skbs: field("skbs_up")?,
+                    down_skbs: field("skbs_down")?,
+                }))
+            })
+            .map(Some)
     }
 
     /// Fails, with the daemon's log, if one of the subject's processes died.

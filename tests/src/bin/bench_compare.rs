@@ -285,10 +285,11 @@ fn trace_psock_work(
     Ok(())
 }
 
-const BULK: [(&str, Direction, usize); 3] = [
-    (stats::BULK_UP_1, Direction::Up, 1),
-    (stats::BULK_DOWN_1, Direction::Down, 1),
-    (stats::BULK_DOWN_8, Direction::Down, 8),
+/// The bulk phases: throughput key, direction, streams, bytes-per-skb key.
+const BULK: [(&str, Direction, usize, &str); 3] = [
+    (stats::BULK_UP_1, Direction::Up, 1, stats::SKB_UP_1),
+    (stats::BULK_DOWN_1, Direction::Down, 1, stats::SKB_DOWN_1),
+    (stats::BULK_DOWN_8, Direction::Down, 8, stats::SKB_DOWN_8),
 ];
 
 /// Measures one subject once; the returned sample holds every metric.
@@ -322,7 +323,8 @@ fn measure(
     let mut moved = 0u64;
     // Connections the client opens to the target, for the REDIRECT check.
     let mut opened = 0u64;
-    for (key, direction, streams) in BULK {
+    let mut redirected = running.sockmap_share(balancer)?;
+    for (key, direction, streams, skb_key) in BULK {
         opened += streams as u64;
         let cost = workloads::bulk(
             client,
@@ -336,6 +338,24 @@ fn measure(
         .with_context(|| format!("{}: {key}", subject.name()))?;
         let exact = bytes / streams as u64 * streams as u64;
         sample.insert(key, exact as f64 / cost.seconds / 1e9);
+        if let Some(before) = redirected {
+            let after = running
+                .sockmap_share(balancer)?
+                .context("the daemon's skb counters went away")?;
+            let (kernel_bytes, skbs) = match direction {
+                Direction::Up => (after.up - before.up, after.up_skbs - before.up_skbs),
+                Direction::Down => (after.down - before.down, after.down_skbs - before.down_skbs),
+            };
+            // A sockmap row whose bulk phase the kernel did not carry
+            // measured user space, not the engine.
+            ensure!(
+                skbs > 0,
+                "{}: {key}: the sockmap verdict redirected no skb (user space carried the phase)",
+                subject.name()
+            );
+            sample.insert(skb_key, kernel_bytes as f64 / skbs as f64);
+            redirected = Some(after);
+        }
         moved += exact;
         total.system += cost.system;
         total.daemon += cost.daemon;
