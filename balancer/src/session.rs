@@ -190,6 +190,7 @@ async fn forward(context: &Context, ready: Ready) {
         client,
         backend: backend_stream,
         slot: backend.slot,
+        engine: backend.spec().engine,
     };
     match context.engine.forward(pair, &context.hard_stop).await {
         Ok(summary) => {

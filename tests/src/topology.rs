@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use anyhow::{Context, Result};
-use balancer::forward::{BackendSlot, Pair};
+use balancer::forward::{BackendEngine, BackendSlot, Pair};
 use tokio::net::TcpStream;
 
 use crate::netns::{NetNs, Veth};
@@ -58,6 +58,7 @@ impl PairSockets {
             client: self.accepted,
             backend: self.connected,
             slot,
+            engine: BackendEngine::Auto,
         };
         (pair, self.client, self.server)
     }

@@ -3,7 +3,8 @@
 //! all on loopback of a throw-away namespace; 8 connections through the
 //! sockmap engine, then through the splice engine. The per-backend byte
 //! counts `balancer stats --json` reports must equal, to the byte, what the
-//! clients sent and received after their SOCKS5 handshakes.
+//! clients sent and received after their SOCKS5 handshakes. A third run
+//! puts a backend with `engine: splice` beside a sockmap one.
 
 mod support;
 
@@ -123,6 +124,32 @@ impl Drop for ConfigCopy {
     }
 }
 
+/// Waits (bounded) for a snapshot taken after `connections` pairs were
+/// torn down: `active` is read before the bytes, so zero there means final
+/// bytes.
+fn settled(instance: &str, connections: u64, daemon: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let snapshot = stats_json(instance);
+        let backends = snapshot["backends"].as_array().expect("backends array");
+        let done = backends.iter().all(|b| u64_field(b, "active") == 0)
+            && backends
+                .iter()
+                .map(|b| u64_field(b, "successes"))
+                .sum::<u64>()
+                == connections;
+        if done {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections still open in stats after 15 s: {snapshot:#}\n{}",
+            daemon.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn run_engine(engine: &str) {
     require_root("network namespaces and BPF");
     let ns = NetNs::new().expect("netns");
@@ -163,28 +190,7 @@ fn run_engine(engine: &str) {
     assert_eq!(sent, CONNECTIONS * UP_PER_CONNECTION);
     assert_eq!(received, CONNECTIONS * DOWN_PER_CONNECTION);
 
-    // Wait (bounded) for a snapshot taken after every pair was torn down:
-    // `active` is read before the bytes, so zero there means final bytes.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let snapshot = loop {
-        let snapshot = stats_json(&instance);
-        let backends = snapshot["backends"].as_array().expect("backends array");
-        let done = backends.iter().all(|b| u64_field(b, "active") == 0)
-            && backends
-                .iter()
-                .map(|b| u64_field(b, "successes"))
-                .sum::<u64>()
-                == CONNECTIONS;
-        if done {
-            break snapshot;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections still open in stats after 15 s: {snapshot:#}\n{}",
-            daemon.logs()
-        );
-        thread::sleep(Duration::from_millis(200));
-    };
+    let snapshot = settled(&instance, CONNECTIONS, &daemon);
 
     assert_eq!(snapshot["instance"], instance.as_str());
     assert_eq!(snapshot["engine"], engine, "{snapshot:#}");
@@ -291,6 +297,62 @@ fn run_engine(engine: &str) {
     let after = stats(&["--instance", &instance]);
     assert_eq!(after.status.code(), Some(1));
     // The backends outlive the daemon.
+    drop(socks);
+}
+
+/// `engine: splice` on one backend of a sockmap daemon: its connections are
+/// carried by splice (no skb of theirs passes the verdict), the other
+/// backend's by sockmap, and both count their bytes to the byte.
+#[test]
+fn a_backend_with_engine_splice_is_carried_by_splice_beside_sockmap() {
+    require_root("network namespaces and BPF");
+    let ns = NetNs::new().expect("netns");
+    let target = SinkSource::start(&ns);
+    let socks: Vec<Microsocks> = (0..2)
+        .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
+        .collect();
+    let instance = unique("stats");
+    let yaml = format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\", engine: splice }}\n\
+         balancing: {{ strategy: round_robin, max_attempts: 1 }}\n\
+         health: {{ probe: {{ enabled: false }} }}\n\
+         forwarding: {{ engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s }}\n",
+        socks[0].addr(),
+        socks[1].addr(),
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+    let target_addr = target.0.addr();
+    // One at a time: round robin alternates alpha and beta.
+    for seed in 0..4 {
+        ns.run(move || transfer(proxy, target_addr, seed))
+            .expect("netns");
+    }
+    let snapshot = settled(&instance, 4, &daemon);
+    let pairs = &snapshot["counters"]["pairs_finished"];
+    assert_eq!(
+        (pairs["sockmap"].as_u64(), pairs["splice"].as_u64()),
+        (Some(2), Some(2)),
+        "{snapshot:#}"
+    );
+    for backend in snapshot["backends"].as_array().expect("backends") {
+        assert_eq!(u64_field(backend, "successes"), 2, "{backend}");
+        assert_eq!(
+            u64_field(backend, "bytes_down"),
+            2 * DOWN_PER_CONNECTION,
+            "{backend}"
+        );
+        let kernel = &backend["sockmap"];
+        let skbs = u64_field(kernel, "skbs_up") + u64_field(kernel, "skbs_down");
+        match backend["name"].as_str() {
+            Some("alpha") => assert!(skbs > 0, "{backend}"),
+            Some("beta") => assert_eq!(skbs, 0, "{backend}"),
+            other => panic!("unexpected backend {other:?}"),
+        }
+    }
+    drop(daemon);
     drop(socks);
 }
 

@@ -13,8 +13,8 @@
 use std::{sync::Arc, time::Duration};
 
 use balancer::forward::{
-    BackendSlot, ByteCount, Engine, EngineKind, ForwardError, ForwardOptions, PairEnd, PairSummary,
-    relay::RelayBudget,
+    BackendEngine, BackendSlot, ByteCount, Engine, EngineKind, EngineName, ForwardError,
+    ForwardOptions, PairEnd, PairSummary, relay::RelayBudget,
 };
 use balancer_tests::{
     PairSockets, Topology, TopologyKind, raise_nofile_limit, require_root, sink, source,
@@ -103,7 +103,22 @@ impl Bench {
         TcpStream,
         TcpStream,
     ) {
-        let (pair, client, server) = sockets.into_pair(slot);
+        self.forward_with(sockets, slot, BackendEngine::Auto)
+    }
+
+    /// As [`Self::forward`], for a backend that chose `engine`.
+    fn forward_with(
+        &self,
+        sockets: PairSockets,
+        slot: BackendSlot,
+        engine: BackendEngine,
+    ) -> (
+        JoinHandle<Result<PairSummary, ForwardError>>,
+        TcpStream,
+        TcpStream,
+    ) {
+        let (mut pair, client, server) = sockets.into_pair(slot);
+        pair.engine = engine;
         let engine = Arc::clone(&self.engine);
         let cancel = self.cancel.clone();
         let task = tokio::spawn(async move { engine.forward(pair, &cancel).await });
@@ -377,6 +392,66 @@ async fn thousand_concurrent_pairs(setup: Setup) {
             "slot {slot}"
         );
     }
+}
+
+/// Under sockmap, a backend that asks for splice (`backends[].engine:
+/// splice`) has its pairs carried by splice: none of its bytes pass the
+/// verdict, and they still count for its slot; a pair of another backend
+/// beside it is spliced in the kernel as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sockmap_a_backend_that_asks_for_splice_is_carried_by_splice() {
+    let bench = Bench::new(Setup {
+        kind: EngineKind::Sockmap,
+        topology: TopologyKind::Loopback,
+        relay: Relay::Default,
+    })
+    .await;
+    let mut summaries = Vec::new();
+    for (slot, choice) in [
+        (BackendSlot(21), BackendEngine::Splice),
+        (BackendSlot(22), BackendEngine::Auto),
+    ] {
+        let (task, client, server) = bench.forward_with(bench.sockets().await, slot, choice);
+        let (mut client_rx, mut client_tx) = client.into_split();
+        let (mut server_rx, mut server_tx) = server.into_split();
+        // The download first, then the upload: a FIN that came before the
+        // hand-over would send any pair to splice.
+        let (up_sent, up_got, down_sent, down_got) = timeout(CASE_LIMIT, async {
+            let (down_sent, down_got) = tokio::join!(
+                source(&mut server_tx, 32 * MIB, 4, 256 * 1024),
+                sink(&mut client_rx),
+            );
+            let (up_sent, up_got) = tokio::join!(
+                source(&mut client_tx, 4 * MIB, 3, 64 * 1024),
+                sink(&mut server_rx),
+            );
+            (up_sent, up_got, down_sent, down_got)
+        })
+        .await
+        .expect("transfer in time");
+        assert_eq!(
+            up_got.expect("server reads"),
+            up_sent.expect("client sends")
+        );
+        assert_eq!(
+            down_got.expect("client reads"),
+            down_sent.expect("server sends")
+        );
+        drop((client_rx, client_tx, server_rx, server_tx));
+        let summary = summary_of(task).await;
+        assert_eq!(summary.end, PairEnd::Closed, "{choice:?}");
+        let expected = ByteCount {
+            up: 4 * MIB,
+            down: 32 * MIB,
+        };
+        assert_eq!(summary.bytes, expected, "{choice:?}");
+        assert_eq!(bench.engine.backend_bytes(slot), expected, "{choice:?}");
+        let kernel = bench.engine.redirected(slot).expect("sockmap counts skbs");
+        summaries.push((summary.engine, kernel.down_skbs, kernel.down));
+    }
+    assert_eq!(summaries[0], (EngineName::Splice, 0, 0), "{summaries:?}");
+    assert_eq!(summaries[1].0, EngineName::Sockmap, "{summaries:?}");
+    assert!(summaries[1].1 > 0, "{summaries:?}");
 }
 
 /// Runs one case with the per-case time limit.

@@ -19,7 +19,8 @@ use std::{
 use balancer::{
     bpf::{Bpf, SocketMap},
     forward::{
-        BackendSlot, EngineName, ForwardOptions, Pair, PairEnd, PairSummary, sockmap::SockmapEngine,
+        BackendEngine, BackendSlot, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
+        sockmap::SockmapEngine,
     },
     sys::socket,
 };
@@ -129,6 +130,7 @@ fn spawn_forward(engine: &Arc<SockmapEngine>, s: Sockets, slot: u32) -> Running 
         client: s.client_inner,
         backend: s.backend_inner,
         slot: BackendSlot(slot),
+        engine: BackendEngine::Auto,
     };
     let forward = tokio::spawn(async move { engine.forward(pair, &token).await.expect("forward") });
     Running {

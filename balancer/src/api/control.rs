@@ -25,7 +25,7 @@ use super::{ErrorBody, auth::Authorized};
 use crate::{
     backend::{AdminState, BackendSpec, Origin, RegistryError},
     clock,
-    config::HostPort,
+    config::{BackendEngineConfig, HostPort},
     stats::source::StatsSource,
 };
 
@@ -175,6 +175,9 @@ pub struct RegisterRequest {
     /// At least 1; default 1.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// `auto` (default, `forwarding.engine`) or `splice`.
+    #[serde(default)]
+    pub engine: BackendEngineConfig,
 }
 
 impl std::fmt::Debug for RegisterRequest {
@@ -185,6 +188,7 @@ impl std::fmt::Debug for RegisterRequest {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("weight", &self.weight)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -233,6 +237,7 @@ impl RegisterRequest {
         spec.username = self.username;
         spec.password = self.password;
         spec.weight = weight;
+        spec.engine = self.engine.into();
         Ok(spec)
     }
 }
@@ -344,7 +349,7 @@ mod tests {
     fn every_field_is_carried_over() {
         let spec = request(json!({
             "address": "proxy.example:1081", "name": "c", "username": "u",
-            "password": "p", "weight": 3
+            "password": "p", "weight": 3, "engine": "splice"
         }))
         .expect("parses")
         .into_spec()
@@ -355,6 +360,7 @@ mod tests {
         );
         assert_eq!(spec.username.as_deref(), Some("u"));
         assert_eq!(spec.password.as_deref(), Some("p"));
+        assert_eq!(spec.engine, crate::forward::BackendEngine::Splice);
     }
 
     #[test]
@@ -393,6 +399,7 @@ mod tests {
         assert!(request(json!({"address": "10.0.0.1:1080", "wieght": 2})).is_err());
         assert!(request(json!({"address": "10.0.0.1:1080", "weight": -1})).is_err());
         assert!(request(json!({"name": "c"})).is_err());
+        assert!(request(json!({"address": "10.0.0.1:1080", "engine": "sockmap"})).is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub use registry::{CleanupReport, Pool, Registry, RegistryError, ReplaceReport};
 
 use balancer_common::{BACKEND_STAT_WORDS, FAILURE_CATEGORIES, LATENCY_BUCKETS, UNKNOWN, stat};
 
-use crate::forward::BackendSlot;
+use crate::forward::{BackendEngine, BackendSlot};
 use crate::stats::shared::{BackendStore, View};
 use admin::AdminCell;
 use breaker::{Signal, Source};
@@ -109,6 +109,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// Free-form labels.
     pub metadata: BTreeMap<String, String>,
+    /// Which engine carries its connections.
+    pub engine: BackendEngine,
 }
 
 impl BackendSpec {
@@ -124,6 +126,7 @@ impl BackendSpec {
             scope: None,
             backup: false,
             metadata: BTreeMap::new(),
+            engine: BackendEngine::Auto,
         }
     }
 
@@ -146,6 +149,7 @@ impl std::fmt::Debug for BackendSpec {
             .field("scope", &self.scope)
             .field("backup", &self.backup)
             .field("metadata", &self.metadata)
+            .field("engine", &self.engine)
             .finish()
     }
 }

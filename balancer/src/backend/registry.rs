@@ -564,6 +564,7 @@ mod tests {
         a.record(Ok(Duration::from_millis(5)), now);
         let mut heavier = spec("a");
         heavier.weight = 5;
+        heavier.engine = crate::forward::BackendEngine::Splice;
         let mut moved = spec("b");
         moved.address = "elsewhere.test:1080".into();
         let report = registry
@@ -576,6 +577,7 @@ mod tests {
         let pool = registry.pool();
         let new_a = pool.by_name("a").expect("a");
         assert_eq!(new_a.weight(), 5);
+        assert_eq!(new_a.spec().engine, crate::forward::BackendEngine::Splice);
         assert_eq!(new_a.status(now).successes, 1, "counters survive a reload");
         assert_eq!(new_a.slot, a.slot);
         assert_eq!(registry.draining().len(), 2);

@@ -23,8 +23,8 @@ use serde::Deserialize;
 
 pub use self::{
     sections::{
-        BalancingConfig, Engine, ForwardingConfig, HealthConfig, MetricsConfig, ProbeConfig,
-        StickyConfig, Strategy, TransparentConfig,
+        BackendEngineConfig, BalancingConfig, Engine, ForwardingConfig, HealthConfig,
+        MetricsConfig, ProbeConfig, StickyConfig, Strategy, TransparentConfig,
     },
     validate::{Problem, ProblemKind},
     values::{BackendAddress, DurationValue, Host, HostPort, Secret, ValueError},
@@ -214,6 +214,10 @@ pub struct BackendConfig {
     /// Used only when no primary backend is available. Default false.
     #[serde(default)]
     pub backup: bool,
+    /// `splice`: this backend's connections go through splice even when
+    /// the daemon forwards with sockmap. Default `auto` (`forwarding.engine`).
+    #[serde(default)]
+    pub engine: BackendEngineConfig,
 }
 
 fn one() -> u32 {
@@ -233,6 +237,7 @@ impl BackendConfig {
             scope: None,
             metadata: BTreeMap::new(),
             backup: false,
+            engine: BackendEngineConfig::Auto,
         }
     }
 }
@@ -250,6 +255,7 @@ pub struct ExpandedBackend {
     pub scope: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub backup: bool,
+    pub engine: BackendEngineConfig,
     /// Index of the `backends:` entry it came from.
     pub source_index: usize,
 }
@@ -352,6 +358,7 @@ impl Config {
                         scope: b.scope.clone(),
                         metadata: b.metadata.clone(),
                         backup: b.backup,
+                        engine: b.engine,
                         source_index,
                     })
             })

@@ -4,7 +4,7 @@
 use std::{io::Write, time::Duration};
 
 use super::*;
-use crate::forward::EngineKind;
+use crate::forward::{BackendEngine, EngineKind};
 
 const EXAMPLE: &str = include_str!("../../../examples/balancer.yaml");
 
@@ -364,4 +364,25 @@ fn listener_bind_must_be_a_socket_address() {
         "backends: [{ address: \"1.2.3.4:80\" }]\nlisteners: [{ name: a, mode: socks5, bind: \"localhost:1080\" }]\n",
     );
     assert!(msg.contains("listeners[0].bind"), "{msg}");
+}
+
+#[test]
+fn a_backend_may_ask_for_splice_and_defaults_to_the_daemons_engine() {
+    let config = Config::parse(
+        "backends:\n  - { address: \"1.2.3.4:80\", engine: splice }\n  - { address: \"1.2.3.4:81\" }\n",
+    )
+    .expect("valid");
+    let engines: Vec<BackendEngine> = crate::reload::backend_specs(&config)
+        .into_iter()
+        .map(|spec| spec.engine)
+        .collect();
+    assert_eq!(engines, [BackendEngine::Splice, BackendEngine::Auto]);
+}
+
+#[test]
+fn a_backend_cannot_ask_for_sockmap_and_the_error_names_the_place_and_the_choices() {
+    let msg = parse_err("backends:\n  - { address: \"1.2.3.4:80\", engine: sockmap }\n");
+    assert!(msg.contains("unknown variant `sockmap`"), "{msg}");
+    assert!(msg.contains("`auto`") && msg.contains("`splice`"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
 }

@@ -92,6 +92,18 @@ pub struct ForwardOptions {
     pub kernel_queue_limit: Option<u64>,
 }
 
+/// Which engine carries a backend's pairs (`backends[].engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendEngine {
+    /// The daemon's engine (`forwarding.engine`).
+    #[default]
+    Auto,
+    /// Splice, even where the daemon forwards with sockmap: sockmap pays
+    /// per skb, and behind a backend whose bytes arrive in small skbs
+    /// splice moves more (see the README, "Which to choose").
+    Splice,
+}
+
 /// Index of a backend in the per-backend counters (BPF array and user space).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendSlot(pub u32);
@@ -102,6 +114,8 @@ pub struct Pair {
     pub client: TcpStream,
     pub backend: TcpStream,
     pub slot: BackendSlot,
+    /// The backend's choice of engine.
+    pub engine: BackendEngine,
 }
 
 /// Bytes forwarded, seen from the client.
@@ -215,14 +229,17 @@ impl Engine {
         let started = crate::clock::now();
         let user_space = self.user_space();
         let options = user_space.options();
+        // A backend that asks for splice gets the sockmap engine's fallback.
+        let kernel = matches!(self, Self::Sockmap(_)) && pair.engine == BackendEngine::Auto;
         // The sockmap engine needs the relay's settling reads even without a
         // budget (see `relay`): a zero budget does only those.
-        let budget = match self {
-            Self::Sockmap(_) => Some(options.relay.unwrap_or(RelayBudget {
+        let budget = if kernel {
+            Some(options.relay.unwrap_or(RelayBudget {
                 bytes: 0,
                 time: Duration::ZERO,
-            })),
-            Self::Splice(_) => options.relay,
+            }))
+        } else {
+            options.relay
         };
         let (pair, relayed, finished) = match budget {
             None => (pair, ByteCount::default(), Finished::default()),
@@ -253,7 +270,9 @@ impl Engine {
         // half-closed pair goes to splice: the sockhash takes only
         // established sockets.
         let mut summary = match self {
-            Self::Sockmap(engine) if !finished.any() => engine.forward(pair, cancel).await?,
+            Self::Sockmap(engine) if kernel && !finished.any() => {
+                engine.forward(pair, cancel).await?
+            }
             Self::Sockmap(_) | Self::Splice(_) => {
                 Box::pin(user_space.forward_rest(pair, finished, cancel)).await?
             }

@@ -413,7 +413,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::forward::{BackendSlot, testing::loopback_sockets};
+    use crate::forward::{BackendEngine, BackendSlot, testing::loopback_sockets};
 
     const LIMIT: Duration = Duration::from_secs(10);
 
@@ -424,6 +424,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot: BackendSlot(0),
+            engine: BackendEngine::Auto,
         };
         (client, pair, server)
     }
@@ -624,6 +625,7 @@ mod tests {
             client: accepted,
             backend,
             slot: BackendSlot(0),
+            engine: BackendEngine::Auto,
         };
         let counters = [AtomicU64::new(0), AtomicU64::new(0)];
         let writer = tokio::spawn(async move {

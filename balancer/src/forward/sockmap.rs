@@ -54,7 +54,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
+    BackendEngine, BackendSlot, ByteCount, EngineName, ForwardOptions, Pair, PairEnd, PairSummary,
     splice::{SpliceEngine, SpliceError},
 };
 use crate::{
@@ -198,6 +198,7 @@ impl SockmapEngine {
             client,
             backend,
             slot,
+            engine,
         } = pair;
         // Out of tokio's reactor: its registration includes EPOLLIN, and every
         // redirected skb would wake it.
@@ -219,6 +220,7 @@ impl SockmapEngine {
                     backend: TcpStream::from_std(backend)
                         .map_err(sock_err("register with tokio"))?,
                     slot,
+                    engine,
                 };
                 tracing::debug!("sockhash refused the pair; forwarding it with splice");
                 // Boxed: inline, the rare splice future would set the size
@@ -637,6 +639,7 @@ impl SockmapEngine {
             client: client_inner,
             backend: server_inner,
             slot: BackendSlot(NO_SLOT),
+            engine: BackendEngine::Auto,
         };
         let cancel = CancellationToken::new();
         let peers = async {

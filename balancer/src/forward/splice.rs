@@ -168,6 +168,7 @@ impl SpliceEngine {
             client,
             backend,
             slot,
+            ..
         } = pair;
         let (up_counter, down_counter) = self.slot_counters(slot)?;
         if let Some(size) = self.options.socket_buffer {
@@ -412,7 +413,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::forward::testing::loopback_sockets as sockets;
+    use crate::forward::{BackendEngine, testing::loopback_sockets as sockets};
 
     #[tokio::test]
     async fn a_pair_forwards_both_ways_and_counts_bytes_per_slot() {
@@ -424,6 +425,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot,
+            engine: BackendEngine::Auto,
         };
         let forward =
             tokio::spawn(async move { engine.forward(pair, &cancel).await.map(|s| (s, engine)) });
@@ -458,6 +460,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot,
+            engine: BackendEngine::Auto,
         };
         let forward = tokio::spawn(async move {
             let cancel = CancellationToken::new();
@@ -495,6 +498,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot: BackendSlot(MAX_BACKENDS),
+            engine: BackendEngine::Auto,
         };
         let result = engine.forward(pair, &CancellationToken::new()).await;
         assert!(matches!(result, Err(SpliceError::SlotOutOfRange { .. })));
@@ -512,6 +516,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot: BackendSlot(0),
+            engine: BackendEngine::Auto,
         };
         let summary = engine
             .forward(pair, &CancellationToken::new())
@@ -529,6 +534,7 @@ mod tests {
             client: accepted,
             backend: connected,
             slot: BackendSlot(0),
+            engine: BackendEngine::Auto,
         };
         let cancel = CancellationToken::new();
         cancel.cancel();
