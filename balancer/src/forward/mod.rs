@@ -247,7 +247,18 @@ impl Engine {
                 let counters = user_space.slot_counters(pair.slot)?;
                 // Boxed: freed at the hand-over, so a long-lived pair's task
                 // does not keep the relay's state (timers, readiness).
-                let relaying = relay::relay(pair, budget, counters, options.idle_timeout, cancel);
+                let taker = if kernel {
+                    relay::Taker::WholeSkbs
+                } else {
+                    relay::Taker::AnyOffset
+                };
+                let relaying = relay::relay(
+                    pair,
+                    (budget, taker),
+                    counters,
+                    options.idle_timeout,
+                    cancel,
+                );
                 match Box::pin(relaying).await {
                     Relayed::Ended { bytes, end } => {
                         return Ok(PairSummary {

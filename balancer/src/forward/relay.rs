@@ -27,7 +27,8 @@
 //! with a zero budget even when `offload_after_*` is 0. Those reads take
 //! everything queued at once (`SIOCINQ`, with room for as much again): a
 //! sender that keeps a wide window full would fill every smaller read, and
-//! the relay would carry its whole upload.
+//! the relay would carry its whole upload. Splice reads on from any offset,
+//! so a pair bound for it skips the settle ([`Taker`]).
 
 use std::{
     future::poll_fn,
@@ -68,6 +69,17 @@ pub struct RelayBudget {
     pub bytes: u64,
     /// Time since the pair was handed to forwarding.
     pub time: Duration,
+}
+
+/// What the engine that takes a pair over needs of the receive queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taker {
+    /// Sockmap: the verdict takes queued skbs whole, so the relay settles
+    /// (see the module docs) and leaves none partly read.
+    WholeSkbs,
+    /// Splice: reads on from wherever the relay stopped; the relay hands
+    /// over as soon as it has written what it read.
+    AnyOffset,
 }
 
 /// The directions whose EOF the relay already passed on (FIN sent to the
@@ -242,11 +254,12 @@ fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Relays `pair` until it ends or `budget` is spent. Bytes written are
-/// added to `counters` (up, down) as they go.
+/// Relays `pair` until it ends or `budget` is spent, then hands it over as
+/// `taker` needs. Bytes written are added to `counters` (up, down) as they
+/// go.
 pub async fn relay(
     pair: Pair,
-    budget: RelayBudget,
+    (budget, taker): (RelayBudget, Taker),
     counters: (&AtomicU64, &AtomicU64),
     idle_timeout: Option<Duration>,
     cancel: &CancellationToken,
@@ -255,7 +268,7 @@ pub async fn relay(
     let exit = pass_bytes(
         &pair,
         (&mut up, &mut down),
-        budget,
+        (budget, taker),
         counters,
         idle_timeout,
         cancel,
@@ -293,7 +306,7 @@ pub async fn relay(
 async fn pass_bytes(
     pair: &Pair,
     (up, down): (&mut Flow, &mut Flow),
-    budget: RelayBudget,
+    (budget, taker): (RelayBudget, Taker),
     counters: (&AtomicU64, &AtomicU64),
     idle_timeout: Option<Duration>,
     cancel: &CancellationToken,
@@ -332,12 +345,13 @@ async fn pass_bytes(
         if handing_over {
             // Settle: read on (without waiting for readiness, which may be
             // stale after the handshake) until no skb is left partly read.
+            let whole_skbs = taker == Taker::WholeSkbs;
             let (mut unsettled, mut failed) = (false, None);
             for (flow, from, to, counter) in [
                 (&mut *up, client, backend, counters.0),
                 (&mut *down, backend, client, counters.1),
             ] {
-                if flow.eof || flow.settled || flow.holds_bytes() {
+                if !whole_skbs || flow.eof || flow.settled || flow.holds_bytes() {
                     continue;
                 }
                 match flow.settle(from, to, counter) {
@@ -349,7 +363,8 @@ async fn pass_bytes(
                 tracing::debug!(%cause, "relay: pair reset");
                 break PairEnd::Reset;
             }
-            let done = |flow: &Flow| (flow.eof || flow.settled) && !flow.holds_bytes();
+            let done =
+                |flow: &Flow| (!whole_skbs || flow.eof || flow.settled) && !flow.holds_bytes();
             if done(up) && done(down) {
                 return None;
             }
@@ -438,7 +453,13 @@ mod tests {
 
     async fn run(pair: Pair, budget: RelayBudget, counters: &[AtomicU64; 2]) -> Relayed {
         let cancel = CancellationToken::new();
-        let relayed = relay(pair, budget, (&counters[0], &counters[1]), None, &cancel);
+        let relayed = relay(
+            pair,
+            (budget, Taker::WholeSkbs),
+            (&counters[0], &counters[1]),
+            None,
+            &cancel,
+        );
         timeout(LIMIT, relayed).await.expect("relay returns")
     }
 
@@ -567,7 +588,7 @@ mod tests {
         let idle = Some(Duration::from_millis(100));
         let relaying = relay(
             pair,
-            budget(1 << 20, 10_000),
+            (budget(1 << 20, 10_000), Taker::WholeSkbs),
             (&counters[0], &counters[1]),
             idle,
             &cancel,
@@ -603,7 +624,32 @@ mod tests {
     /// before the settle read the whole queue at once: 64 MiB of 64).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sender_that_keeps_a_wide_window_full_is_handed_over_within_a_few_windows() {
-        const UPLOAD: usize = 64 << 20;
+        // The window is 8 MiB (the kernel doubles SO_RCVBUF); the settle
+        // reads what is queued and what arrives during that read.
+        let carried = wide_window_upload(Taker::WholeSkbs).await;
+        assert!(
+            carried < WIDE_UPLOAD / 4,
+            "the relay carried {carried} of the {WIDE_UPLOAD} bytes before handing over"
+        );
+    }
+
+    /// Splice reads on from any offset: the relay hands over once it has
+    /// written what it read, with no settle (under a window's worth).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn for_splice_the_relay_hands_over_without_settling() {
+        let carried = wide_window_upload(Taker::AnyOffset).await;
+        assert!(
+            carried < 1 << 20,
+            "the relay carried {carried} bytes before handing over to splice"
+        );
+    }
+
+    const WIDE_UPLOAD: u64 = 64 << 20;
+
+    /// Bytes up the relay carried before handing over a pair whose client
+    /// keeps an 8 MiB window full.
+    async fn wide_window_upload(taker: Taker) -> u64 {
+        const UPLOAD: usize = WIDE_UPLOAD as usize;
         // A window of several MiB (autotuning grows one on a fast path) lets
         // the client keep the queue full while the relay reads.
         let listening = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -646,19 +692,21 @@ mod tests {
         // queue is full when the relay starts.
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The daemon's default budget.
-        let relayed = run(pair, budget(64 * 1024, 10_000), &counters).await;
+        let cancel = CancellationToken::new();
+        let relaying = relay(
+            pair,
+            (budget(64 * 1024, 10_000), taker),
+            (&counters[0], &counters[1]),
+            None,
+            &cancel,
+        );
+        let relayed = timeout(LIMIT, relaying).await.expect("relay returns");
         writer.abort();
         reader.abort();
         let Relayed::HandOver { bytes, .. } = relayed else {
             panic!("not handed over: {relayed:?}");
         };
-        // The window is 8 MiB (the kernel doubles SO_RCVBUF); the settle
-        // reads what is queued and what arrives during that read.
-        assert!(
-            bytes.up < (UPLOAD / 4) as u64,
-            "the relay carried {} of the {UPLOAD} bytes before handing over",
-            bytes.up
-        );
+        bytes.up
     }
 
     #[tokio::test]
