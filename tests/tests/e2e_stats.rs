@@ -150,25 +150,59 @@ fn settled(instance: &str, connections: u64, daemon: &Daemon) -> Value {
     }
 }
 
+/// A namespace with the target and two `microsocks` backends, `alpha` and
+/// `beta` (with `beta_keys` added to its entry), round robin, and a daemon
+/// in front with `forwarding` keys. Fields drop in this order: the daemon
+/// before its backends, the namespace last.
+struct Rig {
+    daemon: Daemon,
+    socks: Vec<Microsocks>,
+    target: SinkSource,
+    ns: NetNs,
+    instance: String,
+    yaml: String,
+}
+
+impl Rig {
+    fn start(beta_keys: &str, forwarding: &str) -> Self {
+        require_root("network namespaces and BPF");
+        let ns = NetNs::new().expect("netns");
+        let target = SinkSource::start(&ns);
+        let socks: Vec<Microsocks> = (0..2)
+            .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
+            .collect();
+        let instance = unique("stats");
+        let yaml = format!(
+            "instance: {instance}\n\
+             listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+             backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\"{beta_keys} }}\n\
+             balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
+             health: {{ probe: {{ enabled: false }} }}\n\
+             forwarding: {{ connect_timeout: 2s, handshake_timeout: 5s, {forwarding} }}\n",
+            socks[0].addr(),
+            socks[1].addr(),
+        );
+        let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+        Self {
+            daemon,
+            socks,
+            target,
+            ns,
+            instance,
+            yaml,
+        }
+    }
+}
+
 fn run_engine(engine: &str) {
-    require_root("network namespaces and BPF");
-    let ns = NetNs::new().expect("netns");
-    let target = SinkSource::start(&ns);
-    let socks: Vec<Microsocks> = (0..2)
-        .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
-        .collect();
-    let instance = unique("stats");
-    let yaml = format!(
-        "instance: {instance}\n\
-         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
-         backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\" }}\n\
-         balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
-         health: {{ probe: {{ enabled: false }} }}\n\
-         forwarding: {{ engine: {engine}, connect_timeout: 2s, handshake_timeout: 5s, offload_after_time: 10s }}\n",
-        socks[0].addr(),
-        socks[1].addr(),
-    );
-    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let Rig {
+        ns,
+        target,
+        socks,
+        instance,
+        yaml,
+        daemon,
+    } = Rig::start("", &format!("engine: {engine}, offload_after_time: 10s"));
     let proxy = daemon.listener("socks");
     let target_addr = target.0.addr();
 
@@ -305,32 +339,16 @@ fn run_engine(engine: &str) {
 /// backend's by sockmap, and both count their bytes to the byte.
 #[test]
 fn a_backend_with_engine_splice_is_carried_by_splice_beside_sockmap() {
-    require_root("network namespaces and BPF");
-    let ns = NetNs::new().expect("netns");
-    let target = SinkSource::start(&ns);
-    let socks: Vec<Microsocks> = (0..2)
-        .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
-        .collect();
-    let instance = unique("stats");
-    let yaml = format!(
-        "instance: {instance}\n\
-         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
-         backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\", engine: splice }}\n\
-         balancing: {{ strategy: round_robin, max_attempts: 1 }}\n\
-         health: {{ probe: {{ enabled: false }} }}\n\
-         forwarding: {{ engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s }}\n",
-        socks[0].addr(),
-        socks[1].addr(),
-    );
-    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let rig = Rig::start(", engine: splice", "engine: sockmap");
+    let (ns, instance, daemon) = (&rig.ns, &rig.instance, &rig.daemon);
     let proxy = daemon.listener("socks");
-    let target_addr = target.0.addr();
+    let target_addr = rig.target.0.addr();
     // One at a time: round robin alternates alpha and beta.
     for seed in 0..4 {
         ns.run(move || transfer(proxy, target_addr, seed))
             .expect("netns");
     }
-    let snapshot = settled(&instance, 4, &daemon);
+    let snapshot = settled(instance, 4, daemon);
     let pairs = &snapshot["counters"]["pairs_finished"];
     assert_eq!(
         (pairs["sockmap"].as_u64(), pairs["splice"].as_u64()),
@@ -352,8 +370,6 @@ fn a_backend_with_engine_splice_is_carried_by_splice_beside_sockmap() {
             other => panic!("unexpected backend {other:?}"),
         }
     }
-    drop(daemon);
-    drop(socks);
 }
 
 #[test]

@@ -252,6 +252,23 @@ impl Collector for SnapshotCollector {
                 .iter()
                 .map(move |(b, _)| (backend_labels(b), ConstCounter::new(value(b))))
         };
+        // An `up` and a `down` sample per backend; none for a backend whose
+        // `counts` are `None`.
+        let per_direction = |counts: fn(&BackendSnapshot) -> Option<[u64; 2]>| {
+            exported.iter().flat_map(move |(b, _)| {
+                counts(b).into_iter().flat_map(|counts| {
+                    ["up", "down"]
+                        .into_iter()
+                        .zip(counts)
+                        .map(|(direction, count)| {
+                            (
+                                with(backend_labels(b), "direction", direction),
+                                ConstCounter::new(count),
+                            )
+                        })
+                })
+            })
+        };
         family(
             &mut encoder,
             "balancer_backend_connections",
@@ -313,14 +330,7 @@ impl Collector for SnapshotCollector {
             "Bytes forwarded: up is client to backend, down is backend to client",
             Some(&Unit::Bytes),
             counter,
-            exported.iter().flat_map(|(b, _)| {
-                [("up", b.bytes_up), ("down", b.bytes_down)].map(|(direction, count)| {
-                    (
-                        with(backend_labels(b), "direction", direction),
-                        ConstCounter::new(count),
-                    )
-                })
-            }),
+            per_direction(|b| Some([b.bytes_up, b.bytes_down])),
         )?;
         // Only under sockmap: splice sees no skbs. The encoder appends the
         // unit: `balancer_backend_sockmap_bytes_total`. The bytes are the
@@ -333,18 +343,7 @@ impl Collector for SnapshotCollector {
             "Bytes the sockmap verdict redirected (the kernel's share of balancer_backend_bytes_total), by direction",
             Some(&Unit::Bytes),
             counter,
-            exported.iter().flat_map(|(b, _)| {
-                b.sockmap.into_iter().flat_map(|share| {
-                    [("up", share.bytes_up), ("down", share.bytes_down)].map(
-                        |(direction, count)| {
-                            (
-                                with(backend_labels(b), "direction", direction),
-                                ConstCounter::new(count),
-                            )
-                        },
-                    )
-                })
-            }),
+            per_direction(|b| b.sockmap.map(|share| [share.bytes_up, share.bytes_down])),
         )?;
         family(
             &mut encoder,
@@ -352,16 +351,7 @@ impl Collector for SnapshotCollector {
             "skbs the sockmap verdict redirected, by direction: sockmap's cost goes by skbs, so bytes per skb says how well it suits a backend",
             None,
             counter,
-            exported.iter().flat_map(|(b, _)| {
-                b.sockmap.into_iter().flat_map(|share| {
-                    [("up", share.skbs_up), ("down", share.skbs_down)].map(|(direction, count)| {
-                        (
-                            with(backend_labels(b), "direction", direction),
-                            ConstCounter::new(count),
-                        )
-                    })
-                })
-            }),
+            per_direction(|b| b.sockmap.map(|share| [share.skbs_up, share.skbs_down])),
         )?;
         family(
             &mut encoder,
