@@ -22,7 +22,7 @@ use crate::{
     backend::{BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
-    forward::{Engine, EngineKind},
+    forward::{BackendEngine, Engine, EngineKind, advice},
     health,
     iptables::{
         Plan,
@@ -148,6 +148,11 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     tasks.spawn(status.run(shutdown.clone()));
     tasks.spawn(clean_registry(
+        registry.clone(),
+        engine.clone(),
+        accepting.clone(),
+    ));
+    tasks.spawn(advise_engines(
         registry.clone(),
         engine.clone(),
         accepting.clone(),
@@ -401,6 +406,48 @@ fn selection_config(balancing: &config::BalancingConfig, scope: Option<String>) 
         limit: usize::try_from(balancing.max_attempts).unwrap_or(usize::MAX),
         scope,
         ..SelectionConfig::default()
+    }
+}
+
+/// How often the daemon looks at each backend's skb counters for advice.
+const ADVICE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Under sockmap, tells the operator once per backend (and daemon run) when
+/// a backend's downloads come in small skbs, where splice serves better
+/// (`forward::advice`). Backends already on `engine: splice` are skipped.
+async fn advise_engines(registry: Arc<Registry>, engine: Arc<Engine>, stop: CancellationToken) {
+    if !matches!(*engine, Engine::Sockmap(_)) {
+        return;
+    }
+    let mut advised = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(ADVICE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for backend in registry.pool().backends() {
+            if backend.spec().engine != BackendEngine::Auto || advised.contains(&backend.id) {
+                continue;
+            }
+            let Some(mean) = engine
+                .redirected(backend.slot)
+                .as_ref()
+                .and_then(advice::small_downloads)
+            else {
+                continue;
+            };
+            advised.insert(backend.id);
+            tracing::warn!(
+                backend = backend.name(),
+                bytes_per_skb = mean,
+                "downloads from this backend reach the sockmap verdict in small skbs \
+                 ({mean} bytes each on average); sockmap pays per skb, and behind such \
+                 backends splice moved 1.5-2 times as much per download in the benchmarks: \
+                 consider `engine: splice` on this backend's entry"
+            );
+        }
     }
 }
 

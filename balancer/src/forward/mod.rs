@@ -10,6 +10,7 @@
 //! first bytes in user space, so that short connections skip the engine's
 //! set-up.
 
+pub mod advice;
 pub mod relay;
 pub mod sockmap;
 pub mod splice;
