@@ -420,13 +420,7 @@ async fn advise_engines(registry: Arc<Registry>, engine: Arc<Engine>, stop: Canc
         return;
     }
     let mut advised = std::collections::HashSet::new();
-    let mut tick = tokio::time::interval(ADVICE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    every(ADVICE_INTERVAL, &stop, || {
         for backend in registry.pool().backends() {
             if backend.spec().engine != BackendEngine::Auto || advised.contains(&backend.id) {
                 continue;
@@ -448,6 +442,19 @@ async fn advise_engines(registry: Arc<Registry>, engine: Arc<Engine>, stop: Canc
                  consider `engine: splice` on this backend's entry"
             );
         }
+    })
+    .await;
+}
+
+/// Runs `work` now and then every `period` until `stop`.
+async fn every(period: Duration, stop: &CancellationToken, mut work: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => work(),
+        }
     }
 }
 
@@ -459,13 +466,7 @@ const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
 /// frees the slots of drained backends nobody holds any more, zeroing their
 /// byte counters so the slot's next backend starts at zero.
 async fn clean_registry(registry: Arc<Registry>, engine: Arc<Engine>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(CLEANUP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    every(CLEANUP_INTERVAL, &stop, || {
         let report = registry.cleanup(clock::now());
         for name in &report.expired {
             tracing::info!(backend = %name, "removed an idle run-time backend");
@@ -474,7 +475,8 @@ async fn clean_registry(registry: Arc<Registry>, engine: Arc<Engine>, stop: Canc
             engine.clear_slot(slot);
             tracing::debug!(slot = slot.0, "freed the slot of a drained backend");
         }
-    }
+    })
+    .await;
 }
 
 fn health_config(health: &config::HealthConfig) -> HealthConfig {

@@ -305,9 +305,21 @@ impl Engine {
 
     /// Bytes forwarded so far for `slot`, all pairs (live and finished).
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
+        self.backend_counts(slot).0
+    }
+
+    /// [`Self::backend_bytes`] and [`Self::redirected`] together, with one
+    /// read of the kernel's counters (a stats scrape wants both).
+    pub fn backend_counts(
+        &self,
+        slot: BackendSlot,
+    ) -> (ByteCount, Option<balancer_common::BackendBytes>) {
         match self {
-            Self::Sockmap(engine) => engine.backend_bytes(slot),
-            Self::Splice(engine) => engine.backend_bytes(slot),
+            Self::Sockmap(engine) => {
+                let (bytes, kernel) = engine.backend_counts(slot);
+                (bytes, Some(kernel))
+            }
+            Self::Splice(engine) => (engine.backend_bytes(slot), None),
         }
     }
 

@@ -149,9 +149,10 @@ impl Flow {
         READ_BUFFER.with_borrow_mut(|buf| self.read_and_write_with(buf, from, to, counter))
     }
 
-    /// One read of the hand-over's settle: everything queued on `from`,
-    /// so that the read comes back short (no skb left partly read) however
-    /// fast the sender refills the queue. Reads of [`READ_CHUNK`] each came
+    /// One pass of the hand-over's settle: a read, and if it came back full,
+    /// everything queued on `from`, so that the read comes back short (no
+    /// skb left partly read) however fast the sender refills the queue.
+    /// Reads of [`READ_CHUNK`] each came
     /// back full from a sender that keeps a wide window full (a bulk upload
     /// behind a `redirect` listener, whose client sends from its connect
     /// on), and the relay carried the whole upload in user space (64 MiB
@@ -164,16 +165,26 @@ impl Flow {
         to: &TcpStream,
         counter: &AtomicU64,
     ) -> io::Result<bool> {
+        // The usual read first: mostly it comes back short, and the pair
+        // pays no more syscalls than before (every pair under sockmap
+        // settles when `offload_after_bytes` is 0).
+        let moved = self.read_and_write(from, to, counter)?;
+        if self.settled || self.eof || self.holds_bytes() {
+            return Ok(moved);
+        }
         let queued = usize::try_from(socket::inq(from)?).unwrap_or(usize::MAX);
-        if queued < READ_CHUNK {
-            return self.read_and_write(from, to, counter);
+        if queued == 0 {
+            // The full read took the queue to its end: no skb partly read.
+            self.settled = true;
+            return Ok(moved);
         }
         // Room for as much again, so that what arrives during the copy
         // still leaves the read short (else the next pass reads on). Pages
         // the read does not fill are never touched (a large zeroed
         // allocation is fresh mapped memory).
-        let mut buf = vec![0; queued.saturating_mul(2)];
+        let mut buf = vec![0; queued.saturating_mul(2).max(READ_CHUNK)];
         self.read_and_write_with(&mut buf, from, to, counter)
+            .map(|more| moved || more)
     }
 
     fn read_and_write_with(

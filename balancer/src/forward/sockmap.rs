@@ -266,13 +266,19 @@ impl SockmapEngine {
 
     /// Bytes forwarded so far for `slot` by the kernel and by the fallback.
     pub fn backend_bytes(&self, slot: BackendSlot) -> ByteCount {
-        let mut total = self.fallback.backend_bytes(slot);
+        self.backend_counts(slot).0
+    }
+
+    /// [`Self::backend_bytes`] and [`Self::redirected`] from one read of
+    /// the kernel's counters.
+    pub fn backend_counts(&self, slot: BackendSlot) -> (ByteCount, BackendBytes) {
         let kernel = self.redirected(slot);
+        let mut total = self.fallback.backend_bytes(slot);
         total += ByteCount {
             up: kernel.up,
             down: kernel.down,
         };
-        total
+        (total, kernel)
     }
 
     /// What the verdict redirected for `slot`: the kernel's part of

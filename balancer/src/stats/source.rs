@@ -79,11 +79,12 @@ impl StatsSource {
             .iter()
             .chain(draining.iter())
             .map(|backend| {
+                let (bytes, kernel) = self.engine.backend_counts(backend.slot);
                 let snapshot = BackendSnapshot::new(
                     &backend.status(now),
                     backend.scope(),
-                    self.engine.backend_bytes(backend.slot),
-                    self.engine.redirected(backend.slot).map(SockmapShare::from),
+                    bytes,
+                    kernel.map(SockmapShare::from),
                     status_file::unix_ms(wall),
                 );
                 (snapshot, backend.latency_histogram())
