@@ -268,7 +268,10 @@
     cells.bytesUp = el("span", "c-bytes-up");
     const bytesSmall = el("span", "small");
     bytesSmall.append(el("span", "", "↑ "), cells.bytesUp);
-    bytesCell.append(el("span", "", "↓ "), cells.bytesDown, bytesSmall);
+    // Under sockmap: the mean skb the verdict redirected each way.
+    cells.perSkb = el("span", "small c-per-skb");
+    cells.perSkb.title = "mean bytes per skb the sockmap verdict redirected (up · down): sockmap pays per skb";
+    bytesCell.append(el("span", "", "↓ "), cells.bytesDown, bytesSmall, cells.perSkb);
     const rateCell = td("r");
     cells.rateDown = el("span", "c-rate-down");
     cells.rateSmall = el("span", "small");
@@ -283,14 +286,36 @@
     return { tr, cells };
   }
 
+  const ADVICE =
+    "its downloads come through the sockmap verdict in small skbs, and sockmap pays per skb: " +
+    "engine: splice on this backend's entry would move more";
+
   function stateBadges(cell, b) {
     const want = [[b.state, b.state.replace("_", "-")]];
     if (b.draining) want.push(["admin", "draining (removed)"]);
     else if (b.admin && b.admin !== "enabled") want.push(["admin", b.admin]);
+    if (b.splice_advised) want.push(["advice", "splice advised"]);
     const have = Array.from(cell.children).map((c) => `${c.className}|${c.textContent}`).join(",");
     const next = want.map(([cls, text]) => `badge ${cls}|${text}`).join(",");
     if (have === next) return;
-    cell.replaceChildren(...want.map(([cls, text]) => el("span", `badge ${cls}`, text)));
+    cell.replaceChildren(
+      ...want.map(([cls, text]) => {
+        const badge = el("span", `badge ${cls}`, text);
+        if (cls === "advice") badge.title = ADVICE;
+        return badge;
+      }),
+    );
+  }
+
+  // "↑ 43 KiB · ↓ 1.00 KiB" under sockmap, what carries a splice backend,
+  // nothing under splice.
+  function perSkbText(b, engine) {
+    if (engine !== "sockmap") return "";
+    if (b.engine === "splice") return "engine: splice";
+    const skb = b.sockmap;
+    if (!skb) return "";
+    const mean = (n, skbs) => (skbs > 0 ? bytes(n / skbs) : "–");
+    return `per skb ↑ ${mean(skb.bytes_up, skb.skbs_up)} · ↓ ${mean(skb.bytes_down, skb.skbs_down)}`;
   }
 
   function successClass(r) {
@@ -323,6 +348,7 @@
       set(c.latency, millis(b.latency_ema_ms));
       set(c.bytesUp, bytes(b.bytes_up));
       set(c.bytesDown, bytes(b.bytes_down));
+      set(c.perSkb, perSkbText(b, snap.engine));
       const now = latest && latest.backends.get(b.name);
       set(c.rateDown, `↓ ${rate(now ? now.down : null)}`);
       set(c.rateUp, `↑ ${rate(now ? now.up : null)}`);

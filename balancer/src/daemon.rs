@@ -22,7 +22,7 @@ use crate::{
     backend::{BreakerConfig, HealthConfig, Registry},
     clock,
     config::{self, Config},
-    forward::{BackendEngine, Engine, EngineKind, advice},
+    forward::{Engine, EngineKind, advice},
     health,
     iptables::{
         Plan,
@@ -422,13 +422,12 @@ async fn advise_engines(registry: Arc<Registry>, engine: Arc<Engine>, stop: Canc
     let mut advised = std::collections::HashSet::new();
     every(ADVICE_INTERVAL, &stop, || {
         for backend in registry.pool().backends() {
-            if backend.spec().engine != BackendEngine::Auto || advised.contains(&backend.id) {
+            if advised.contains(&backend.id) {
                 continue;
             }
             let Some(mean) = engine
                 .redirected(backend.slot)
-                .as_ref()
-                .and_then(advice::small_downloads)
+                .and_then(|redirected| advice::splice_advised(backend.spec().engine, &redirected))
             else {
                 continue;
             };

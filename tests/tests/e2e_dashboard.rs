@@ -45,6 +45,7 @@ const READ_PAGE: &str = r#"
 const text = (root, sel) => { const e = root.querySelector(sel); return e ? e.textContent : null; };
 return {
   instance: text(document, '#instance'),
+  engine: text(document, '#engine'),
   live: text(document, '#live-text'),
   banner: !document.getElementById('banner').hidden,
   markup: document.querySelectorAll('#backends tbody img, #c-latency-legend img').length,
@@ -53,6 +54,7 @@ return {
     address: text(tr, '.c-address'),
     state: text(tr, '.c-state'),
     bytes_down: text(tr, '.c-bytes-down'),
+    per_skb: text(tr, '.c-per-skb'),
     rate_down: text(tr, '.c-rate-down'),
     peak: text(tr, '.c-peak'),
   })),
@@ -526,6 +528,25 @@ fn the_dashboard_shows_live_backends_without_console_errors_and_survives_a_resta
             state.starts_with("closed"),
             "{name} is {state:?} after traffic"
         );
+        // Under sockmap the verdict's mean skb each way: known down after
+        // 4 MiB downloads; up, a dash (the relay carried the 16-byte
+        // requests before the hand-over). Nothing under splice.
+        let per_skb = row(&after, name)
+            .and_then(|r| r["per_skb"].as_str())
+            .unwrap_or_default();
+        if after["engine"] == "sockmap" {
+            let (up, down) = per_skb
+                .strip_prefix("per skb ↑ ")
+                .and_then(|rest| rest.split_once(" · ↓ "))
+                .unwrap_or_else(|| panic!("{name}: per skb shows {per_skb:?}"));
+            assert!(
+                (up == "–" || shown_bytes(up).is_some())
+                    && shown_bytes(down).is_some_and(|b| b > 0.0),
+                "{name}: per skb shows {per_skb:?}"
+            );
+        } else {
+            assert_eq!(per_skb, "", "{name} under {}", after["engine"]);
+        }
     }
     println!(
         "dashboard: alpha {alpha0} -> {:?}, beta {beta0} -> {:?} bytes down",

@@ -24,7 +24,9 @@ use balancer_common::{
 };
 use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
-use support::{Daemon, Target, ThreadServer, free_port, socks_connect, stats_json, unique};
+use support::{
+    Daemon, Target, ThreadServer, free_port, socks_connect, stats_json, two_backend_config, unique,
+};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Connections per backend (round robin alternates them).
@@ -283,15 +285,14 @@ fn pinned_maps_hold_what_the_daemon_carried_and_stats_reads_them() {
         .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
         .collect();
     let instance = unique("maps");
-    let yaml = format!(
-        "instance: {instance}\n\
-         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
-         backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\" }}\n\
-         balancing: {{ strategy: round_robin, max_attempts: 1 }}\n\
-         health: {{ probe: {{ enabled: false }} }}\n\
-         forwarding: {{ engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s }}\n",
-        socks[0].addr(),
-        socks[1].addr(),
+    let yaml = two_backend_config(
+        &instance,
+        [
+            ("alpha", socks[0].addr(), ""),
+            ("beta", socks[1].addr(), ""),
+        ],
+        1,
+        "engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s",
     );
     let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
     let proxy = daemon.listener("socks");

@@ -4,13 +4,16 @@
 //! sockmap engine, then through the splice engine. The per-backend byte
 //! counts `balancer stats --json` reports must equal, to the byte, what the
 //! clients sent and received after their SOCKS5 handshakes. A third run
-//! puts a backend with `engine: splice` beside a sockmap one.
+//! puts a backend with `engine: splice` beside a sockmap one. A fourth puts
+//! a backend that writes in 1 KiB pieces beside one that writes 64 KiB, and
+//! the daemon must advise `engine: splice` for the first only.
 
 mod support;
 
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -20,7 +23,8 @@ use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use support::{
-    Daemon, Pattern, Target, ThreadServer, free_port, socks_connect, stats, stats_json, unique,
+    Daemon, Pattern, Target, ThreadServer, expected_digest, free_port, socks_connect, stats,
+    stats_json, two_backend_config, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -172,15 +176,14 @@ impl Rig {
             .map(|_| Microsocks::start_in(&ns, LO, free_port(&ns, LO)).expect("microsocks"))
             .collect();
         let instance = unique("stats");
-        let yaml = format!(
-            "instance: {instance}\n\
-             listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
-             backends:\n  - {{ name: alpha, address: \"{}\" }}\n  - {{ name: beta, address: \"{}\"{beta_keys} }}\n\
-             balancing: {{ strategy: round_robin, max_attempts: 2 }}\n\
-             health: {{ probe: {{ enabled: false }} }}\n\
-             forwarding: {{ connect_timeout: 2s, handshake_timeout: 5s, {forwarding} }}\n",
-            socks[0].addr(),
-            socks[1].addr(),
+        let yaml = two_backend_config(
+            &instance,
+            [
+                ("alpha", socks[0].addr(), ""),
+                ("beta", socks[1].addr(), beta_keys),
+            ],
+            2,
+            &format!("connect_timeout: 2s, handshake_timeout: 5s, {forwarding}"),
         );
         let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
         Self {
@@ -407,4 +410,199 @@ fn stats_help_teaches_with_examples() {
     for needle in ["--instance", "--json", "--watch", "Examples:"] {
         assert!(help.contains(needle), "{needle} missing:\n{help}");
     }
+}
+
+/// What each connection of the advice test downloads: the daemon judges a
+/// backend once 64 MiB came through the verdict, and the relay carries the
+/// first 64 KiB of every connection before the hand-over.
+const ADVICE_DOWNLOAD: u64 = 72 << 20;
+const ADVICE_SEED: u64 = 0x00ad_71ce;
+
+/// A SOCKS5 backend that answers every CONNECT itself and then sends
+/// [`ADVICE_DOWNLOAD`] bytes of [`Pattern`] in writes of `chunk` bytes,
+/// each only once the one before has left the socket, so that each reaches
+/// the daemon as an skb of its own: what a proxy that copies in small
+/// pieces does on a real link (microsocks, 1 KiB, over veth).
+struct ChunkedBackend(ThreadServer);
+
+impl ChunkedBackend {
+    fn start(ns: &NetNs, chunk: usize) -> Self {
+        let serve = move |mut stream: TcpStream| {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            if accept_connect(&mut stream).is_ok() {
+                let _ = stream.set_nodelay(true);
+                let mut paced = Paced { stream, chunk };
+                let _ = Pattern::new(ADVICE_SEED).write(&mut paced, ADVICE_DOWNLOAD);
+            }
+        };
+        Self(
+            ThreadServer::start(ns, SocketAddr::from((LO, 0)), serve)
+                .expect("start a chunked backend"),
+        )
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+}
+
+/// Reads a no-auth greeting and an IPv4 CONNECT, answers both with success.
+fn accept_connect(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    let mut methods = vec![0u8; usize::from(head[1])];
+    stream.read_exact(&mut methods)?;
+    stream.write_all(&[5, 0])?;
+    // VER CMD RSV ATYP=1, IPv4 address, port.
+    let mut request = [0u8; 10];
+    stream.read_exact(&mut request)?;
+    if request[3] != 1 {
+        return Err(std::io::Error::other("the test sends IPv4 targets only"));
+    }
+    stream.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+}
+
+/// Writes at most `chunk` bytes per call and returns only once the kernel
+/// has sent them (`SIOCOUTQNSD`, bytes not yet sent, is 0), so the next
+/// write starts a segment of its own instead of joining this one.
+struct Paced {
+    stream: TcpStream,
+    chunk: usize,
+}
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.stream.write(&buf[..buf.len().min(self.chunk)])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut unsent: libc::c_int = 0;
+            // SAFETY: SIOCOUTQNSD writes one int through the pointer, which
+            // points at `unsent`; the fd is the stream's, open for the call.
+            if unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if unsent == 0 {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("unsent bytes for 5 s"));
+            }
+            thread::yield_now();
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The daemon's advice log lines so far.
+fn advice_lines(daemon: &Daemon) -> Vec<String> {
+    daemon.log_lines(&["small skbs"])
+}
+
+/// A backend whose downloads reach the verdict in 1 KiB skbs is advised
+/// `engine: splice`: one warning naming it and its mean, `splice_advised` in
+/// `stats --json`, a note under the `stats` table. Its neighbour, writing
+/// 64 KiB at a time, is not; and the warning is not repeated at the next look.
+#[test]
+fn a_backend_whose_downloads_come_in_small_skbs_is_advised_splice_once() {
+    require_root("network namespaces and BPF");
+    let ns = NetNs::new().expect("netns");
+    let small = ChunkedBackend::start(&ns, 1024);
+    let large = ChunkedBackend::start(&ns, 64 << 10);
+    let instance = unique("advice");
+    let yaml = two_backend_config(
+        &instance,
+        [("small", small.addr(), ""), ("large", large.addr(), "")],
+        1,
+        "engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s",
+    );
+    let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
+    let proxy = daemon.listener("socks");
+    // The backends answer for any target; nothing is connected there.
+    let target = Target::Addr(SocketAddr::from(([192, 0, 2, 1], 9)));
+    let expected = expected_digest(ADVICE_DOWNLOAD, ADVICE_SEED);
+    // Round robin: one download from each.
+    for _ in 0..2 {
+        let target = target.clone();
+        let (got, sha) = ns
+            .run(move || -> std::io::Result<(u64, [u8; 32])> {
+                let mut stream = socks_connect(proxy, &target, None)
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut sum = Sha256::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    let n = stream.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok((total, sum.finalize().into()));
+                    }
+                    sum.update(&buf[..n]);
+                    total += n as u64;
+                }
+            })
+            .expect("netns")
+            .expect("a download through the daemon");
+        assert_eq!(got, ADVICE_DOWNLOAD, "download length");
+        assert_eq!(sha, expected, "download checksum");
+    }
+
+    // The daemon looks every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while advice_lines(&daemon).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let lines = advice_lines(&daemon);
+    assert_eq!(lines.len(), 1, "one warning: {lines:#?}\n{}", daemon.logs());
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("backend=\"small\""),
+        "{}",
+        lines[0]
+    );
+    let mean: u64 = lines[0]
+        .split("bytes_per_skb=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes_per_skb in {}", lines[0]));
+    assert!((1000..=1100).contains(&mean), "{}", lines[0]);
+
+    let snapshot = stats_json(&instance);
+    for backend in snapshot["backends"].as_array().expect("backends") {
+        let kernel = &backend["sockmap"];
+        let per_skb = u64_field(kernel, "bytes_down") / u64_field(kernel, "skbs_down").max(1);
+        match backend["name"].as_str() {
+            Some("small") => {
+                assert_eq!(backend["splice_advised"], true, "{backend}");
+                assert!(per_skb < 4096, "{backend}");
+            }
+            Some("large") => {
+                assert_eq!(backend["splice_advised"], false, "{backend}");
+                assert!(per_skb >= 4096, "{backend}");
+                assert!(
+                    u64_field(kernel, "bytes_down") >= 64 << 20,
+                    "large was judged too: {backend}"
+                );
+            }
+            other => panic!("unexpected backend {other:?}"),
+        }
+    }
+    let output = stats(&["--instance", &instance]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("advice:")).collect();
+    assert_eq!(notes.len(), 1, "{text}");
+    assert!(
+        notes[0].starts_with("advice: small's downloads come in 1.0 KiB skbs"),
+        "{text}"
+    );
+
+    // Past the next look: still the one warning.
+    thread::sleep(Duration::from_millis(10_500));
+    assert_eq!(advice_lines(&daemon).len(), 1, "{}", daemon.logs());
+    drop(daemon);
+    drop((small, large));
 }

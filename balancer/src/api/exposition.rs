@@ -355,6 +355,22 @@ impl Collector for SnapshotCollector {
         )?;
         family(
             &mut encoder,
+            "balancer_backend_splice_advised",
+            "1 when the backend's downloads come through the sockmap verdict in skbs so small that engine: splice would move more (the daemon logs it once too); only under sockmap",
+            None,
+            gauge,
+            exported
+                .iter()
+                .filter(|(b, _)| b.sockmap.is_some())
+                .map(|(b, _)| {
+                    (
+                        backend_labels(b),
+                        ConstGauge::new(u64::from(b.splice_advised)),
+                    )
+                }),
+        )?;
+        family(
+            &mut encoder,
             "balancer_backend_active_connections",
             "Connections open through the backend now",
             None,
@@ -434,6 +450,8 @@ mod tests {
             bytes_up: 1_000,
             bytes_down: 9_000,
             sockmap: None,
+            engine: crate::forward::BackendEngine::Auto,
+            splice_advised: false,
             last_success_unix_ms: None,
             last_failure_unix_ms: None,
         }
@@ -464,6 +482,8 @@ mod tests {
             skbs_up: 2,
             skbs_down: 8,
         });
+        // What the daemon judged (forward::advice), passed through as is.
+        alpha.splice_advised = true;
         let mut unknown = backend("beta", None, "unknown");
         unknown.success_rate = None;
         let mut gone = backend("gone", None, "closed");
@@ -615,11 +635,18 @@ mod tests {
             &text,
             "balancer_backend_sockmap_skbs_total{backend=\"alpha\",scope=\"eu\",direction=\"down\"} 8",
         );
+        has(&text, "# TYPE balancer_backend_splice_advised gauge");
+        has(
+            &text,
+            "balancer_backend_splice_advised{backend=\"alpha\",scope=\"eu\"} 1",
+        );
         // beta has no share (splice): no sample rather than a made-up zero.
         assert!(
             !text
                 .lines()
-                .any(|l| l.starts_with("balancer_backend_sockmap") && l.contains("\"beta\"")),
+                .any(|l| (l.starts_with("balancer_backend_sockmap")
+                    || l.starts_with("balancer_backend_splice_advised"))
+                    && l.contains("\"beta\"")),
             "{text}"
         );
     }

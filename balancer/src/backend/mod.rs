@@ -448,6 +448,8 @@ pub struct BackendStatus {
     pub address: String,
     /// Engine counter slot.
     pub slot: BackendSlot,
+    /// Which engine carries its connections (`backends[].engine`).
+    pub engine: BackendEngine,
     /// Removed, waiting for its connections to finish.
     pub draining: bool,
     /// The operator's override.
@@ -782,6 +784,7 @@ impl Backend {
             name: self.spec.name.clone(),
             address: self.spec.address.clone(),
             slot: self.slot,
+            engine: self.spec.engine,
             draining: self.is_draining(),
             admin: self.admin_state(),
             breaker: health.breaker.snapshot(now),

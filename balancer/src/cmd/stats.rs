@@ -20,7 +20,7 @@ use crate::{
     clock,
     cmd::UsageError,
     config::{self, Config},
-    forward::sockmap::QUEUE_WARN_ABOVE,
+    forward::{BackendEngine, sockmap::QUEUE_WARN_ABOVE},
     stats::{
         pinned::{self, PinnedError},
         snapshot::{Rate, Snapshot, rates},
@@ -244,16 +244,16 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         ];
         if skbs {
             let mean = |per_skb: Option<f64>| per_skb.map_or_else(|| "-".to_owned(), bytes);
-            row.push(backend.sockmap.map_or_else(
-                || "-".to_owned(),
-                |share| {
-                    format!(
-                        "{}/{}",
-                        mean(share.bytes_per_skb_up()),
-                        mean(share.bytes_per_skb_down())
-                    )
-                },
-            ));
+            row.push(match (backend.engine, backend.sockmap) {
+                // Its pairs never pass the verdict: say why the column is empty.
+                (BackendEngine::Splice, _) => "(engine: splice)".to_owned(),
+                (BackendEngine::Auto, None) => "-".to_owned(),
+                (BackendEngine::Auto, Some(share)) => format!(
+                    "{}/{}",
+                    mean(share.bytes_per_skb_up()),
+                    mean(share.bytes_per_skb_down())
+                ),
+            });
         }
         if let Some(rates) = rates {
             let rate = rates.get(index).copied().flatten();
@@ -271,6 +271,18 @@ pub fn render(snapshot: &Snapshot, rates: Option<&[Option<Rate>]>) -> String {
         out.push_str("no backends\n");
     } else {
         let _ = writeln!(out, "{table}");
+    }
+    for backend in snapshot.backends.iter().filter(|b| b.splice_advised) {
+        let per_skb = backend
+            .sockmap
+            .and_then(|share| share.bytes_per_skb_down())
+            .map_or_else(|| "-".to_owned(), bytes);
+        let _ = writeln!(
+            out,
+            "advice: {}'s downloads come in {per_skb} skbs on average; sockmap pays per skb, \
+             splice moves more behind such a backend: consider `engine: splice` on its entry",
+            backend.name
+        );
     }
     out
 }
@@ -333,6 +345,8 @@ mod tests {
             bytes_up: 1536,
             bytes_down: 3 << 20,
             sockmap: None,
+            engine: BackendEngine::Auto,
+            splice_advised: false,
             last_success_unix_ms: None,
             last_failure_unix_ms: None,
         }
@@ -397,6 +411,33 @@ mod tests {
         };
         assert!(row("alpha").contains("250 B/1.0 KiB"), "{}", row("alpha"));
         assert!(row("beta").contains(" -/- "), "{}", row("beta"));
+        assert!(!text.contains("advice"), "{text}");
+    }
+
+    #[test]
+    fn an_advised_backend_gets_a_note_and_a_splice_backend_says_why_it_has_no_skbs() {
+        let mut counted = snapshot();
+        counted.backends[0].sockmap = Some(SockmapShare {
+            bytes_up: 0,
+            bytes_down: 64 << 20,
+            skbs_up: 0,
+            skbs_down: 64 << 10,
+        });
+        counted.backends[0].splice_advised = true;
+        counted.backends[1].sockmap = Some(SockmapShare::default());
+        counted.backends[1].engine = BackendEngine::Splice;
+        let text = render(&counted, None);
+        let beta = text.lines().find(|l| l.contains("beta")).expect("beta row");
+        assert!(beta.contains("(engine: splice)"), "{beta}");
+        let notes: Vec<&str> = text.lines().filter(|l| l.starts_with("advice:")).collect();
+        assert_eq!(
+            notes,
+            [
+                "advice: alpha's downloads come in 1.0 KiB skbs on average; sockmap pays per skb, \
+              splice moves more behind such a backend: consider `engine: splice` on its entry"
+            ],
+            "{text}"
+        );
     }
 
     #[test]

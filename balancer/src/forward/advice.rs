@@ -6,6 +6,8 @@
 
 use balancer_common::BackendBytes;
 
+use super::BackendEngine;
+
 /// Downloads whose skbs average less than this are small. In the
 /// benchmark, 1,024-byte skbs (microsocks over veth) left sockmap at x0.57
 /// of the backend alone where splice made x0.89; with 32 KiB skbs (dante,
@@ -27,6 +29,17 @@ pub fn small_downloads(redirected: &BackendBytes) -> Option<u64> {
     }
     let mean = redirected.down / redirected.down_skbs;
     (mean < SMALL_SKB_BYTES).then_some(mean)
+}
+
+/// [`small_downloads`] for a backend that follows the daemon's engine: one
+/// already on `engine: splice` needs no advice, whatever its counters say
+/// from before a reload moved it.
+#[must_use]
+pub fn splice_advised(engine: BackendEngine, redirected: &BackendBytes) -> Option<u64> {
+    match engine {
+        BackendEngine::Auto => small_downloads(redirected),
+        BackendEngine::Splice => None,
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +74,13 @@ mod tests {
         );
         assert_eq!(small_downloads(&down(0, 0)), None);
         assert_eq!(small_downloads(&BackendBytes::default()), None);
+    }
+
+    #[test]
+    fn a_backend_already_on_splice_is_not_advised_whatever_its_counters() {
+        let mib = 1 << 20;
+        let small = down(64 * mib, 64 * 1024);
+        assert_eq!(splice_advised(BackendEngine::Auto, &small), Some(1024));
+        assert_eq!(splice_advised(BackendEngine::Splice, &small), None);
     }
 }

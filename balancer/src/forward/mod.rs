@@ -94,7 +94,10 @@ pub struct ForwardOptions {
 }
 
 /// Which engine carries a backend's pairs (`backends[].engine`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum BackendEngine {
     /// The daemon's engine (`forwarding.engine`).
     #[default]
@@ -103,6 +106,17 @@ pub enum BackendEngine {
     /// per skb, and behind a backend whose bytes arrive in small skbs
     /// splice moves more (see the README, "Which to choose").
     Splice,
+}
+
+impl BackendEngine {
+    /// The config's spelling: `auto` or `splice`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Splice => "splice",
+        }
+    }
 }
 
 /// Index of a backend in the per-backend counters (BPF array and user space).

@@ -9,6 +9,7 @@ use std::{io, path::Path};
 use serde::{Deserialize, Serialize};
 
 use super::status_file::{self, StatusError};
+use crate::forward::BackendEngine;
 
 /// Name of the identity file inside the run directory.
 pub const FILE_NAME: &str = "backends.json";
@@ -40,6 +41,9 @@ pub struct SlotOwner {
     pub address: String,
     /// The pool scope, if any.
     pub scope: Option<String>,
+    /// Its `engine` choice. Absent in files of older daemons.
+    #[serde(default)]
+    pub engine: BackendEngine,
 }
 
 /// Writes `identity` to `<dir>/backends.json`.
@@ -94,6 +98,7 @@ mod tests {
                 name: "a".to_owned(),
                 address: "10.0.0.1:1080".to_owned(),
                 scope: None,
+                engine: crate::forward::BackendEngine::Auto,
             }],
         };
         write(&dir, &identity).expect("write");

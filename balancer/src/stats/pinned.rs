@@ -20,7 +20,7 @@ use crate::{
         AdminState, FAILURE_LABELS, admin_from_code, breaker_from_code, latency::LatencyEma,
     },
     bpf::{BpfError, PinnedStats},
-    forward::EngineName,
+    forward::{EngineName, advice},
 };
 
 /// The pins could not give a snapshot.
@@ -172,6 +172,8 @@ fn backend(
         bytes_up: kernel.up.wrapping_add(word(stat::FALLBACK_BYTES_UP)),
         bytes_down: kernel.down.wrapping_add(word(stat::FALLBACK_BYTES_DOWN)),
         sockmap: Some(kernel.into()),
+        engine: owner.engine,
+        splice_advised: advice::splice_advised(owner.engine, &kernel).is_some(),
         last_success_unix_ms: stamp(stat::LAST_SUCCESS_NS),
         last_failure_unix_ms: stamp(stat::LAST_FAILURE_NS),
     }
@@ -217,6 +219,7 @@ mod tests {
             name: "a".to_owned(),
             address: "10.0.0.1:1080".to_owned(),
             scope: None,
+            engine: crate::forward::BackendEngine::Auto,
         };
         assert_eq!(stats.words[stat::BACKEND_ID], backend.id.0);
         let mut row = backend_row(&owner, &stats);
@@ -225,7 +228,7 @@ mod tests {
             &status,
             None,
             crate::forward::ByteCount { up: 1, down: 2 },
-            Some(KERNEL.into()),
+            Some(KERNEL),
             0,
         );
         // Both stamped (a success and a failure were recorded); the two
@@ -306,6 +309,7 @@ mod tests {
                     name: "a".to_owned(),
                     address: "10.0.0.1:1080".to_owned(),
                     scope: None,
+                    engine: crate::forward::BackendEngine::Auto,
                 }],
             },
         )

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Counters, HandshakeFailure};
 use crate::{
     backend::{AdminState, BackendStatus, FAILURE_LABELS},
-    forward::{ByteCount, EngineName},
+    forward::{BackendEngine, ByteCount, EngineName, advice},
 };
 
 /// Bumped when a field changes meaning or disappears; new fields keep it.
@@ -139,6 +139,15 @@ pub struct BackendSnapshot {
     /// daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sockmap: Option<SockmapShare>,
+    /// Its `engine` choice: `auto` (the daemon's engine) or `splice`.
+    /// Absent in files of older daemons.
+    #[serde(default)]
+    pub engine: BackendEngine,
+    /// Under sockmap, its downloads came in skbs small enough that
+    /// `engine: splice` would move more (`forward::advice`); the daemon also
+    /// logs this once. Absent in files of older daemons.
+    #[serde(default)]
+    pub splice_advised: bool,
     /// Wall time (Unix ms) of the last successful attempt or probe; `None`
     /// before the first. Kept by a counter reset.
     #[serde(default)]
@@ -220,7 +229,7 @@ impl DaemonCounters {
 
 impl BackendSnapshot {
     /// The entry for a backend with this status, scope, byte count and,
-    /// under sockmap, the verdict's share of the bytes.
+    /// under sockmap, what the verdict redirected for it (`kernel`).
     ///
     /// `now_unix_ms` is the wall time of `status`, to turn its "time since"
     /// figures into timestamps.
@@ -229,7 +238,7 @@ impl BackendSnapshot {
         status: &BackendStatus,
         scope: Option<&str>,
         bytes: ByteCount,
-        sockmap: Option<SockmapShare>,
+        kernel: Option<BackendBytes>,
         now_unix_ms: u64,
     ) -> Self {
         let at = |since: Option<std::time::Duration>| {
@@ -260,7 +269,10 @@ impl BackendSnapshot {
             latency_ema_ms: status.latency.map(|l| l.as_secs_f64() * 1000.0),
             bytes_up: bytes.up,
             bytes_down: bytes.down,
-            sockmap,
+            sockmap: kernel.map(SockmapShare::from),
+            engine: status.engine,
+            splice_advised: kernel
+                .is_some_and(|kernel| advice::splice_advised(status.engine, &kernel).is_some()),
             last_success_unix_ms: at(status.since_success),
             last_failure_unix_ms: at(status.since_failure),
         }
@@ -348,6 +360,7 @@ mod tests {
             name: name.to_owned(),
             address: "10.0.0.1:1080".to_owned(),
             slot: BackendSlot(0),
+            engine: BackendEngine::Auto,
             draining: false,
             admin: AdminState::Enabled,
             breaker: BreakerSnapshot {

@@ -11,7 +11,7 @@ use std::{
 use super::{
     Counters,
     identity::{Identity, SlotOwner},
-    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot, SockmapShare},
+    snapshot::{BackendSnapshot, DaemonCounters, FORMAT_VERSION, Snapshot},
     status_file,
 };
 use crate::{
@@ -84,7 +84,7 @@ impl StatsSource {
                     &backend.status(now),
                     backend.scope(),
                     bytes,
-                    kernel.map(SockmapShare::from),
+                    kernel,
                     status_file::unix_ms(wall),
                 );
                 (snapshot, backend.latency_histogram())
@@ -143,6 +143,7 @@ impl StatsSource {
                     name: backend.name().to_owned(),
                     address: backend.address().to_owned(),
                     scope: backend.scope().map(str::to_owned),
+                    engine: backend.spec().engine,
                 })
                 .collect(),
         }

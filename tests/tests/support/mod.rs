@@ -37,6 +37,27 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A daemon config with one socks5 listener (`socks`, an ephemeral
+/// loopback port) in front of two backends, each `(name, address, keys added
+/// to its entry)`, round robin over `max_attempts`, no probes, and these
+/// `forwarding` keys.
+pub fn two_backend_config(
+    instance: &str,
+    backends: [(&str, SocketAddr, &str); 2],
+    max_attempts: u32,
+    forwarding: &str,
+) -> String {
+    let [(a, a_addr, a_keys), (b, b_addr, b_keys)] = backends;
+    format!(
+        "instance: {instance}\n\
+         listeners:\n  - {{ name: socks, mode: socks5, bind: \"127.0.0.1:0\" }}\n\
+         backends:\n  - {{ name: {a}, address: \"{a_addr}\"{a_keys} }}\n  - {{ name: {b}, address: \"{b_addr}\"{b_keys} }}\n\
+         balancing: {{ strategy: round_robin, max_attempts: {max_attempts} }}\n\
+         health: {{ probe: {{ enabled: false }} }}\n\
+         forwarding: {{ {forwarding} }}\n"
+    )
+}
+
 /// Path of the `balancer` binary ([`balancer_tests::daemon::balancer_binary`]),
 /// built once per test binary.
 pub fn balancer_binary() -> PathBuf {
