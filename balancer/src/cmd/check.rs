@@ -7,6 +7,7 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     cli::CheckArgs,
     config::{Config, ListenerConfig},
+    forward::BackendEngine,
     iptables::Plan,
 };
 
@@ -48,12 +49,15 @@ pub fn render(config: &Config, path: &Path) -> String {
                 b.weight.to_string(),
                 b.scope.clone().unwrap_or_else(|| "-".into()),
                 if b.backup { "yes" } else { "no" }.into(),
+                BackendEngine::from(b.engine).label().into(),
                 b.username.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     out.push_str(&table(
-        &["NAME", "ADDRESS", "WEIGHT", "SCOPE", "BACKUP", "USERNAME"],
+        &[
+            "NAME", "ADDRESS", "WEIGHT", "SCOPE", "BACKUP", "ENGINE", "USERNAME",
+        ],
         &rows,
     ));
 
@@ -128,7 +132,7 @@ mod tests {
     fn report_lists_every_expanded_backend_and_listener_without_secrets() {
         let config = Config::parse(
             "listeners: [{ name: s, mode: socks5, bind: \"127.0.0.1:1080\", auth: { users: [{ username: c, password: pw-client }] } }]\n\
-             backends:\n  - { address: \"127.0.0.1:1081-1083\", name: pool }\n  - { address: \"[::1]:1090\", username: alice, password: pw-backend }\n",
+             backends:\n  - { address: \"127.0.0.1:1081-1083\", name: pool }\n  - { address: \"[::1]:1090\", username: alice, password: pw-backend, engine: splice }\n",
         )
         .expect("valid");
         let report = render(&config, Path::new("b.yaml"));
@@ -147,6 +151,17 @@ mod tests {
             assert!(report.contains(name), "missing {name}:\n{report}");
         }
         assert!(report.contains("required (1 users)"), "{report}");
+        // Each backend's engine choice, in its own column.
+        let engine = |name: &str| {
+            report
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(5))
+                .unwrap_or_else(|| panic!("no row for {name}:\n{report}"))
+                .to_owned()
+        };
+        assert_eq!(engine("pool-1"), "auto", "{report}");
+        assert_eq!(engine("[::1]:1090"), "splice", "{report}");
         assert!(!report.contains("pw-"), "{report}");
         assert!(!report.contains("iptables"), "{report}");
     }
