@@ -23,8 +23,8 @@ use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use support::{
-    Daemon, Pattern, Target, ThreadServer, expected_digest, free_port, socks_connect, stats,
-    stats_json, two_backend_config, unique,
+    Daemon, Pattern, Target, ThreadServer, expected_digest, free_port, http_exchange,
+    socks_connect, stats, stats_json, two_backend_config, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -497,6 +497,14 @@ impl Write for Paced {
     }
 }
 
+/// Where a daemon without `metrics:` in its config serves `/metrics` and
+/// the JSON API (inside the test's namespace).
+const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(LO), 9898);
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: {METRICS}\r\n\r\n")
+}
+
 /// The daemon's advice log lines so far.
 fn advice_lines(daemon: &Daemon) -> Vec<String> {
     daemon.log_lines(&["small skbs"])
@@ -504,7 +512,8 @@ fn advice_lines(daemon: &Daemon) -> Vec<String> {
 
 /// A backend whose downloads reach the verdict in 1 KiB skbs is advised
 /// `engine: splice`: one warning naming it and its mean, `splice_advised` in
-/// `stats --json`, a note under the `stats` table. Its neighbour, writing
+/// the daemon's status API and `/metrics` and in `stats --json` (read from
+/// the pins), a note under the `stats` table. Its neighbour, writing
 /// 64 KiB at a time, is not; and the warning is not repeated at the next look.
 #[test]
 fn a_backend_whose_downloads_come_in_small_skbs_is_advised_splice_once() {
@@ -569,6 +578,27 @@ fn a_backend_whose_downloads_come_in_small_skbs_is_advised_splice_once() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no bytes_per_skb in {}", lines[0]));
     assert!((1000..=1100).contains(&mean), "{}", lines[0]);
+
+    // Under sockmap `stats` reads the pins; the daemon's own snapshot (what
+    // the dashboard polls and /metrics exports) must judge the same.
+    let (status, _, api) = http_exchange(&ns, METRICS, get("/api/v1/status"));
+    assert_eq!(status, 200, "{api}");
+    let api: Value = serde_json::from_str(&api).expect("status JSON");
+    let (status, _, metrics) = http_exchange(&ns, METRICS, get("/metrics"));
+    assert_eq!(status, 200, "{metrics}");
+    for (name, advised) in [("small", true), ("large", false)] {
+        let live = api["backends"]
+            .as_array()
+            .and_then(|backends| backends.iter().find(|b| b["name"] == name))
+            .unwrap_or_else(|| panic!("{name} missing in {api}"));
+        assert_eq!(live["splice_advised"], advised, "{live}");
+        assert_eq!(live["engine"], "auto", "{live}");
+        let sample = format!(
+            "balancer_backend_splice_advised{{backend=\"{name}\",scope=\"\"}} {}",
+            u8::from(advised)
+        );
+        assert!(metrics.lines().any(|l| l == sample), "{sample}:\n{metrics}");
+    }
 
     let snapshot = stats_json(&instance);
     for backend in snapshot["backends"].as_array().expect("backends") {
