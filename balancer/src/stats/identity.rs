@@ -98,7 +98,7 @@ mod tests {
                 name: "a".to_owned(),
                 address: "10.0.0.1:1080".to_owned(),
                 scope: None,
-                engine: crate::forward::BackendEngine::Auto,
+                engine: BackendEngine::Auto,
             }],
         };
         write(&dir, &identity).expect("write");
