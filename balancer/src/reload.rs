@@ -196,7 +196,7 @@ pub fn backend_specs(config: &Config) -> Vec<BackendSpec> {
             scope: backend.scope,
             backup: backend.backup,
             metadata: backend.metadata,
-            engine: backend.engine.into(),
+            engine: backend.engine,
         })
         .collect()
 }

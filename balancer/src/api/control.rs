@@ -25,7 +25,8 @@ use super::{ErrorBody, auth::Authorized};
 use crate::{
     backend::{AdminState, BackendSpec, Origin, RegistryError},
     clock,
-    config::{BackendEngineConfig, HostPort},
+    config::HostPort,
+    forward::BackendEngine,
     stats::source::StatsSource,
 };
 
@@ -177,7 +178,7 @@ pub struct RegisterRequest {
     pub weight: Option<u32>,
     /// `auto` (default, `forwarding.engine`) or `splice`.
     #[serde(default)]
-    pub engine: BackendEngineConfig,
+    pub engine: BackendEngine,
 }
 
 impl std::fmt::Debug for RegisterRequest {
@@ -237,7 +238,7 @@ impl RegisterRequest {
         spec.username = self.username;
         spec.password = self.password;
         spec.weight = weight;
-        spec.engine = self.engine.into();
+        spec.engine = self.engine;
         Ok(spec)
     }
 }

@@ -7,7 +7,6 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     cli::CheckArgs,
     config::{Config, ListenerConfig},
-    forward::BackendEngine,
     iptables::Plan,
 };
 
@@ -49,7 +48,7 @@ pub fn render(config: &Config, path: &Path) -> String {
                 b.weight.to_string(),
                 b.scope.clone().unwrap_or_else(|| "-".into()),
                 if b.backup { "yes" } else { "no" }.into(),
-                BackendEngine::from(b.engine).label().into(),
+                b.engine.label().into(),
                 b.username.clone().unwrap_or_else(|| "-".into()),
             ]
         })

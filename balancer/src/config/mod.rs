@@ -21,10 +21,12 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::forward::BackendEngine;
+
 pub use self::{
     sections::{
-        BackendEngineConfig, BalancingConfig, Engine, ForwardingConfig, HealthConfig,
-        MetricsConfig, ProbeConfig, StickyConfig, Strategy, TransparentConfig,
+        BalancingConfig, Engine, ForwardingConfig, HealthConfig, MetricsConfig, ProbeConfig,
+        StickyConfig, Strategy, TransparentConfig,
     },
     validate::{Problem, ProblemKind},
     values::{BackendAddress, DurationValue, Host, HostPort, Secret, ValueError},
@@ -217,7 +219,7 @@ pub struct BackendConfig {
     /// `splice`: this backend's connections go through splice even when
     /// the daemon forwards with sockmap. Default `auto` (`forwarding.engine`).
     #[serde(default)]
-    pub engine: BackendEngineConfig,
+    pub engine: BackendEngine,
 }
 
 fn one() -> u32 {
@@ -237,7 +239,7 @@ impl BackendConfig {
             scope: None,
             metadata: BTreeMap::new(),
             backup: false,
-            engine: BackendEngineConfig::Auto,
+            engine: BackendEngine::Auto,
         }
     }
 }
@@ -255,7 +257,7 @@ pub struct ExpandedBackend {
     pub scope: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub backup: bool,
-    pub engine: BackendEngineConfig,
+    pub engine: BackendEngine,
     /// Index of the `backends:` entry it came from.
     pub source_index: usize,
 }

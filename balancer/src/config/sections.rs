@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 
 use super::{DurationValue, Host, HostPort, Secret};
-use crate::forward::{BackendEngine, EngineKind, ForwardOptions, relay::RelayBudget};
+use crate::forward::{EngineKind, ForwardOptions, relay::RelayBudget};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,26 +165,6 @@ impl fmt::Display for Engine {
             Self::Sockmap => "sockmap",
             Self::Splice => "splice",
         })
-    }
-}
-
-/// `backends[].engine`: which engine carries the backend's connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendEngineConfig {
-    /// `forwarding.engine`.
-    #[default]
-    Auto,
-    /// Splice even under sockmap.
-    Splice,
-}
-
-impl From<BackendEngineConfig> for BackendEngine {
-    fn from(engine: BackendEngineConfig) -> Self {
-        match engine {
-            BackendEngineConfig::Auto => Self::Auto,
-            BackendEngineConfig::Splice => Self::Splice,
-        }
     }
 }
 
