@@ -28,8 +28,8 @@ use anyhow::{Context, Result, bail, ensure};
 use balancer_tests::{Microsocks, NetNs, require_command, require_root};
 use serde_json::{Value, json};
 use support::{
-    ChecksumTarget, Daemon, Target, expected_digest, fetch, free_port, http_exchange,
-    socks_connect, unique,
+    ChecksumTarget, ChunkedBackend, Daemon, Target, chunked_download, expected_digest, fetch,
+    free_port, http_exchange, socks_connect, two_backend_config, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -53,6 +53,8 @@ return {
     name: text(tr, '.c-name'),
     address: text(tr, '.c-address'),
     state: text(tr, '.c-state'),
+    badges: Array.from(tr.querySelectorAll('.c-state .badge')).map((b) => b.textContent),
+    advice: (tr.querySelector('.c-state .badge.advice') || {}).title || null,
     bytes_down: text(tr, '.c-bytes-down'),
     per_skb: text(tr, '.c-per-skb'),
     rate_down: text(tr, '.c-rate-down'),
@@ -658,4 +660,74 @@ fn the_dashboard_shows_live_backends_without_console_errors_and_survives_a_resta
     );
     drop(restarted);
     drop(socks);
+}
+
+/// The badge that tells an operator to move a backend to splice: shown, with
+/// its explanation, on the row of a backend whose downloads reached the
+/// verdict in 1 KiB skbs, and not on its neighbour's, which wrote 64 KiB at
+/// a time. (The rule itself is tested where the daemon computes it; this is
+/// what the page makes of the daemon's `splice_advised`.)
+#[test]
+fn the_dashboard_badges_the_backend_advised_splice_and_only_it() {
+    require_root("network namespaces and BPF");
+    require_command("chromedriver", "chromium-driver");
+    require_command("chromium", "chromium");
+    let ns = NetNs::new().expect("netns");
+    let small = ChunkedBackend::start(&ns, 1024);
+    let large = ChunkedBackend::start(&ns, 64 << 10);
+    let instance = unique("badge");
+    let metrics = SocketAddr::from((LO, free_port(&ns, LO)));
+    let config = format!(
+        "{}metrics: {{ listen: \"{metrics}\" }}\n",
+        two_backend_config(
+            &instance,
+            [("small", small.addr(), ""), ("large", large.addr(), "")],
+            1,
+            "engine: sockmap, connect_timeout: 2s, handshake_timeout: 5s",
+        )
+    );
+    let daemon = Daemon::start(&ns, &instance, &config).expect("daemon");
+    // Round robin: one download from each.
+    for _ in 0..2 {
+        chunked_download(&ns, daemon.listener("socks"));
+    }
+
+    let browser = Browser::start(&ns).expect("chromedriver and chromium");
+    browser
+        .open(&format!("http://{metrics}/"))
+        .expect("open the dashboard");
+    let page = browser
+        .wait_for(
+            Duration::from_secs(15),
+            "both rows with their badges",
+            |page| {
+                row(page, "small")
+                    .is_some_and(|r| r["badges"].as_array().is_some_and(|b| b.len() > 1))
+                    && row(page, "large").is_some()
+            },
+        )
+        .expect("the advised backend's badge");
+    let badges = |name| {
+        row(&page, name)
+            .map(|r| r["badges"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        badges("small"),
+        json!(["closed", "splice advised"]),
+        "{page:#}"
+    );
+    assert_eq!(badges("large"), json!(["closed"]), "{page:#}");
+    let advice = row(&page, "small")
+        .and_then(|r| r["advice"].as_str())
+        .unwrap_or_default();
+    assert!(advice.contains("engine: splice"), "badge title {advice:?}");
+    let console = browser.console().expect("browser console");
+    assert!(
+        console.iter().all(|(level, _)| level != "SEVERE"),
+        "console errors: {console:#?}"
+    );
+    drop(browser);
+    drop(daemon);
+    drop((small, large));
 }

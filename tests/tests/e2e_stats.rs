@@ -13,7 +13,6 @@ mod support;
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -23,8 +22,8 @@ use balancer_tests::{Microsocks, NetNs, require_root};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use support::{
-    Daemon, Pattern, Target, ThreadServer, expected_digest, free_port, http_exchange,
-    socks_connect, stats, stats_json, two_backend_config, unique,
+    ChunkedBackend, Daemon, Pattern, Target, ThreadServer, chunked_download, free_port,
+    http_exchange, socks_connect, stats, stats_json, two_backend_config, unique,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -412,91 +411,6 @@ fn stats_help_teaches_with_examples() {
     }
 }
 
-/// What each connection of the advice test downloads: the daemon judges a
-/// backend once 64 MiB came through the verdict, and the relay carries the
-/// first 64 KiB of every connection before the hand-over.
-const ADVICE_DOWNLOAD: u64 = 72 << 20;
-const ADVICE_SEED: u64 = 0x00ad_71ce;
-
-/// A SOCKS5 backend that answers every CONNECT itself and then sends
-/// [`ADVICE_DOWNLOAD`] bytes of [`Pattern`] in writes of `chunk` bytes,
-/// each only once the one before has left the socket, so that each reaches
-/// the daemon as an skb of its own: what a proxy that copies in small
-/// pieces does on a real link (microsocks, 1 KiB, over veth).
-struct ChunkedBackend(ThreadServer);
-
-impl ChunkedBackend {
-    fn start(ns: &NetNs, chunk: usize) -> Self {
-        let serve = move |mut stream: TcpStream| {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-            if accept_connect(&mut stream).is_ok() {
-                let _ = stream.set_nodelay(true);
-                let mut paced = Paced { stream, chunk };
-                let _ = Pattern::new(ADVICE_SEED).write(&mut paced, ADVICE_DOWNLOAD);
-            }
-        };
-        Self(
-            ThreadServer::start(ns, SocketAddr::from((LO, 0)), serve)
-                .expect("start a chunked backend"),
-        )
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.0.addr()
-    }
-}
-
-/// Reads a no-auth greeting and an IPv4 CONNECT, answers both with success.
-fn accept_connect(stream: &mut TcpStream) -> std::io::Result<()> {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head)?;
-    let mut methods = vec![0u8; usize::from(head[1])];
-    stream.read_exact(&mut methods)?;
-    stream.write_all(&[5, 0])?;
-    // VER CMD RSV ATYP=1, IPv4 address, port.
-    let mut request = [0u8; 10];
-    stream.read_exact(&mut request)?;
-    if request[3] != 1 {
-        return Err(std::io::Error::other("the test sends IPv4 targets only"));
-    }
-    stream.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])
-}
-
-/// Writes at most `chunk` bytes per call and returns only once the kernel
-/// has sent them (`SIOCOUTQNSD`, bytes not yet sent, is 0), so the next
-/// write starts a segment of its own instead of joining this one.
-struct Paced {
-    stream: TcpStream,
-    chunk: usize,
-}
-
-impl Write for Paced {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.stream.write(&buf[..buf.len().min(self.chunk)])?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut unsent: libc::c_int = 0;
-            // SAFETY: SIOCOUTQNSD writes one int through the pointer, which
-            // points at `unsent`; the fd is the stream's, open for the call.
-            if unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) } != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if unsent == 0 {
-                return Ok(n);
-            }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other("unsent bytes for 5 s"));
-            }
-            thread::yield_now();
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Where a daemon without `metrics:` in its config serves `/metrics` and
 /// the JSON API (inside the test's namespace).
 const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(LO), 9898);
@@ -530,33 +444,9 @@ fn a_backend_whose_downloads_come_in_small_skbs_is_advised_splice_once() {
     );
     let daemon = Daemon::start(&ns, &instance, &yaml).expect("daemon");
     let proxy = daemon.listener("socks");
-    // The backends answer for any target; nothing is connected there.
-    let target = Target::Addr(SocketAddr::from(([192, 0, 2, 1], 9)));
-    let expected = expected_digest(ADVICE_DOWNLOAD, ADVICE_SEED);
     // Round robin: one download from each.
     for _ in 0..2 {
-        let target = target.clone();
-        let (got, sha) = ns
-            .run(move || -> std::io::Result<(u64, [u8; 32])> {
-                let mut stream = socks_connect(proxy, &target, None)
-                    .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-                let mut sum = Sha256::new();
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                loop {
-                    let n = stream.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok((total, sum.finalize().into()));
-                    }
-                    sum.update(&buf[..n]);
-                    total += n as u64;
-                }
-            })
-            .expect("netns")
-            .expect("a download through the daemon");
-        assert_eq!(got, ADVICE_DOWNLOAD, "download length");
-        assert_eq!(sha, expected, "download checksum");
+        chunked_download(&ns, proxy);
     }
 
     // The daemon looks every 10 s.
