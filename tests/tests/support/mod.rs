@@ -12,6 +12,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -759,17 +760,7 @@ pub fn chunked_download(ns: &NetNs, proxy: SocketAddr) {
             let mut stream = socks_connect(proxy, &target, None)
                 .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
             stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-            let mut sum = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            loop {
-                let n = stream.read(&mut buf)?;
-                if n == 0 {
-                    return Ok((total, sum.finalize().into()));
-                }
-                sum.update(&buf[..n]);
-                total += n as u64;
-            }
+            digest_to_end(&mut stream)
         })
         .expect("netns")
         .expect("a download through the daemon");
@@ -813,13 +804,7 @@ impl Write for Paced {
             let mut unsent: libc::c_int = 0;
             // SAFETY: SIOCOUTQNSD writes one int through the pointer, which
             // points at `unsent`; the fd is the stream's, open for the call.
-            if unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.stream),
-                    libc::SIOCOUTQNSD,
-                    &mut unsent,
-                )
-            } != 0
+            if unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) } != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -855,6 +840,11 @@ pub fn fetch(stream: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<(u6
     request[8..].copy_from_slice(&seed.to_be_bytes());
     stream.write_all(&request)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    digest_to_end(stream)
+}
+
+/// Reads `stream` to EOF: (bytes, SHA-256) of everything that arrived.
+pub fn digest_to_end(stream: &mut TcpStream) -> std::io::Result<(u64, [u8; 32])> {
     let mut sum = Sha256Sum::start()?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
